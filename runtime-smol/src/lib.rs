@@ -1,0 +1,1 @@
+//! smol driver (to be filled).
