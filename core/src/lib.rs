@@ -1,1 +1,48 @@
-pub fn _warm() {}
+//! # pam-lite-core
+//!
+//! The sans-IO protocol core of pam-lite: everything Keeper Commander's `pam launch` does on the wire
+//! (router envelope, signaling, offer retry with backend catch-up, ICE batching, WebRTC via str0m, the tube
+//! framing and the Guacamole terminal session), with **no sockets, threads, clocks, sleeps or ambient
+//! randomness**. A runtime ("driver") feeds [`Input`]s stamped with the current [`Instant`] and performs the
+//! [`Output`]s it drains, exactly like str0m's `Rtc`:
+//!
+//! ```text
+//! loop {
+//!     let timeout = node.poll_timeout();          // when must we wake up at the latest?
+//!     let input = wait_for_io_or(timeout);        // a socket event, an HTTP reply, or Input::Timeout
+//!     node.handle_input(input, Instant::now());   // the driver reads the clock, never the core
+//!     while let Some(out) = node.poll_output() { perform(out) }
+//! }
+//! ```
+//!
+//! Two node roles speak the same formats: [`client::Client`] (the launcher, what `pam launch` is) and
+//! [`gateway::Gateway`] (the answering side, used by the embedded emulator and the simulation).
+//! The randomness pam-lite draws itself (transmission keys, nonces, conversation ids) comes from a
+//! caller-seeded RNG ([`Seed`]).
+
+pub mod client;
+pub mod error;
+pub mod gateway;
+pub mod guac;
+pub mod ice_batch;
+mod io;
+pub mod offer_retry;
+pub mod profile;
+pub mod rtc;
+pub mod router;
+pub mod signaling;
+pub mod timing;
+pub mod tube;
+
+pub use error::LaunchError;
+pub use io::*;
+
+/// The shape every node (client, gateway) shares, so a driver can run any of them.
+pub trait Node {
+    /// Feed one input that happened at `now`.
+    fn handle_input(&mut self, input: Input, now: std::time::Instant);
+    /// Drain the next output; call until `None` after every `handle_input`.
+    fn poll_output(&mut self) -> Option<Output>;
+    /// The latest moment at which the driver must call `handle_input(Input::Timeout, now)`.
+    fn poll_timeout(&self) -> Option<std::time::Instant>;
+}

@@ -1,0 +1,152 @@
+//! The vocabulary between the core and a driver: [`Input`]s in, [`Output`]s out.
+//!
+//! Every type here is plain owned data, so a driver may move it across threads or tasks freely.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::timing::Checkpoint;
+use crate::tube::CloseReason;
+use crate::LaunchError;
+
+/// Identifies one HTTP request the core asked for, so the driver can hand back its response.
+pub type RequestId = u64;
+
+/// A tunneled connection number inside one tube (1..; 0 is the control channel).
+pub type ConnNo = u32;
+
+/// 32 bytes that seed every random value the core draws itself (see [`crate::client::Client::new`]).
+pub type Seed = [u8; 32];
+
+/// HTTP method of a router call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+/// An HTTP request the driver must perform, then answer with [`Input::HttpResponse`] or
+/// [`Input::HttpError`] carrying the same `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub id: RequestId,
+    pub method: Method,
+    pub url: String,
+    /// Header name/value pairs, in order. May contain secrets: never log values.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// `true` when the timing profile models Commander's fresh TCP+TLS connection for this call; a driver
+    /// must then not reuse a pooled connection. `false`: reuse the launch's keep-alive connection.
+    pub fresh_connection: bool,
+    /// The driver must give up (and report [`Input::HttpError`]) after this long.
+    pub timeout: Duration,
+}
+
+/// What came back for an [`HttpRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    /// Raw `Set-Cookie` header values.
+    pub set_cookies: Vec<String>,
+    pub body: Vec<u8>,
+}
+
+/// Ask the driver to open the router WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsConnect {
+    pub url: String,
+    /// Header name/value pairs. May contain secrets: never log values.
+    pub headers: Vec<(String, String)>,
+    /// Give up (and report [`Input::WsClosed`]) when the handshake has not finished after this long.
+    pub timeout: Duration,
+}
+
+/// One UDP datagram, received or to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub contents: Vec<u8>,
+}
+
+/// The kind of a local ICE candidate the driver discovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandidateKind {
+    /// A locally bound socket address.
+    Host,
+    /// A public mapping of `base` learned from a STUN server.
+    ServerReflexive { base: SocketAddr },
+}
+
+/// Things a user (CLI, library caller) asks a node to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Open tunneled connection `conn` (the gateway connects to its target).
+    OpenConnection { conn: ConnNo },
+    /// Bytes from the local side of `conn`, to be sent through the tunnel.
+    Send { conn: ConnNo, data: Vec<u8> },
+    /// The local side of `conn` finished writing (TCP half-close).
+    SendEof { conn: ConnNo },
+    /// Close `conn` with a reason.
+    CloseConnection { conn: ConnNo, reason: CloseReason },
+    /// Answer for a gateway: the target of `conn` is connected (or refused).
+    TargetConnected { conn: ConnNo, ok: bool },
+    /// Terminal session input (keystrokes or script bytes).
+    TerminalInput { data: Vec<u8> },
+    /// Terminal was resized to `cols`×`rows` characters.
+    TerminalResize { cols: u16, rows: u16 },
+    /// End the whole launch (closes every connection and the WebRTC session).
+    Close,
+}
+
+/// Everything that can happen to a node, stamped with `now` by the caller of `handle_input`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Time has passed (a timer from `poll_timeout` fired). Also fine to send spuriously.
+    Timeout,
+    HttpResponse { id: RequestId, response: HttpResponse },
+    /// The request failed below HTTP (connect refused, reset, TLS error, timeout). `error` is shown to users.
+    HttpError { id: RequestId, error: String },
+    /// The WebSocket upgrade succeeded.
+    WsOpened,
+    /// One text frame from the router WebSocket.
+    WsMessage(String),
+    /// The WebSocket closed or could not be opened.
+    WsClosed { reason: String },
+    /// A datagram arrived on one of the node's UDP sockets.
+    Datagram(Datagram),
+    /// The driver bound / discovered a local address usable as an ICE candidate.
+    LocalCandidate { addr: SocketAddr, kind: CandidateKind },
+    /// The driver will report no more local candidates.
+    GatheringComplete,
+    Command(Command),
+}
+
+/// Everything a node asks its driver to do or tells its user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Http(HttpRequest),
+    WsConnect(WsConnect),
+    WsClose,
+    Transmit(Datagram),
+    /// A named timing checkpoint (Commander's names where Commander has one).
+    Checkpoint(Checkpoint),
+    /// WebRTC is connected (ICE + DTLS), like Commander's `connection_state == "connected"`.
+    Connected,
+    /// The tube is ready: the data channel is open and connections may be opened.
+    TubeReady,
+    /// A tunneled connection is open end to end.
+    ConnectionOpened { conn: ConnNo },
+    /// Bytes that arrived through the tunnel for `conn`.
+    ConnectionData { conn: ConnNo, data: Vec<u8> },
+    /// The far side of `conn` finished writing.
+    ConnectionEof { conn: ConnNo },
+    ConnectionClosed { conn: ConnNo, reason: CloseReason },
+    /// Gateway role: connect `conn` to the configured target, then answer [`Command::TargetConnected`].
+    ConnectTarget { conn: ConnNo },
+    /// Terminal session output, for the user's screen.
+    TerminalOutput(Vec<u8>),
+    /// The node is finished; no more outputs follow except `Transmit`s of a graceful close.
+    Finished(Result<(), LaunchError>),
+}

@@ -1,0 +1,3 @@
+//! (in progress)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint;
