@@ -121,6 +121,9 @@ pub enum Input {
     /// The driver will report no more local candidates.
     GatheringComplete,
     Command(Command),
+    /// Gateway role: the router relays a controller message (a `GatewayAction` JSON) to this gateway.
+    /// `reply_to` identifies it; every [`Output::ControllerReply`] for it carries the same value.
+    ControllerMessage { reply_to: u64, stream: bool, payload: String },
 }
 
 /// Everything a node asks its driver to do or tells its user.
@@ -147,6 +150,10 @@ pub enum Output {
     ConnectTarget { conn: ConnNo },
     /// Terminal session output, for the user's screen.
     TerminalOutput(Vec<u8>),
+    /// Gateway role: a reply to [`Input::ControllerMessage`] `reply_to`. `payload` is the gateway's JSON
+    /// (`{"is_ok":…,"data":…}`); the router puts the first reply of a non-streaming message in the HTTP
+    /// response and pushes every other one to the client's WebSocket.
+    ControllerReply { reply_to: u64, payload: String },
     /// The node is finished; no more outputs follow except `Transmit`s of a graceful close.
     Finished(Result<(), LaunchError>),
 }
