@@ -1,1 +1,496 @@
-//! (in progress)
+//! The WebRTC peer: one str0m [`Rtc`] with the single data channel a Keeper tube uses.
+//!
+//! Keeper's tube (keeper-pam-webrtc-rs) opens exactly one ordered, reliable data channel, created in-band by
+//! the offerer, labelled with the conversation id, and sends every message as binary. This wrapper hides
+//! str0m's general API behind those facts and turns its outputs into three queues (datagrams, events, the
+//! next timeout) that [`crate::client::Client`] and [`crate::gateway::Gateway`] drain.
+//!
+//! str0m obeys the same rules as this crate: time is passed in, and it never touches a socket.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Rtc};
+
+use crate::{CandidateKind, Datagram};
+
+/// The SDP attribute by which a Keeper peer announces its tube version. Commander reads it from the answer
+/// (`a=keeper-webrtc:(\S+)`) to gate ConnectAs; the emulated gateway adds it to its answers.
+pub const KEEPER_VERSION_ATTRIBUTE: &str = "a=keeper-webrtc:";
+
+/// SCTP send-buffer budget. str0m's default (128 KiB) is deliberate: sctp-proto's CPU cost grows with the
+/// bytes in flight, so a larger buffer makes throughput *worse* (see ARCHITECTURE.md).
+const SCTP_MAX_BUFFERED: usize = 128 * 1024;
+/// Ask str0m to tell us when the channel has drained below this, so queued frames can move on.
+const BUFFERED_LOW: usize = 64 * 1024;
+
+/// Which side of the offer/answer exchange this peer is. The offerer is ICE-controlling, creates the data
+/// channel, and (with a str0m answerer) acts as the DTLS client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Offerer,
+    Answerer,
+}
+
+/// What the peer tells its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// ICE and DTLS are up (Commander's `connection_state == "connected"`).
+    Connected,
+    /// The data channel is open; frames may flow.
+    ChannelOpen,
+    /// One data-channel message.
+    Message(Vec<u8>),
+    /// The channel's send buffer drained: queued writes can be retried.
+    Writable,
+    /// The session is over (remote close, ICE failure, DTLS failure).
+    Closed(String),
+}
+
+/// Errors from SDP and candidate handling. Inputs here come from the remote peer, so they are never panics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("invalid SDP: {0}")]
+    Sdp(String),
+    #[error("invalid ICE candidate {candidate:?}: {reason}")]
+    Candidate { candidate: String, reason: String },
+    #[error("no offer is pending, so an answer cannot be applied")]
+    NoPendingOffer,
+    #[error("WebRTC error: {0}")]
+    Rtc(String),
+}
+
+/// One WebRTC peer carrying one Keeper tube.
+pub struct Peer {
+    rtc: Rtc,
+    role: Role,
+    label: String,
+    channel: Option<ChannelId>,
+    pending_offer: Option<SdpPendingOffer>,
+    transmits: VecDeque<Datagram>,
+    events: VecDeque<PeerEvent>,
+    timeout: Option<Instant>,
+    connected: bool,
+    open: bool,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("role", &self.role)
+            .field("label", &self.label)
+            .field("connected", &self.connected)
+            .field("open", &self.open)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Peer {
+    /// A new peer. `label` is the data-channel label (the conversation id, as Keeper does).
+    pub fn new(role: Role, label: &str, now: Instant) -> Self {
+        let rtc = Rtc::builder()
+            .set_sctp_max_buffered_amount(SCTP_MAX_BUFFERED)
+            .build(now);
+        Peer {
+            rtc,
+            role,
+            label: label.to_string(),
+            channel: None,
+            pending_offer: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            timeout: None,
+            connected: false,
+            open: false,
+            closed: false,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Add a local address as an ICE candidate. Returns its SDP string (`candidate:…`, the form Keeper
+    /// trickles) when str0m accepted it, `None` for a duplicate or an unusable address.
+    pub fn add_local_candidate(
+        &mut self,
+        addr: SocketAddr,
+        kind: CandidateKind,
+        now: Instant,
+    ) -> Option<String> {
+        let candidate = match kind {
+            CandidateKind::Host => Candidate::host(addr, Protocol::Udp).ok()?,
+            CandidateKind::ServerReflexive { base } => {
+                Candidate::server_reflexive(addr, base, Protocol::Udp).ok()?
+            }
+        };
+        let sdp = self.rtc.add_local_candidate(candidate)?.to_sdp_string();
+        self.drain(now);
+        Some(sdp)
+    }
+
+    /// Offerer: create the data channel and the offer. Local candidates added before this call are inside
+    /// the SDP (so they need no trickling).
+    pub fn create_offer(&mut self, now: Instant) -> Result<String, PeerError> {
+        let mut api = self.rtc.sdp_api();
+        let id = api.add_channel_with_config(ChannelConfig {
+            label: self.label.clone(),
+            ordered: true,
+            reliability: Reliability::Reliable,
+            negotiated: None,
+            protocol: String::new(),
+        });
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| PeerError::Rtc("str0m produced no offer".into()))?;
+        self.channel = Some(id);
+        self.pending_offer = Some(pending);
+        self.drain(now);
+        Ok(offer.to_sdp_string())
+    }
+
+    /// Offerer: apply the remote answer.
+    pub fn accept_answer(&mut self, sdp: &str, now: Instant) -> Result<(), PeerError> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
+        let pending = self
+            .pending_offer
+            .take()
+            .ok_or(PeerError::NoPendingOffer)?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| PeerError::Sdp(e.to_string()))?;
+        self.drain(now);
+        Ok(())
+    }
+
+    /// Whether an offer is still waiting for its answer.
+    pub fn awaiting_answer(&self) -> bool {
+        self.pending_offer.is_some()
+    }
+
+    /// Answerer: accept the remote offer and produce the answer SDP, with `extra_attributes` (whole
+    /// `a=` lines, e.g. [`KEEPER_VERSION_ATTRIBUTE`]) added at session level.
+    pub fn accept_offer(
+        &mut self,
+        sdp: &str,
+        extra_attributes: &[String],
+        now: Instant,
+    ) -> Result<String, PeerError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| PeerError::Sdp(e.to_string()))?;
+        self.drain(now);
+        Ok(insert_session_attributes(
+            &answer.to_sdp_string(),
+            extra_attributes,
+        ))
+    }
+
+    /// Add a remote candidate in the `candidate:…` form (with or without `a=`). The empty string is
+    /// Keeper's end-of-candidates marker and is ignored.
+    pub fn add_remote_candidate(&mut self, candidate: &str, now: Instant) -> Result<(), PeerError> {
+        let trimmed = candidate.trim();
+        let trimmed = trimmed.strip_prefix("a=").unwrap_or(trimmed);
+        if trimmed.is_empty() {
+            return Ok(());
+        }
+        let c = Candidate::from_sdp_string(trimmed).map_err(|e| PeerError::Candidate {
+            candidate: trimmed.chars().take(200).collect(),
+            reason: e.to_string(),
+        })?;
+        self.rtc.add_remote_candidate(c);
+        self.drain(now);
+        Ok(())
+    }
+
+    /// Whether this datagram belongs to this peer (for demultiplexing many peers on one socket).
+    pub fn accepts(&self, datagram: &Datagram, now: Instant) -> bool {
+        match receive(datagram) {
+            Some(r) => self.rtc.accepts(&str0m::Input::Receive(now, r)),
+            None => false,
+        }
+    }
+
+    /// Feed a received datagram. Garbage is dropped (str0m rejects it), never a panic.
+    pub fn handle_datagram(&mut self, datagram: &Datagram, now: Instant) {
+        if self.closed {
+            return;
+        }
+        if let Some(r) = receive(datagram) {
+            if let Err(e) = self.rtc.handle_input(str0m::Input::Receive(now, r)) {
+                tracing::debug!(error = %e, "str0m rejected a datagram");
+            }
+        }
+        self.drain(now);
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        if let Err(e) = self.rtc.handle_input(str0m::Input::Timeout(now)) {
+            self.fail(format!("WebRTC timer error: {e}"));
+        }
+        self.drain(now);
+    }
+
+    /// Write one message to the data channel. `Ok(false)`: the send buffer is full, try again after
+    /// [`PeerEvent::Writable`].
+    pub fn write(&mut self, data: &[u8], now: Instant) -> Result<bool, PeerError> {
+        let Some(id) = self.channel.filter(|_| self.open) else {
+            return Ok(false);
+        };
+        let result = match self.rtc.channel(id) {
+            Some(mut ch) => ch.write(true, data).map_err(|e| PeerError::Rtc(e.to_string())),
+            None => Ok(false),
+        };
+        self.drain(now);
+        result
+    }
+
+    /// Close the session (sends DTLS close_notify etc. through the transmit queue).
+    pub fn close(&mut self, now: Instant) {
+        if !self.closed {
+            self.rtc.disconnect();
+            self.closed = true;
+            self.drain(now);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Datagram> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            None
+        } else {
+            self.timeout
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        if !self.closed {
+            self.closed = true;
+            self.events.push_back(PeerEvent::Closed(reason));
+        }
+    }
+
+    /// Drain str0m until it asks for a timeout (its single-mutation invariant).
+    fn drain(&mut self, now: Instant) {
+        let _ = now;
+        loop {
+            if !self.rtc.is_alive() && !self.closed {
+                self.fail("the WebRTC session ended".into());
+            }
+            let out = match self.rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => {
+                    self.fail(format!("WebRTC error: {e}"));
+                    return;
+                }
+            };
+            match out {
+                str0m::Output::Timeout(t) => {
+                    self.timeout = Some(t);
+                    return;
+                }
+                str0m::Output::Transmit(t) => self.transmits.push_back(Datagram {
+                    source: t.source,
+                    destination: t.destination,
+                    contents: t.contents.to_vec(),
+                }),
+                str0m::Output::Event(e) => self.on_event(e),
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Connected => {
+                if !self.connected {
+                    self.connected = true;
+                    self.events.push_back(PeerEvent::Connected);
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.fail("ICE disconnected".into());
+            }
+            Event::ChannelOpen(id, _label) => {
+                // The answerer learns the channel id only here (the offerer created it in-band).
+                self.channel = Some(id);
+                self.open = true;
+                if let Some(mut ch) = self.rtc.channel(id) {
+                    ch.set_buffered_amount_low_threshold(BUFFERED_LOW);
+                }
+                self.events.push_back(PeerEvent::ChannelOpen);
+            }
+            Event::ChannelData(d) => {
+                if Some(d.id) == self.channel {
+                    self.events.push_back(PeerEvent::Message(d.data));
+                }
+            }
+            Event::ChannelBufferedAmountLow(_) => self.events.push_back(PeerEvent::Writable),
+            Event::ChannelClose(id) => {
+                if Some(id) == self.channel {
+                    self.open = false;
+                    self.fail("the data channel was closed".into());
+                }
+            }
+            Event::Closed => self.fail("the remote peer closed the session".into()),
+            _ => {}
+        }
+    }
+}
+
+fn receive(d: &Datagram) -> Option<Receive<'_>> {
+    Some(Receive {
+        proto: Protocol::Udp,
+        source: d.source,
+        destination: d.destination,
+        contents: d.contents.as_slice().try_into().ok()?,
+    })
+}
+
+/// Insert whole `a=` lines right after the session-level `t=` line (before the first `m=`), keeping the
+/// SDP's CRLF line endings.
+fn insert_session_attributes(sdp: &str, lines: &[String]) -> String {
+    if lines.is_empty() {
+        return sdp.to_string();
+    }
+    let mut out = String::with_capacity(sdp.len() + 64);
+    let mut inserted = false;
+    for line in sdp.split_inclusive('\n') {
+        if !inserted && line.starts_with("m=") {
+            for extra in lines {
+                out.push_str(extra.trim_end());
+                out.push_str("\r\n");
+            }
+            inserted = true;
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// Read the `a=keeper-webrtc:X.Y.Z` version from an SDP, as Commander does.
+pub fn keeper_version(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix(KEEPER_VERSION_ATTRIBUTE))
+        .map(|v| v.split_whitespace().next().unwrap_or(""))
+        .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Two peers on made-up addresses, wired back to back in virtual time.
+    fn pump(a: &mut Peer, b: &mut Peer, now: &mut Instant, until: impl Fn(&Peer, &Peer) -> bool) {
+        for _ in 0..10_000 {
+            if until(a, b) {
+                return;
+            }
+            let mut moved = false;
+            while let Some(d) = a.poll_transmit() {
+                b.handle_datagram(&d, *now);
+                moved = true;
+            }
+            while let Some(d) = b.poll_transmit() {
+                a.handle_datagram(&d, *now);
+                moved = true;
+            }
+            if !moved {
+                let next = [a.poll_timeout(), b.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(*now + Duration::from_millis(10));
+                *now = next.max(*now + Duration::from_millis(1));
+                a.handle_timeout(*now);
+                b.handle_timeout(*now);
+            }
+        }
+        panic!("peers did not reach the expected state");
+    }
+
+    #[test]
+    fn offerer_and_answerer_open_the_channel_and_move_data() {
+        let mut now = Instant::now();
+        let mut a = Peer::new(Role::Offerer, "conv", now);
+        let mut b = Peer::new(Role::Answerer, "conv", now);
+        let ca = a
+            .add_local_candidate("10.0.0.1:1000".parse().unwrap(), CandidateKind::Host, now)
+            .unwrap();
+        assert!(ca.starts_with("candidate:"));
+        b.add_local_candidate("10.0.0.2:2000".parse().unwrap(), CandidateKind::Host, now)
+            .unwrap();
+        let offer = a.create_offer(now).unwrap();
+        assert!(offer.contains("a=candidate"), "host candidate travels inside the offer");
+        let answer = b
+            .accept_offer(&offer, &[format!("{KEEPER_VERSION_ATTRIBUTE}2.2.9")], now)
+            .unwrap();
+        assert_eq!(keeper_version(&answer), Some("2.2.9"));
+        a.accept_answer(&answer, now).unwrap();
+        pump(&mut a, &mut b, &mut now, |a, b| a.is_open() && b.is_open());
+        assert!(a.write(b"hello", now).unwrap());
+        let mut got = None;
+        pump(&mut a, &mut b, &mut now, |_, b| {
+            b.events.iter().any(|e| matches!(e, PeerEvent::Message(_)))
+        });
+        while let Some(e) = b.poll_event() {
+            if let PeerEvent::Message(m) = e {
+                got = Some(m);
+            }
+        }
+        assert_eq!(got.as_deref(), Some(&b"hello"[..]));
+    }
+
+    #[test]
+    fn bad_remote_input_is_an_error_not_a_panic() {
+        let now = Instant::now();
+        let mut a = Peer::new(Role::Offerer, "x", now);
+        assert!(a.accept_answer("v=0 garbage", now).is_err());
+        assert!(a.add_remote_candidate("candidate:nonsense", now).is_err());
+        assert!(a.add_remote_candidate("", now).is_ok());
+        assert!(matches!(
+            Peer::new(Role::Answerer, "x", now).accept_offer("nope", &[], now),
+            Err(PeerError::Sdp(_))
+        ));
+        a.handle_datagram(
+            &Datagram {
+                source: "1.1.1.1:1".parse().unwrap(),
+                destination: "2.2.2.2:2".parse().unwrap(),
+                contents: vec![0xff; 40],
+            },
+            now,
+        );
+    }
+}
