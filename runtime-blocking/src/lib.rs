@@ -1,1 +1,12 @@
-//! Blocking driver (to be filled).
+//! Blocking driver for the pam-lite core: plain threads, ureq for HTTP, tungstenite for the router
+//! WebSocket and a std UDP socket. It only moves data between a [`pam_lite_core::Node`] and the network; all
+//! protocol knowledge stays in the core.
+//!
+//! The building blocks ([`config`], [`tls`], [`http`], [`udp`]) are public because the smol driver reuses
+//! them: ureq is blocking in both drivers.
+
+pub mod config;
+pub mod http;
+pub mod tls;
+
+pub use config::{DriverConfig, TlsConfig};

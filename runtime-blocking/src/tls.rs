@@ -1,0 +1,204 @@
+//! The TLS policy of both drivers, turned into what each client library wants: a rustls [`ClientConfig`]
+//! (tungstenite, futures-rustls) and a [`ureq::tls::TlsConfig`].
+//!
+//! rustls runs with the **ring** provider picked explicitly: str0m's aws-lc-rs backend may switch on
+//! rustls' aws-lc feature in the same build, and then rustls' implicit default provider would be ambiguous.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::config::TlsConfig;
+
+/// Why a TLS client could not be set up from a [`TlsConfig`].
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("the extra CA file is not valid PEM: {0}")]
+    Pem(String),
+    #[error("the extra CA file holds no certificate")]
+    NoCertificate,
+    #[error("the extra CA certificate is not usable as a trust anchor: {0}")]
+    BadCertificate(rustls::Error),
+    #[error("TLS setup failed: {0}")]
+    Rustls(rustls::Error),
+}
+
+impl From<TlsSetupError> for std::io::Error {
+    fn from(e: TlsSetupError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates of the extra CA PEM (empty when none is configured).
+pub fn extra_ca_certs(tls: &TlsConfig) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let Some(pem) = &tls.extra_ca_pem else {
+        return Ok(Vec::new());
+    };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsSetupError::Pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsSetupError::NoCertificate);
+    }
+    Ok(certs)
+}
+
+fn warn_insecure(tls: &TlsConfig, client: &str) {
+    if tls.insecure {
+        tracing::warn!(
+            client,
+            "TLS certificate verification is DISABLED (--insecure): anyone on the path can read and alter this traffic"
+        );
+    }
+}
+
+/// A rustls client config: Mozilla roots plus the extra CA, or no verification at all when `insecure`.
+pub fn rustls_client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    warn_insecure(tls, "websocket");
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsSetupError::Rustls)?;
+    let config = if tls.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for cert in extra_ca_certs(tls)? {
+            roots.add(cert).map_err(TlsSetupError::BadCertificate)?;
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(Arc::new(config))
+}
+
+/// The same policy for ureq, which builds (and caches) its own rustls config from this.
+pub fn ureq_tls_config(tls: &TlsConfig) -> Result<ureq::tls::TlsConfig, TlsSetupError> {
+    use ureq::tls::{Certificate, RootCerts};
+    warn_insecure(tls, "http");
+    let builder = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(provider());
+    if tls.insecure {
+        return Ok(builder.disable_verification(true).build());
+    }
+    let extra = extra_ca_certs(tls)?;
+    if extra.is_empty() {
+        return Ok(builder.root_certs(RootCerts::WebPki).build());
+    }
+    // ureq takes either the Mozilla roots or a specific list; "Mozilla plus one" is the full list.
+    let all = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref()))
+        .chain(extra.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()));
+    Ok(builder.root_certs(RootCerts::from(all)).build())
+}
+
+/// `--insecure`: any certificate is accepted, handshake signatures are still checked (so the session keys
+/// belong to whoever presented the certificate, even if nobody vouches for them).
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_policy_builds_both_configs() {
+        let tls = TlsConfig::default();
+        assert!(rustls_client_config(&tls).is_ok());
+        assert!(ureq_tls_config(&tls).is_ok());
+    }
+
+    #[test]
+    fn insecure_policy_builds() {
+        let tls = TlsConfig {
+            insecure: true,
+            ..TlsConfig::default()
+        };
+        assert!(rustls_client_config(&tls).is_ok());
+        assert!(ureq_tls_config(&tls).unwrap().disable_verification());
+    }
+
+    #[test]
+    fn pem_without_certificate_is_rejected() {
+        let tls = TlsConfig {
+            extra_ca_pem: Some(b"not a pem file at all".to_vec()),
+            ..TlsConfig::default()
+        };
+        assert!(matches!(
+            extra_ca_certs(&tls),
+            Err(TlsSetupError::NoCertificate)
+        ));
+        assert!(rustls_client_config(&tls).is_err());
+        assert!(ureq_tls_config(&tls).is_err());
+    }
+
+    #[test]
+    fn garbage_inside_a_certificate_block_is_an_error_not_a_panic() {
+        let tls = TlsConfig {
+            extra_ca_pem: Some(
+                b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_vec(),
+            ),
+            ..TlsConfig::default()
+        };
+        assert!(rustls_client_config(&tls).is_err());
+    }
+}
