@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script).
+# Needs only the Rust toolchain; everything else is fetched by cargo from crates.io.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "core purity (no sockets, threads, clocks, sleeps or ambient randomness in core/)"
+if grep -rnE 'std::net::(Udp|Tcp)|std::thread|Instant::now|SystemTime::now|thread::sleep|thread_rng|OsRng|getrandom' core/src \
+    | grep -vE '^\S+:\s*//'; then
+  echo "core/ must stay pure" >&2
+  exit 1
+fi
+
+step "tests (unit, simulation, properties, snapshots, drivers)"
+cargo test --workspace --locked
