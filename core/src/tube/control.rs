@@ -188,7 +188,10 @@ impl CloseReason {
 
     /// `true` for the reasons that mean "finished as intended" rather than "something broke".
     pub fn is_normal(self) -> bool {
-        matches!(self, CloseReason::Normal | CloseReason::Client | CloseReason::AdminClosed)
+        matches!(
+            self,
+            CloseReason::Normal | CloseReason::Client | CloseReason::AdminClosed
+        )
     }
 }
 
@@ -211,9 +214,16 @@ pub enum ControlMessage {
     Pong { body: Vec<u8> },
     /// Client → gateway: connect the target for `conn_no`. `connect_as` is everything after the conn_no
     /// (pam launch's ECIES ConnectAs blob: `len u32 | eph_pub 65 | nonce 12 | ciphertext+tag`), kept opaque.
-    OpenConnection { conn_no: u32, connect_as: Option<Vec<u8>> },
+    OpenConnection {
+        conn_no: u32,
+        connect_as: Option<Vec<u8>>,
+    },
     /// Either side: `conn_no` is closed (`conn_no` 0: the whole channel).
-    CloseConnection { conn_no: u32, reason: CloseReason, message: Option<String> },
+    CloseConnection {
+        conn_no: u32,
+        reason: CloseReason,
+        message: Option<String>,
+    },
     /// Gateway → client: the target of `conn_no` is connected.
     ConnectionOpened { conn_no: u32 },
     /// Either side: the local end of `conn_no` finished writing (TCP half-close).
@@ -228,7 +238,11 @@ pub enum ControlError {
     #[error("control payload of {len} byte(s) is too short for a type code")]
     NoType { len: usize },
     #[error("{what} body of {len} byte(s) is too short (need {need})")]
-    TooShort { what: &'static str, len: usize, need: usize },
+    TooShort {
+        what: &'static str,
+        len: usize,
+        need: usize,
+    },
     #[error("CloseConnection message length {declared} exceeds the {available} byte(s) left")]
     MessageLength { declared: usize, available: usize },
 }
@@ -242,7 +256,11 @@ fn read_u32(b: &[u8]) -> Option<u32> {
 }
 
 fn conn_no_of(what: &'static str, body: &[u8]) -> Result<u32, ControlError> {
-    read_u32(body).ok_or(ControlError::TooShort { what, len: body.len(), need: 4 })
+    read_u32(body).ok_or(ControlError::TooShort {
+        what,
+        len: body.len(),
+        need: 4,
+    })
 }
 
 /// Cuts `s` to at most `max` bytes on a char boundary.
@@ -274,7 +292,11 @@ impl ControlMessage {
     /// The Pong Keeper sends for a Ping with `ping_body`: the body echoed whole; a body shorter than
     /// 4 bytes is answered with `00000000` (measured against 2.2.9, incl. the 1406-byte warm-up Pings).
     pub fn pong_for(ping_body: &[u8]) -> ControlMessage {
-        let body = if ping_body.len() < 4 { vec![0; 4] } else { ping_body.to_vec() };
+        let body = if ping_body.len() < 4 {
+            vec![0; 4]
+        } else {
+            ping_body.to_vec()
+        };
         ControlMessage::Pong { body }
     }
 
@@ -285,15 +307,24 @@ impl ControlMessage {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.code().to_be_bytes());
         match self {
-            ControlMessage::Ping { body } | ControlMessage::Pong { body } => out.extend_from_slice(body),
+            ControlMessage::Ping { body } | ControlMessage::Pong { body } => {
+                out.extend_from_slice(body)
+            }
             ControlMessage::Unknown { body, .. } => out.extend_from_slice(body),
-            ControlMessage::OpenConnection { conn_no, connect_as } => {
+            ControlMessage::OpenConnection {
+                conn_no,
+                connect_as,
+            } => {
                 out.extend_from_slice(&conn_no.to_be_bytes());
                 if let Some(blob) = connect_as {
                     out.extend_from_slice(blob);
                 }
             }
-            ControlMessage::CloseConnection { conn_no, reason, message } => {
+            ControlMessage::CloseConnection {
+                conn_no,
+                reason,
+                message,
+            } => {
                 out.extend_from_slice(&conn_no.to_be_bytes());
                 out.push(reason.code());
                 if let Some(msg) = message {
@@ -319,7 +350,11 @@ impl ControlMessage {
 
     /// This message as a conn-0 frame stamped `timestamp_ms`.
     pub fn to_frame(&self, timestamp_ms: u64) -> Frame {
-        Frame { conn_no: 0, timestamp_ms, payload: self.encode() }
+        Frame {
+            conn_no: 0,
+            timestamp_ms,
+            payload: self.encode(),
+        }
     }
 
     /// Decodes a control payload.
@@ -334,33 +369,58 @@ impl ControlMessage {
         };
         let code = u16::from_be_bytes([type_bytes[0], type_bytes[1]]);
         let msg = match code {
-            code::PING => ControlMessage::Ping { body: body.to_vec() },
-            code::PONG => ControlMessage::Pong { body: body.to_vec() },
+            code::PING => ControlMessage::Ping {
+                body: body.to_vec(),
+            },
+            code::PONG => ControlMessage::Pong {
+                body: body.to_vec(),
+            },
             code::OPEN_CONNECTION => {
                 let conn_no = conn_no_of("OpenConnection", body)?;
                 let rest = body.get(4..).unwrap_or(&[]);
-                let connect_as = if rest.is_empty() { None } else { Some(rest.to_vec()) };
-                ControlMessage::OpenConnection { conn_no, connect_as }
+                let connect_as = if rest.is_empty() {
+                    None
+                } else {
+                    Some(rest.to_vec())
+                };
+                ControlMessage::OpenConnection {
+                    conn_no,
+                    connect_as,
+                }
             }
             code::CLOSE_CONNECTION => {
                 let conn_no = conn_no_of("CloseConnection", body)?;
-                let reason = body.get(4).map_or(CloseReason::Unknown, |c| CloseReason::from_code(*c));
+                let reason = body
+                    .get(4)
+                    .map_or(CloseReason::Unknown, |c| CloseReason::from_code(*c));
                 let message = match body.get(5..7) {
                     Some(len) => {
                         let declared = usize::from(u16::from_be_bytes([len[0], len[1]]));
                         let rest = body.get(7..).unwrap_or(&[]);
-                        let text = rest
-                            .get(..declared)
-                            .ok_or(ControlError::MessageLength { declared, available: rest.len() })?;
+                        let text = rest.get(..declared).ok_or(ControlError::MessageLength {
+                            declared,
+                            available: rest.len(),
+                        })?;
                         Some(String::from_utf8_lossy(text).into_owned())
                     }
                     None => None,
                 };
-                ControlMessage::CloseConnection { conn_no, reason, message }
+                ControlMessage::CloseConnection {
+                    conn_no,
+                    reason,
+                    message,
+                }
             }
-            code::CONNECTION_OPENED => ControlMessage::ConnectionOpened { conn_no: conn_no_of("ConnectionOpened", body)? },
-            code::SEND_EOF => ControlMessage::SendEof { conn_no: conn_no_of("SendEOF", body)? },
-            code => ControlMessage::Unknown { code, body: body.to_vec() },
+            code::CONNECTION_OPENED => ControlMessage::ConnectionOpened {
+                conn_no: conn_no_of("ConnectionOpened", body)?,
+            },
+            code::SEND_EOF => ControlMessage::SendEof {
+                conn_no: conn_no_of("SendEOF", body)?,
+            },
+            code => ControlMessage::Unknown {
+                code,
+                body: body.to_vec(),
+            },
         };
         Ok(msg)
     }
@@ -373,7 +433,10 @@ mod tests {
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
@@ -392,10 +455,19 @@ mod tests {
 
     #[test]
     fn close_reason_display() {
-        assert_eq!(CloseReason::ConnectionLost.to_string(), "connection_lost (9)");
+        assert_eq!(
+            CloseReason::ConnectionLost.to_string(),
+            "connection_lost (9)"
+        );
         assert_eq!(CloseReason::AdminClosed.to_string(), "admin_closed (12)");
-        assert_eq!(CloseReason::SecurityThreat.to_string(), "security_threat (23)");
-        assert_eq!(CloseReason::Other(3).to_string(), "code_3 (unknown close reason)");
+        assert_eq!(
+            CloseReason::SecurityThreat.to_string(),
+            "security_threat (23)"
+        );
+        assert_eq!(
+            CloseReason::Other(3).to_string(),
+            "code_3 (unknown close reason)"
+        );
     }
 
     #[test]
@@ -403,14 +475,30 @@ mod tests {
         // Payloads of the §5.3 hex dumps (after the 16-byte header, before ';').
         assert_eq!(
             ControlMessage::decode(&hex("0065 00000001")).unwrap(),
-            ControlMessage::OpenConnection { conn_no: 1, connect_as: None }
+            ControlMessage::OpenConnection {
+                conn_no: 1,
+                connect_as: None
+            }
         );
-        assert_eq!(ControlMessage::decode(&hex("0067 00000001")).unwrap(), ControlMessage::ConnectionOpened { conn_no: 1 });
-        assert_eq!(ControlMessage::decode(&hex("0068 00000001")).unwrap(), ControlMessage::SendEof { conn_no: 1 });
-        assert_eq!(ControlMessage::decode(&hex("0001")).unwrap(), ControlMessage::Ping { body: vec![] });
+        assert_eq!(
+            ControlMessage::decode(&hex("0067 00000001")).unwrap(),
+            ControlMessage::ConnectionOpened { conn_no: 1 }
+        );
+        assert_eq!(
+            ControlMessage::decode(&hex("0068 00000001")).unwrap(),
+            ControlMessage::SendEof { conn_no: 1 }
+        );
+        assert_eq!(
+            ControlMessage::decode(&hex("0001")).unwrap(),
+            ControlMessage::Ping { body: vec![] }
+        );
         assert_eq!(
             ControlMessage::decode(&hex("0066 00000002 00")).unwrap(),
-            ControlMessage::CloseConnection { conn_no: 2, reason: CloseReason::Normal, message: None }
+            ControlMessage::CloseConnection {
+                conn_no: 2,
+                reason: CloseReason::Normal,
+                message: None
+            }
         );
         assert_eq!(
             ControlMessage::decode(&hex(
@@ -425,7 +513,11 @@ mod tests {
         );
         assert_eq!(
             ControlMessage::decode(&hex("0066 00000000 0c")).unwrap(),
-            ControlMessage::CloseConnection { conn_no: 0, reason: CloseReason::AdminClosed, message: None }
+            ControlMessage::CloseConnection {
+                conn_no: 0,
+                reason: CloseReason::AdminClosed,
+                message: None
+            }
         );
     }
 
@@ -440,46 +532,84 @@ mod tests {
             m.encode(),
             hex("0066 00000001 09 0026 4261636b656e6420636f6e6e656374696f6e20636c6f73656420756e65787065637465646c79")
         );
-        assert_eq!(ControlMessage::SendEof { conn_no: 1 }.encode(), hex("0068 00000001"));
+        assert_eq!(
+            ControlMessage::SendEof { conn_no: 1 }.encode(),
+            hex("0068 00000001")
+        );
     }
 
     #[test]
     fn pong_rule() {
-        assert_eq!(ControlMessage::pong_for(&[]), ControlMessage::Pong { body: vec![0; 4] });
-        assert_eq!(ControlMessage::pong_for(&[1, 2, 3]), ControlMessage::Pong { body: vec![0; 4] });
+        assert_eq!(
+            ControlMessage::pong_for(&[]),
+            ControlMessage::Pong { body: vec![0; 4] }
+        );
+        assert_eq!(
+            ControlMessage::pong_for(&[1, 2, 3]),
+            ControlMessage::Pong { body: vec![0; 4] }
+        );
         let b = hex("00000001 0102030405060708");
-        assert_eq!(ControlMessage::pong_for(&b), ControlMessage::Pong { body: b.clone() });
+        assert_eq!(
+            ControlMessage::pong_for(&b),
+            ControlMessage::Pong { body: b.clone() }
+        );
         let warmup = vec![0u8; 1404];
         assert_eq!(ControlMessage::pong_for(&warmup).encode().len(), 1406);
     }
 
     #[test]
     fn malformed_bodies() {
-        assert_eq!(ControlMessage::decode(&[0]), Err(ControlError::NoType { len: 1 }));
-        assert!(matches!(ControlMessage::decode(&hex("0065 0000")), Err(ControlError::TooShort { need: 4, .. })));
-        assert!(matches!(ControlMessage::decode(&hex("0067")), Err(ControlError::TooShort { .. })));
+        assert_eq!(
+            ControlMessage::decode(&[0]),
+            Err(ControlError::NoType { len: 1 })
+        );
+        assert!(matches!(
+            ControlMessage::decode(&hex("0065 0000")),
+            Err(ControlError::TooShort { need: 4, .. })
+        ));
+        assert!(matches!(
+            ControlMessage::decode(&hex("0067")),
+            Err(ControlError::TooShort { .. })
+        ));
         assert!(matches!(
             ControlMessage::decode(&hex("0066 00000001 09 0005 4142")),
-            Err(ControlError::MessageLength { declared: 5, available: 2 })
+            Err(ControlError::MessageLength {
+                declared: 5,
+                available: 2
+            })
         ));
         // Lenient: no reason byte.
         assert_eq!(
             ControlMessage::decode(&hex("0066 00000001")).unwrap(),
-            ControlMessage::CloseConnection { conn_no: 1, reason: CloseReason::Unknown, message: None }
+            ControlMessage::CloseConnection {
+                conn_no: 1,
+                reason: CloseReason::Unknown,
+                message: None
+            }
         );
         // Unknown type (Keeper's edge case used 999).
         assert_eq!(
             ControlMessage::decode(&hex("03e7 00000001")).unwrap(),
-            ControlMessage::Unknown { code: 999, body: hex("00000001") }
+            ControlMessage::Unknown {
+                code: 999,
+                body: hex("00000001")
+            }
         );
     }
 
     #[test]
     fn long_close_message_is_cut_on_char_boundary() {
         let msg = "é".repeat(40_000); // 80 000 bytes
-        let enc = ControlMessage::CloseConnection { conn_no: 1, reason: CloseReason::Error, message: Some(msg) }.encode();
+        let enc = ControlMessage::CloseConnection {
+            conn_no: 1,
+            reason: CloseReason::Error,
+            message: Some(msg),
+        }
+        .encode();
         match ControlMessage::decode(&enc).unwrap() {
-            ControlMessage::CloseConnection { message: Some(m), .. } => {
+            ControlMessage::CloseConnection {
+                message: Some(m), ..
+            } => {
                 assert_eq!(m.len(), 65_534);
                 assert!(m.chars().all(|c| c == 'é'));
             }
@@ -492,11 +622,23 @@ mod tests {
         prop_oneof![
             body.clone().prop_map(|body| ControlMessage::Ping { body }),
             body.clone().prop_map(|body| ControlMessage::Pong { body }),
-            (any::<u32>(), proptest::option::of(proptest::collection::vec(any::<u8>(), 1..64)))
-                .prop_map(|(conn_no, connect_as)| ControlMessage::OpenConnection { conn_no, connect_as }),
-            (any::<u32>(), any::<u8>(), proptest::option::of(".{0,40}")).prop_map(|(conn_no, r, message)| {
-                ControlMessage::CloseConnection { conn_no, reason: CloseReason::from_code(r), message }
-            }),
+            (
+                any::<u32>(),
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 1..64))
+            )
+                .prop_map(|(conn_no, connect_as)| ControlMessage::OpenConnection {
+                    conn_no,
+                    connect_as
+                }),
+            (any::<u32>(), any::<u8>(), proptest::option::of(".{0,40}")).prop_map(
+                |(conn_no, r, message)| {
+                    ControlMessage::CloseConnection {
+                        conn_no,
+                        reason: CloseReason::from_code(r),
+                        message,
+                    }
+                }
+            ),
             any::<u32>().prop_map(|conn_no| ControlMessage::ConnectionOpened { conn_no }),
             any::<u32>().prop_map(|conn_no| ControlMessage::SendEof { conn_no }),
             (any::<u16>(), body).prop_filter_map("known code", |(code, body)| {

@@ -64,7 +64,11 @@ pub fn encode_frame_into(conn_no: u32, timestamp_ms: u64, payload: &[u8], out: &
 
 impl Frame {
     pub fn new(conn_no: u32, timestamp_ms: u64, payload: Vec<u8>) -> Frame {
-        Frame { conn_no, timestamp_ms, payload }
+        Frame {
+            conn_no,
+            timestamp_ms,
+            payload,
+        }
     }
 
     /// `true` for conn_no 0 (the payload is a control message).
@@ -100,7 +104,9 @@ pub enum FrameError {
     BadTerminator { conn_no: u32, len: usize, found: u8 },
     /// The declared payload length exceeds the decoder's bound. The stream cannot be resynchronised
     /// (nothing marks the next frame start), so the decoder stops. Fatal.
-    #[error("frame for conn {conn_no} declares a {len}-byte payload, more than the {max}-byte limit")]
+    #[error(
+        "frame for conn {conn_no} declares a {len}-byte payload, more than the {max}-byte limit"
+    )]
     PayloadTooLarge { conn_no: u32, len: u64, max: usize },
 }
 
@@ -141,7 +147,12 @@ impl FrameDecoder {
 
     /// A decoder that rejects payloads longer than `max_payload` bytes.
     pub fn with_max_payload(max_payload: usize) -> FrameDecoder {
-        FrameDecoder { buf: Vec::new(), pos: 0, max_payload, failed: false }
+        FrameDecoder {
+            buf: Vec::new(),
+            pos: 0,
+            max_payload,
+            failed: false,
+        }
     }
 
     /// Appends received bytes (one data-channel message, or any part of the stream). Ignored after a fatal
@@ -201,9 +212,17 @@ impl FrameDecoder {
         let found = *rest.get(end)?;
         let payload = rest.get(HEADER_LEN..end)?;
         let result = if found == TERMINATOR {
-            Ok(Frame { conn_no, timestamp_ms, payload: payload.to_vec() })
+            Ok(Frame {
+                conn_no,
+                timestamp_ms,
+                payload: payload.to_vec(),
+            })
         } else {
-            Err(FrameError::BadTerminator { conn_no, len, found })
+            Err(FrameError::BadTerminator {
+                conn_no,
+                len,
+                found,
+            })
         };
         self.pos += end + 1;
         Some(result)
@@ -217,7 +236,10 @@ mod tests {
 
     pub(crate) fn hex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     impl FrameDecoder {
@@ -320,7 +342,10 @@ mod tests {
         assert!(dec.next().is_none());
         assert_eq!(dec.buffered(), 7);
         dec.push(&b[7..]);
-        assert_eq!(dec.next().unwrap().unwrap().payload, b"hello-through-aiortc-gateway");
+        assert_eq!(
+            dec.next().unwrap().unwrap().payload,
+            b"hello-through-aiortc-gateway"
+        );
     }
 
     #[test]
@@ -335,7 +360,14 @@ mod tests {
         let out = decode_all(&mut dec);
         assert_eq!(out.len(), 2);
         let err = out[0].clone().unwrap_err();
-        assert_eq!(err, FrameError::BadTerminator { conn_no: 0, len: 14, found: b'X' });
+        assert_eq!(
+            err,
+            FrameError::BadTerminator {
+                conn_no: 0,
+                len: 14,
+                found: b'X'
+            }
+        );
         assert!(!err.is_fatal());
         assert_eq!(out[1].clone().unwrap().encode(), good);
         assert!(!dec.has_failed());
@@ -346,7 +378,14 @@ mod tests {
         let mut dec = FrameDecoder::with_max_payload(1024);
         dec.push(&hex("00000001 0000000000000000 ffffffff"));
         let err = dec.next().unwrap().unwrap_err();
-        assert_eq!(err, FrameError::PayloadTooLarge { conn_no: 1, len: 0xffff_ffff, max: 1024 });
+        assert_eq!(
+            err,
+            FrameError::PayloadTooLarge {
+                conn_no: 1,
+                len: 0xffff_ffff,
+                max: 1024
+            }
+        );
         assert!(err.is_fatal());
         assert!(dec.has_failed());
         assert!(dec.next().is_none());
@@ -378,7 +417,11 @@ mod tests {
     }
 
     fn arb_frame() -> impl Strategy<Value = Frame> {
-        (any::<u32>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
+        (
+            any::<u32>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
             .prop_map(|(c, t, p)| Frame::new(c, t, p))
     }
 
