@@ -282,6 +282,12 @@ fn ms(d: Duration) -> f64 {
 mod tests {
     use super::*;
 
+    /// An arbitrary origin for test instants: std has no other way to make an `Instant`. Only the tests
+    /// read the clock; the code under test gets every instant as an argument.
+    fn origin() -> Instant {
+        Instant::now()
+    }
+
     fn at(t0: Instant, millis: u64) -> Instant {
         t0 + Duration::from_millis(millis)
     }
@@ -303,14 +309,14 @@ mod tests {
         assert!(names::is_summary(names::READY_FOR_PROMPT));
         assert!(names::is_summary(names::WEBRTC_TUNNEL_OPEN_OK_STREAMING));
         assert!(!names::is_summary(names::CREATE_TUBE_OK));
-        let t0 = Instant::now();
+        let t0 = origin();
         assert!(Checkpoint::new(PHASE_TOTAL, names::READY_FOR_PROMPT, t0).is_summary());
         assert!(!Checkpoint::new(PHASE_WEBRTC_TUNNEL, names::ENTER, t0).is_summary());
     }
 
     #[test]
     fn render_matches_commander_line_format() {
-        let t0 = Instant::now();
+        let t0 = origin();
         let mut w = Waterfall::new(t0);
         w.push(Checkpoint::new(
             PHASE_WEBRTC_TUNNEL,
@@ -361,7 +367,7 @@ pam-launch:total | ready_for_prompt                             | TOTAL 7000.0 m
 
     #[test]
     fn summary_does_not_reset_the_step_clock() {
-        let t0 = Instant::now();
+        let t0 = origin();
         let mut w = Waterfall::new(t0);
         w.push(Checkpoint::new(PHASE_WEBRTC_TUNNEL, names::ENTER, t0));
         w.push(Checkpoint::new(
@@ -383,7 +389,7 @@ pam-launch:total | ready_for_prompt                             | TOTAL 7000.0 m
 
     #[test]
     fn long_names_are_not_truncated_and_fractions_have_one_decimal() {
-        let t0 = Instant::now();
+        let t0 = origin();
         let mut w = Waterfall::new(t0);
         let long = "x".repeat(50);
         w.push(Checkpoint::new(PHASE_GATEWAY, long.clone(), t0));
@@ -399,7 +405,7 @@ pam-launch:total | ready_for_prompt                             | TOTAL 7000.0 m
 
     #[test]
     fn out_of_order_entries_do_not_panic() {
-        let t0 = Instant::now();
+        let t0 = origin();
         let mut w = Waterfall::new(at(t0, 100));
         w.push(Checkpoint::new(PHASE_WEBRTC_TUNNEL, "a", at(t0, 200)));
         w.push(Checkpoint::new(PHASE_WEBRTC_TUNNEL, "b", t0));
@@ -409,7 +415,7 @@ pam-launch:total | ready_for_prompt                             | TOTAL 7000.0 m
 
     #[test]
     fn json_and_relative_offsets_are_from_start() {
-        let t0 = Instant::now();
+        let t0 = origin();
         let mut w = Waterfall::new(t0);
         w.push(Checkpoint::new(
             PHASE_WEBRTC_TUNNEL,
@@ -447,7 +453,7 @@ pam-launch:total | ready_for_prompt                             | TOTAL 7000.0 m
 
     #[test]
     fn empty_waterfall() {
-        let w = Waterfall::new(Instant::now());
+        let w = Waterfall::new(origin());
         assert_eq!(w.render(), "");
         assert_eq!(w.to_json()["total_ms"], serde_json::json!(0.0));
         assert!(w.relative().is_empty());
