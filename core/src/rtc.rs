@@ -443,7 +443,7 @@ mod tests {
 
     #[test]
     fn offerer_and_answerer_open_the_channel_and_move_data() {
-        let mut now = Instant::now();
+        let mut now = pam_lite_dev_clock::origin();
         let mut a = Peer::new(Role::Offerer, "conv", now);
         let mut b = Peer::new(Role::Answerer, "conv", now);
         let ca = a
@@ -475,7 +475,7 @@ mod tests {
 
     #[test]
     fn bad_remote_input_is_an_error_not_a_panic() {
-        let now = Instant::now();
+        let now = pam_lite_dev_clock::origin();
         let mut a = Peer::new(Role::Offerer, "x", now);
         assert!(a.accept_answer("v=0 garbage", now).is_err());
         assert!(a.add_remote_candidate("candidate:nonsense", now).is_err());

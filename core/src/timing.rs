@@ -285,7 +285,7 @@ mod tests {
     /// An arbitrary origin for test instants: std has no other way to make an `Instant`. Only the tests
     /// read the clock; the code under test gets every instant as an argument.
     fn origin() -> Instant {
-        Instant::now()
+        pam_lite_dev_clock::origin()
     }
 
     fn at(t0: Instant, millis: u64) -> Instant {
