@@ -1,1 +1,3 @@
-//! (in progress)
+//! Guacamole over the tube (pam launch's PythonHandler mode).
+pub mod instruction;
+pub mod keysym;
