@@ -1,1 +1,4 @@
+mod secret;
+mod ticket;
+
 fn main() {}
