@@ -1,0 +1,493 @@
+//! What the emulated gateway connects tunneled connections to: a TCP address (tunnel mode) or a local
+//! command under a pseudo-terminal (terminal mode).
+//!
+//! Each open target is a pair of threads: a reader that turns target output into [`TargetEvent`]s for the
+//! gateway loop, and a writer that owns the write side, so a slow target never blocks the gateway's loop
+//! for long (its queue is bounded; when it is full the loop waits, which is the backpressure a real
+//! gateway's socket would apply). The reader pauses while too many of its bytes wait in the loop
+//! ([`Credit`]), so a fast target cannot grow the loop's memory either.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use pam_lite_core::ConnNo;
+use portable_pty::{native_pty_system, ChildKiller, CommandBuilder, PtySize};
+
+/// Where tunneled connections go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetConfig {
+    /// Tunnel mode: every tunneled connection is a TCP connection to this address.
+    Tunnel { forward_to: SocketAddr },
+    /// Terminal mode: connection 1 is a terminal session running `command` (argv) under a PTY.
+    /// An empty `command` runs `$SHELL`, or `/bin/sh` when `$SHELL` is unset.
+    Terminal { command: Vec<String> },
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig::Terminal {
+            command: Vec::new(),
+        }
+    }
+}
+
+impl TargetConfig {
+    /// The argv actually run in terminal mode.
+    pub fn terminal_argv(command: &[String]) -> Vec<String> {
+        if command.is_empty() {
+            let shell = std::env::var("SHELL").ok().filter(|s| !s.trim().is_empty());
+            vec![shell.unwrap_or_else(|| "/bin/sh".to_string())]
+        } else {
+            command.to_vec()
+        }
+    }
+}
+
+/// How long connecting to a tunnel target may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A reader stops reading while this many of its bytes wait in the gateway loop.
+pub const MAX_UNDELIVERED: usize = 1 << 20;
+/// Chunk size of target reads.
+const READ_CHUNK: usize = 16 * 1024;
+/// Writes queued for one target before the gateway loop has to wait.
+const WRITE_QUEUE: usize = 256;
+/// Initial PTY size (the client resizes through Guacamole `size`, which the gateway core handles).
+const PTY_SIZE: PtySize = PtySize {
+    rows: 24,
+    cols: 80,
+    pixel_width: 0,
+    pixel_height: 0,
+};
+
+/// What a target tells the gateway loop.
+#[derive(Debug)]
+pub enum TargetEvent {
+    /// The target is (or could not be) connected; `sink` is where to write to it.
+    Connected {
+        conn: ConnNo,
+        sink: Option<TargetSink>,
+    },
+    Data {
+        conn: ConnNo,
+        data: Vec<u8>,
+    },
+    /// The target finished writing (TCP half-close).
+    Eof {
+        conn: ConnNo,
+    },
+    /// The target is gone (socket closed, or the command exited).
+    Closed {
+        conn: ConnNo,
+    },
+}
+
+/// Bytes read from a target but not yet handed to the gateway node; the reader waits above the limit.
+#[derive(Debug, Default, Clone)]
+pub struct Credit(Arc<AtomicUsize>);
+
+impl Credit {
+    fn take(&self, n: usize) {
+        self.0.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// The loop handed `n` bytes to the node.
+    pub fn release(&self, n: usize) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
+    fn wait_below(&self, limit: usize, stop: &AtomicBool) {
+        while self.0.load(Ordering::Acquire) > limit && !stop.load(Ordering::Acquire) {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+enum SinkMsg {
+    Data(Vec<u8>),
+    ShutdownWrite,
+    Close,
+}
+
+/// The write side of an open target.
+#[derive(Debug)]
+pub struct TargetSink {
+    tx: SyncSender<SinkMsg>,
+    credit: Credit,
+}
+
+impl std::fmt::Debug for SinkMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkMsg::Data(d) => write!(f, "Data({} bytes)", d.len()),
+            SinkMsg::ShutdownWrite => f.write_str("ShutdownWrite"),
+            SinkMsg::Close => f.write_str("Close"),
+        }
+    }
+}
+
+impl TargetSink {
+    /// Queue bytes for the target (waits while its queue is full). `false`: the target is gone.
+    pub fn write(&self, data: Vec<u8>) -> bool {
+        self.tx.send(SinkMsg::Data(data)).is_ok()
+    }
+
+    pub fn shutdown_write(&self) {
+        let _ = self.tx.send(SinkMsg::ShutdownWrite);
+    }
+
+    /// Close the target (kills a terminal command). Also happens when the sink is dropped.
+    pub fn close(&self) {
+        let _ = self.tx.try_send(SinkMsg::Close);
+    }
+
+    /// The reader's credit counter, released by the loop as it delivers bytes.
+    pub fn credit(&self) -> &Credit {
+        &self.credit
+    }
+}
+
+/// Open the target of `conn` in the background; the outcome arrives as [`TargetEvent::Connected`].
+pub fn open(
+    config: &TargetConfig,
+    conn: ConnNo,
+    events: Sender<TargetEvent>,
+    stop: Arc<AtomicBool>,
+) {
+    let config = config.clone();
+    let spawned = thread::Builder::new()
+        .name(format!("emu-target-{conn}"))
+        .spawn(move || {
+            let result = match &config {
+                TargetConfig::Tunnel { forward_to } => open_tcp(*forward_to, conn, &events, &stop),
+                TargetConfig::Terminal { command } => open_pty(command, conn, &events, &stop),
+            };
+            let sink = match result {
+                Ok(sink) => Some(sink),
+                Err(e) => {
+                    tracing::warn!(conn, error = %e, "gateway could not open its target");
+                    None
+                }
+            };
+            let _ = events.send(TargetEvent::Connected { conn, sink });
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(conn, error = %e, "could not start a target thread");
+    }
+}
+
+fn open_tcp(
+    addr: SocketAddr,
+    conn: ConnNo,
+    events: &Sender<TargetEvent>,
+    stop: &Arc<AtomicBool>,
+) -> io::Result<TargetSink> {
+    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    let _ = stream.set_nodelay(true);
+    tracing::debug!(conn, %addr, "tunnel target connected");
+    let reader = stream.try_clone()?;
+    let credit = Credit::default();
+    let (tx, rx) = mpsc::sync_channel::<SinkMsg>(WRITE_QUEUE);
+    {
+        let events = events.clone();
+        let credit = credit.clone();
+        let stop = stop.clone();
+        thread::Builder::new()
+            .name(format!("emu-tcp-read-{conn}"))
+            .spawn(move || read_loop(reader, conn, &events, &credit, &stop, true))?;
+    }
+    thread::Builder::new()
+        .name(format!("emu-tcp-write-{conn}"))
+        .spawn(move || {
+            let mut stream = stream;
+            for msg in rx {
+                match msg {
+                    SinkMsg::Data(d) => {
+                        if stream.write_all(&d).is_err() {
+                            break;
+                        }
+                    }
+                    SinkMsg::ShutdownWrite => {
+                        let _ = stream.shutdown(Shutdown::Write);
+                    }
+                    SinkMsg::Close => break,
+                }
+            }
+            // Sink dropped or closed: the reader sees the shutdown and ends too.
+            let _ = stream.shutdown(Shutdown::Both);
+        })?;
+    Ok(TargetSink { tx, credit })
+}
+
+/// Read a target until EOF; `half_close` says whether EOF is a half-close (TCP) or the end (PTY).
+fn read_loop(
+    mut reader: impl Read,
+    conn: ConnNo,
+    events: &Sender<TargetEvent>,
+    credit: &Credit,
+    stop: &AtomicBool,
+    half_close: bool,
+) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        credit.wait_below(MAX_UNDELIVERED, stop);
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let data = buf.get(..n).unwrap_or_default().to_vec();
+                credit.take(n);
+                if events.send(TargetEvent::Data { conn, data }).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // A PTY master reports EIO once the command has exited: that is its EOF.
+            Err(_) => break,
+        }
+    }
+    if half_close {
+        let _ = events.send(TargetEvent::Eof { conn });
+    } else {
+        let _ = events.send(TargetEvent::Closed { conn });
+    }
+}
+
+fn pty_error(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("pseudo-terminal: {e}"))
+}
+
+fn open_pty(
+    command: &[String],
+    conn: ConnNo,
+    events: &Sender<TargetEvent>,
+    stop: &Arc<AtomicBool>,
+) -> io::Result<TargetSink> {
+    let argv = TargetConfig::terminal_argv(command);
+    let Some((program, args)) = argv.split_first() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "empty terminal command",
+        ));
+    };
+    let pair = native_pty_system().openpty(PTY_SIZE).map_err(pty_error)?;
+    let mut cmd = CommandBuilder::new(program);
+    cmd.args(args);
+    cmd.env("TERM", "xterm-256color");
+    if let Ok(home) = std::env::var("HOME") {
+        cmd.cwd(home);
+    }
+    let mut child = pair.slave.spawn_command(cmd).map_err(pty_error)?;
+    // The parent must not keep the slave open, or the master never reports EOF when the command exits.
+    drop(pair.slave);
+    tracing::info!(conn, program = %program, "terminal target started under a PTY");
+    let reader = pair.master.try_clone_reader().map_err(pty_error)?;
+    let mut writer = pair.master.take_writer().map_err(pty_error)?;
+    let mut killer: Box<dyn ChildKiller + Send + Sync> = child.clone_killer();
+    let credit = Credit::default();
+    let (tx, rx) = mpsc::sync_channel::<SinkMsg>(WRITE_QUEUE);
+    {
+        let events = events.clone();
+        let credit = credit.clone();
+        let stop = stop.clone();
+        thread::Builder::new()
+            .name(format!("emu-pty-read-{conn}"))
+            .spawn(move || {
+                read_loop(reader, conn, &events, &credit, &stop, false);
+                match child.wait() {
+                    Ok(status) => {
+                        tracing::info!(conn, code = status.exit_code(), "terminal command exited")
+                    }
+                    Err(e) => {
+                        tracing::debug!(conn, error = %e, "could not reap the terminal command")
+                    }
+                }
+            })?;
+    }
+    thread::Builder::new()
+        .name(format!("emu-pty-write-{conn}"))
+        .spawn(move || {
+            // The master must live as long as the session: dropping it hangs up the terminal.
+            let master = pair.master;
+            for msg in rx {
+                match msg {
+                    SinkMsg::Data(d) => {
+                        if writer.write_all(&d).and_then(|_| writer.flush()).is_err() {
+                            break;
+                        }
+                    }
+                    // A terminal has no half-close; the session ends when the command exits or is closed.
+                    SinkMsg::ShutdownWrite => {}
+                    SinkMsg::Close => break,
+                }
+            }
+            let _ = killer.kill();
+            drop(writer);
+            drop(master);
+        })?;
+    Ok(TargetSink { tx, credit })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    fn next(rx: &mpsc::Receiver<TargetEvent>) -> TargetEvent {
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("target event")
+    }
+
+    #[test]
+    fn tcp_target_forwards_both_ways_and_half_closes() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).expect("read");
+            s.write_all(&got).expect("write");
+            // Dropping closes: the gateway sees EOF.
+        });
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        open(&TargetConfig::Tunnel { forward_to: addr }, 5, tx, stop);
+        let TargetEvent::Connected {
+            conn: 5,
+            sink: Some(sink),
+        } = next(&rx)
+        else {
+            panic!("not connected")
+        };
+        assert!(sink.write(b"hello ".to_vec()));
+        assert!(sink.write(b"world".to_vec()));
+        sink.shutdown_write();
+        let mut echoed = Vec::new();
+        loop {
+            match next(&rx) {
+                TargetEvent::Data { conn: 5, data } => {
+                    sink.credit().release(data.len());
+                    echoed.extend(data)
+                }
+                TargetEvent::Eof { conn: 5 } => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(echoed, b"hello world");
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn refused_tcp_target_reports_no_sink() {
+        // Bind then drop: nothing listens on this port any more.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("addr");
+        let (tx, rx) = mpsc::channel();
+        open(
+            &TargetConfig::Tunnel { forward_to: addr },
+            2,
+            tx,
+            Arc::new(AtomicBool::new(false)),
+        );
+        assert!(matches!(
+            next(&rx),
+            TargetEvent::Connected {
+                conn: 2,
+                sink: None
+            }
+        ));
+    }
+
+    #[test]
+    fn terminal_target_runs_a_command_under_a_pty() {
+        let (tx, rx) = mpsc::channel();
+        let cmd = vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            "read x; echo got:$x".to_string(),
+        ];
+        open(
+            &TargetConfig::Terminal { command: cmd },
+            1,
+            tx,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let TargetEvent::Connected {
+            conn: 1,
+            sink: Some(sink),
+        } = next(&rx)
+        else {
+            panic!("no pty")
+        };
+        assert!(sink.write(b"abc\r".to_vec()));
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no output: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            match next(&rx) {
+                TargetEvent::Data { data, .. } => out.extend(data),
+                TargetEvent::Closed { conn: 1 } => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("got:abc"), "{text:?}");
+    }
+
+    #[test]
+    fn closing_a_terminal_kills_the_command() {
+        let (tx, rx) = mpsc::channel();
+        let cmd = vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            "sleep 60".to_string(),
+        ];
+        open(
+            &TargetConfig::Terminal { command: cmd },
+            1,
+            tx,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let TargetEvent::Connected {
+            sink: Some(sink), ..
+        } = next(&rx)
+        else {
+            panic!("no pty")
+        };
+        let t0 = Instant::now();
+        sink.close();
+        loop {
+            if let TargetEvent::Closed { .. } = next(&rx) {
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn default_terminal_command_is_a_shell() {
+        let argv = TargetConfig::terminal_argv(&[]);
+        assert_eq!(argv.len(), 1);
+        assert!(!argv[0].is_empty());
+        assert_eq!(
+            TargetConfig::terminal_argv(&["top".into()]),
+            vec!["top".to_string()]
+        );
+    }
+}
