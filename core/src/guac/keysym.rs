@@ -265,7 +265,7 @@ impl KeyEncoder {
                     i += 1;
                 }
                 b'\n' => {
-                    if !self.lf_deadline.is_some_and(|d| now <= d) {
+                    if self.lf_deadline.is_none_or(|d| now > d) {
                         out.push(RETURN);
                     }
                     self.lf_deadline = None;
