@@ -38,7 +38,10 @@ impl TlsConfig {
         if pem.len() as u64 > MAX_CA_PEM_BYTES {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("CA file {} is larger than {MAX_CA_PEM_BYTES} bytes", path.display()),
+                format!(
+                    "CA file {} is larger than {MAX_CA_PEM_BYTES} bytes",
+                    path.display()
+                ),
             ));
         }
         self.extra_ca_pem = Some(pem);
@@ -49,7 +52,10 @@ impl TlsConfig {
 impl std::fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsConfig")
-            .field("extra_ca_pem_bytes", &self.extra_ca_pem.as_ref().map(Vec::len))
+            .field(
+                "extra_ca_pem_bytes",
+                &self.extra_ca_pem.as_ref().map(Vec::len),
+            )
             .field("insecure", &self.insecure)
             .finish()
     }

@@ -61,7 +61,12 @@ impl HttpClient {
         );
         match self.try_perform(req) {
             Ok(response) => {
-                tracing::debug!(id = req.id, status = response.status, bytes = response.body.len(), "http response");
+                tracing::debug!(
+                    id = req.id,
+                    status = response.status,
+                    bytes = response.body.len(),
+                    "http response"
+                );
                 Input::HttpResponse {
                     id: req.id,
                     response,
@@ -147,7 +152,9 @@ fn describe(e: &ureq::Error, timeout: Duration) -> String {
         E::Pem(_) => "TLS error: bad PEM".into(),
         E::BadUri(_) => "invalid URL".into(),
         E::Http(err) => format!("invalid request: {err}"),
-        E::LargeResponseHeader(size, limit) => format!("response header too large ({size} > {limit} bytes)"),
+        E::LargeResponseHeader(size, limit) => {
+            format!("response header too large ({size} > {limit} bytes)")
+        }
         E::Protocol(_) => "malformed HTTP response".into(),
         E::StatusCode(code) => format!("HTTP status {code}"),
         E::BodyStalled => "response body stalled".into(),

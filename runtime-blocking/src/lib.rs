@@ -8,5 +8,12 @@
 pub mod config;
 pub mod http;
 pub mod tls;
+pub mod udp;
+pub mod ws;
 
 pub use config::{DriverConfig, TlsConfig};
+pub mod driver;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use driver::{spawn, Handle, InputSender, Stopped};

@@ -102,7 +102,11 @@ pub fn ureq_tls_config(tls: &TlsConfig) -> Result<ureq::tls::TlsConfig, TlsSetup
     let all = webpki_root_certs::TLS_SERVER_ROOT_CERTS
         .iter()
         .map(|c| Certificate::from_der(c.as_ref()))
-        .chain(extra.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()));
+        .chain(
+            extra
+                .iter()
+                .map(|c| Certificate::from_der(c.as_ref()).to_owned()),
+        );
     Ok(builder.root_certs(RootCerts::from(all)).build())
 }
 
