@@ -6,5 +6,6 @@
 //! observe it (headers, envelope, protobuf) and string for string where Commander's own logic depends on
 //! it (exception texts that its retry classification matches).
 
+pub mod endpoints;
 pub mod envelope;
 pub mod proto;
