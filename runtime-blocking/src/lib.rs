@@ -13,6 +13,7 @@ pub mod ws;
 
 pub use config::{DriverConfig, TlsConfig};
 pub mod driver;
+pub mod forward;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -89,6 +89,14 @@ impl PuppetCtl {
         }
     }
 
+    /// The next `Input::Command`, skipping other inputs, or `None` after `within`.
+    pub fn next_command(&self, within: Duration) -> Option<pam_lite_core::Command> {
+        match self.wait_for(within, |i| matches!(i, Input::Command(_)))? {
+            Input::Command(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// Wait for an input matching `pred` (skipping others), or `None` after `within`.
     pub fn wait_for(&self, within: Duration, pred: impl Fn(&Input) -> bool) -> Option<Input> {
         let end = Instant::now() + within;
@@ -288,6 +296,79 @@ pub fn mute_server() -> SocketAddr {
         let mut held = Vec::new();
         for stream in listener.incoming().flatten() {
             held.push(stream);
+        }
+    });
+    addr
+}
+
+/// A node standing in for a whole tunnel: every opened connection is echoed back to itself
+/// (`Send` → `ConnectionData`, `SendEof` → `ConnectionEof` then `ConnectionClosed`), and it records the
+/// connection numbers it was asked to open. `ConnectTarget{conn}` for each number in `dial` is emitted
+/// after the first input, and `Command::TargetConnected` answers are reported as `TerminalOutput`.
+#[derive(Default)]
+pub struct TunnelEcho {
+    pub opened: Arc<Mutex<Vec<pam_lite_core::ConnNo>>>,
+    pub dial: Vec<pam_lite_core::ConnNo>,
+    out: std::collections::VecDeque<Output>,
+}
+
+impl Node for TunnelEcho {
+    fn handle_input(&mut self, input: Input, _now: Instant) {
+        use pam_lite_core::Command as C;
+        for conn in self.dial.drain(..) {
+            self.out.push_back(Output::ConnectTarget { conn });
+        }
+        match input {
+            Input::Command(C::OpenConnection { conn }) => {
+                self.opened.lock().unwrap().push(conn);
+                self.out.push_back(Output::ConnectionOpened { conn });
+            }
+            Input::Command(C::Send { conn, data }) => {
+                self.out.push_back(Output::ConnectionData { conn, data });
+            }
+            Input::Command(C::SendEof { conn }) => {
+                self.out.push_back(Output::ConnectionEof { conn });
+                self.out.push_back(Output::ConnectionClosed {
+                    conn,
+                    reason: pam_lite_core::tube::CloseReason::Normal,
+                });
+            }
+            Input::Command(C::TargetConnected { conn, ok }) => {
+                self.out.push_back(Output::TerminalOutput(
+                    format!("target {conn} {ok}").into_bytes(),
+                ));
+            }
+            Input::Command(C::CloseConnection { conn, .. }) => {
+                self.out.push_back(Output::TerminalOutput(
+                    format!("closed {conn}").into_bytes(),
+                ));
+            }
+            Input::Command(C::Close) => self.out.push_back(Output::Finished(Ok(()))),
+            _ => {}
+        }
+    }
+
+    fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// A TCP echo server on 127.0.0.1 (echoes until EOF, then closes).
+pub fn tcp_echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let mut writer = stream;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(std::net::Shutdown::Both);
+            });
         }
     });
     addr

@@ -1,0 +1,468 @@
+//! TCP glue between local sockets and the node's tunneled connections, with no protocol knowledge:
+//! bytes in become `Command::Send`, bytes out come from `Output::ConnectionData`, a TCP half-close is
+//! `Command::SendEof` / `Output::ConnectionEof`, and a reset or close is `Command::CloseConnection` /
+//! `Output::ConnectionClosed`.
+//!
+//! Threads: one accept thread (client side), and per connection a reader and a writer. The single consumer
+//! of [`crate::Handle::recv`] hands every output to [`Forwarder::dispatch`], which keeps the ones about
+//! connections and gives the others back.
+//!
+//! Backpressure: a reader feeds the node through its bounded input queue, so a socket is read no faster
+//! than the node takes the bytes; a writer has a bounded queue, so a slow local peer stalls `dispatch`
+//! (and with it the consumer of `recv`) instead of growing memory. The core reports no per-connection send
+//! window, so this is the finest flow control a driver can offer.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use pam_lite_core::tube::CloseReason;
+use pam_lite_core::{Command, ConnNo, Input, Output};
+
+use crate::driver::{Handle, InputSender};
+
+/// Bytes read from a local socket per `Command::Send`.
+pub const READ_CHUNK: usize = 16 * 1024;
+/// Chunks queued towards one local socket before `dispatch` waits for it.
+pub const WRITE_QUEUE: usize = 64;
+/// How long a gateway waits for its target's TCP handshake.
+pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the writer of one connection must do next.
+enum ToSocket {
+    Data(Vec<u8>),
+    Eof,
+    Close,
+}
+
+struct Shared {
+    inputs: InputSender,
+    conns: Mutex<HashMap<ConnNo, SyncSender<ToSocket>>>,
+    next_conn: AtomicU32,
+    stop: AtomicBool,
+    /// Gateway side: where `ConnectTarget` connects.
+    target: Option<SocketAddr>,
+}
+
+impl Shared {
+    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<ConnNo, SyncSender<ToSocket>>> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn writer(&self, conn: ConnNo) -> Option<SyncSender<ToSocket>> {
+        self.conns().get(&conn).cloned()
+    }
+
+    /// The local side of `conn` failed: tell the node and forget the connection.
+    fn local_failed(&self, conn: ConnNo, what: &str, error: &io::Error) {
+        tracing::debug!(conn, %error, "{what}");
+        if let Some(writer) = self.conns().remove(&conn) {
+            let _ = writer.try_send(ToSocket::Close);
+            self.inputs.input(Input::Command(Command::CloseConnection {
+                conn,
+                reason: CloseReason::Normal,
+            }));
+        }
+    }
+}
+
+/// Routes the outputs about tunneled connections to their local sockets (see the module docs).
+pub struct Forwarder {
+    shared: Arc<Shared>,
+    /// Client side: the listener address, to wake the accept thread when the forwarder is dropped.
+    listening: Option<SocketAddr>,
+}
+
+impl Forwarder {
+    fn new(handle: &Handle, target: Option<SocketAddr>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                inputs: handle.sender(),
+                conns: Mutex::new(HashMap::new()),
+                next_conn: AtomicU32::new(1),
+                stop: AtomicBool::new(false),
+                target,
+            }),
+            listening: None,
+        }
+    }
+
+    /// Handle `out` if it is about a tunneled connection (this forwarder owns all of them); give any other
+    /// output back to the caller. May block while a local socket's write queue is full.
+    pub fn dispatch(&self, out: Output) -> Option<Output> {
+        match out {
+            Output::ConnectionOpened { conn } => {
+                tracing::debug!(conn, "connection opened");
+                None
+            }
+            Output::ConnectionData { conn, data } => {
+                self.to_socket(conn, ToSocket::Data(data));
+                None
+            }
+            Output::ConnectionEof { conn } => {
+                self.to_socket(conn, ToSocket::Eof);
+                None
+            }
+            Output::ConnectionClosed { conn, reason } => {
+                tracing::debug!(conn, ?reason, "connection closed by the tunnel");
+                if let Some(writer) = self.shared.conns().remove(&conn) {
+                    let _ = writer.send(ToSocket::Close);
+                }
+                None
+            }
+            Output::ConnectTarget { conn } => {
+                self.connect_target(conn);
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Connections currently piped.
+    pub fn open_connections(&self) -> usize {
+        self.shared.conns().len()
+    }
+
+    fn to_socket(&self, conn: ConnNo, what: ToSocket) {
+        match self.shared.writer(conn) {
+            Some(writer) => {
+                let _ = writer.send(what);
+            }
+            None => tracing::debug!(conn, "output for an unknown connection dropped"),
+        }
+    }
+
+    fn connect_target(&self, conn: ConnNo) {
+        let Some(target) = self.shared.target else {
+            tracing::warn!(
+                conn,
+                "ConnectTarget on a forwarder without a target: refused"
+            );
+            self.shared
+                .inputs
+                .input(Input::Command(Command::TargetConnected { conn, ok: false }));
+            return;
+        };
+        // Register the writer now: data may arrive before the target is connected and must be kept.
+        let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
+        self.shared.conns().insert(conn, tx);
+        let shared = self.shared.clone();
+        let spawned = thread::Builder::new()
+            .name("pam-lite-dial".into())
+            .spawn(
+                move || match TcpStream::connect_timeout(&target, TARGET_CONNECT_TIMEOUT) {
+                    Ok(stream) => {
+                        tracing::debug!(conn, %target, "target connected");
+                        shared
+                            .inputs
+                            .input(Input::Command(Command::TargetConnected { conn, ok: true }));
+                        pipe(shared, conn, stream, rx);
+                    }
+                    Err(e) => {
+                        tracing::debug!(conn, %target, error = %e, "target connect failed");
+                        shared.conns().remove(&conn);
+                        shared
+                            .inputs
+                            .input(Input::Command(Command::TargetConnected { conn, ok: false }));
+                    }
+                },
+            );
+        if spawned.is_err() {
+            self.shared.conns().remove(&conn);
+            self.shared
+                .inputs
+                .input(Input::Command(Command::TargetConnected { conn, ok: false }));
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(addr) = self.listening {
+            // Wake the blocking accept so the thread sees the stop flag.
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(100));
+        }
+        for (_, writer) in self.shared.conns().drain() {
+            let _ = writer.try_send(ToSocket::Close);
+        }
+    }
+}
+
+/// Client side: every TCP connection accepted on `listener` becomes tunneled connection 1, 2, 3…
+/// (`Command::OpenConnection`), piped both ways. Call it once the tube is ready; clients that connect
+/// earlier wait in the listen backlog.
+pub fn serve_tunnel(listener: TcpListener, handle: &Handle) -> io::Result<Forwarder> {
+    let mut forwarder = Forwarder::new(handle, None);
+    let local = listener.local_addr()?;
+    forwarder.listening = Some(if local.ip().is_unspecified() {
+        SocketAddr::new(
+            if local.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            },
+            local.port(),
+        )
+    } else {
+        local
+    });
+    let shared = forwarder.shared.clone();
+    thread::Builder::new()
+        .name("pam-lite-accept".into())
+        .spawn(move || accept_loop(listener, shared))?;
+    Ok(forwarder)
+}
+
+/// Gateway side: answer every `Output::ConnectTarget` by connecting to `target`, then pipe.
+pub fn dial_targets(handle: &Handle, target: SocketAddr) -> Forwarder {
+    Forwarder::new(handle, Some(target))
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(conn, peer = ?stream.peer_addr().ok(), "local connection accepted");
+        let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
+        shared.conns().insert(conn, tx);
+        if !shared
+            .inputs
+            .send(Input::Command(Command::OpenConnection { conn }))
+        {
+            return;
+        }
+        let shared = shared.clone();
+        let _ = thread::Builder::new()
+            .name("pam-lite-conn".into())
+            .spawn(move || pipe(shared, conn, stream, rx));
+    }
+}
+
+/// Pipe one connection: this thread writes (from `rx`), a second one reads.
+fn pipe(shared: Arc<Shared>, conn: ConnNo, stream: TcpStream, rx: Receiver<ToSocket>) {
+    let _ = stream.set_nodelay(true);
+    match stream.try_clone() {
+        Ok(reader) => {
+            let for_reader = shared.clone();
+            let spawned = thread::Builder::new()
+                .name("pam-lite-read".into())
+                .spawn(move || read_loop(&for_reader, conn, reader));
+            if let Err(e) = spawned {
+                shared.local_failed(conn, "cannot start a reader", &e);
+                return;
+            }
+        }
+        Err(e) => {
+            shared.local_failed(conn, "cannot clone the socket", &e);
+            return;
+        }
+    }
+    write_loop(&shared, conn, stream, rx);
+}
+
+fn read_loop(shared: &Shared, conn: ConnNo, mut stream: TcpStream) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                tracing::debug!(conn, "local side finished writing");
+                if shared.writer(conn).is_some() {
+                    shared
+                        .inputs
+                        .input(Input::Command(Command::SendEof { conn }));
+                }
+                return;
+            }
+            Ok(n) => {
+                if shared.writer(conn).is_none() {
+                    return; // closed meanwhile
+                }
+                let data = buf.get(..n).unwrap_or_default().to_vec();
+                if !shared
+                    .inputs
+                    .send(Input::Command(Command::Send { conn, data }))
+                {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                shared.local_failed(conn, "local read failed", &e);
+                return;
+            }
+        }
+    }
+}
+
+fn write_loop(shared: &Shared, conn: ConnNo, mut stream: TcpStream, rx: Receiver<ToSocket>) {
+    while let Ok(what) = rx.recv() {
+        match what {
+            ToSocket::Data(data) => {
+                if let Err(e) = stream.write_all(&data) {
+                    shared.local_failed(conn, "local write failed", &e);
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+            ToSocket::Eof => {
+                let _ = stream.shutdown(Shutdown::Write);
+            }
+            ToSocket::Close => break,
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{puppet, tcp_echo_server, TunnelEcho};
+    use crate::{spawn, DriverConfig};
+    use std::time::Instant;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// Run the single `recv` consumer: dispatch, and pass the rest to `rest`.
+    fn route(handle: Handle, forwarder: Forwarder, rest: mpsc::Sender<Output>) {
+        thread::spawn(move || {
+            while let Some(out) = handle.recv() {
+                if let Some(other) = forwarder.dispatch(out) {
+                    let _ = rest.send(other);
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn client_side_pipes_both_ways_with_half_close_and_numbers_connections() {
+        let node = TunnelEcho::default();
+        let opened = node.opened.clone();
+        let handle = spawn(node, DriverConfig::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let forwarder = serve_tunnel(listener, &handle).unwrap();
+        let (rest_tx, _rest) = mpsc::channel();
+        route(handle, forwarder, rest_tx);
+
+        for round in 0..3u8 {
+            let mut client = TcpStream::connect(addr).unwrap();
+            client.set_read_timeout(Some(WAIT)).unwrap();
+            let payload: Vec<u8> = (0..100_000u32).map(|i| (i as u8) ^ round).collect();
+            let mut writer = client.try_clone().unwrap();
+            let expected = payload.clone();
+            let sender = thread::spawn(move || {
+                writer.write_all(&payload).unwrap();
+                writer.shutdown(Shutdown::Write).unwrap();
+            });
+            let mut echoed = Vec::new();
+            client.read_to_end(&mut echoed).unwrap(); // EOF arrives through the tunnel
+            sender.join().unwrap();
+            assert_eq!(echoed, expected);
+        }
+        assert_eq!(*opened.lock().unwrap(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn client_reset_becomes_close_connection() {
+        let node = TunnelEcho::default();
+        let handle = spawn(node, DriverConfig::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let forwarder = serve_tunnel(listener, &handle).unwrap();
+        let (rest_tx, rest) = mpsc::channel();
+        route(handle, forwarder, rest_tx);
+        {
+            let client = TcpStream::connect(addr).unwrap();
+            // SO_LINGER 0: close sends a RST, which the reader sees as an error.
+            socket2::SockRef::from(&client)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            (&client).write_all(b"x").unwrap();
+            thread::sleep(Duration::from_millis(50));
+        }
+        let end = Instant::now() + WAIT;
+        let mut saw = None;
+        while Instant::now() < end {
+            if let Ok(Output::TerminalOutput(t)) = rest.recv_timeout(Duration::from_millis(50)) {
+                saw = Some(String::from_utf8(t).unwrap());
+                break;
+            }
+        }
+        assert_eq!(saw.as_deref(), Some("closed 1"));
+    }
+
+    #[test]
+    fn gateway_side_dials_target_and_pipes_with_half_close() {
+        let echo = tcp_echo_server();
+        let (node, ctl) = puppet();
+        let handle = spawn(node, DriverConfig::default()).unwrap();
+        let forwarder = dial_targets(&handle, echo);
+        let sender = handle.sender();
+        let (rest_tx, _rest) = mpsc::channel();
+        route(handle, forwarder, rest_tx);
+        let nudge = |out: Output| {
+            ctl.script(out);
+            sender.input(Input::Timeout);
+        };
+        nudge(Output::ConnectTarget { conn: 5 });
+        assert_eq!(
+            ctl.next_command(WAIT),
+            Some(Command::TargetConnected { conn: 5, ok: true })
+        );
+        nudge(Output::ConnectionData {
+            conn: 5,
+            data: b"ping".to_vec(),
+        });
+        let mut echoed = Vec::new();
+        while echoed.len() < 4 {
+            match ctl.next_command(WAIT) {
+                Some(Command::Send { conn: 5, data }) => echoed.extend(data),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(echoed, b"ping");
+        // Our EOF half-closes the target; the echo server then closes, which comes back as SendEof.
+        nudge(Output::ConnectionEof { conn: 5 });
+        assert_eq!(ctl.next_command(WAIT), Some(Command::SendEof { conn: 5 }));
+    }
+
+    #[test]
+    fn gateway_side_reports_a_refused_target() {
+        let refused = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (node, ctl) = puppet();
+        let handle = spawn(node, DriverConfig::default()).unwrap();
+        let forwarder = dial_targets(&handle, refused);
+        ctl.script(Output::ConnectTarget { conn: 9 });
+        handle.input(Input::Timeout);
+        let out = handle.recv_timeout(WAIT).unwrap().unwrap();
+        assert_eq!(forwarder.dispatch(out), None);
+        assert_eq!(
+            ctl.next_command(WAIT),
+            Some(Command::TargetConnected { conn: 9, ok: false })
+        );
+        assert_eq!(forwarder.open_connections(), 0);
+        assert_eq!(
+            forwarder.dispatch(Output::TubeReady),
+            Some(Output::TubeReady)
+        );
+    }
+}
