@@ -1,4 +1,71 @@
+//! `pam-lite`: the command-line client. See `pam-lite --help`, cli/TICKET.md and cli/EXIT_CODES.md.
+//!
+//! `main` only parses, sets up logging and maps the outcome to an exit code; every subcommand returns a
+//! [`CliError`] so that the exit code is decided in exactly one place, after every guard (raw mode,
+//! spinner) has been dropped and the terminal is restored.
+
+mod args;
+mod exit;
+mod logging;
 mod secret;
+mod settings;
+mod spinner;
+mod terminal;
 mod ticket;
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command, TicketCommand};
+use crate::exit::CliError;
+use crate::ticket::Ticket;
+
+fn main() -> ExitCode {
+    terminal::install_panic_hook();
+    let cli = Cli::parse();
+    let verbose = match &cli.command {
+        Command::Launch(a) => a.common.verbose,
+        Command::Tunnel(a) => a.common.verbose,
+        Command::Emulator(a) => a.verbose,
+        Command::Ticket(_) => 0,
+    };
+    logging::init(verbose);
+    let result = run(cli);
+    // Every guard is gone by now: the terminal is back to normal before anything is printed.
+    terminal::restore();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pam-lite: {e}");
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Ticket(TicketCommand::Check { file }) => ticket_check(&file),
+        Command::Launch(_) | Command::Tunnel(_) | Command::Emulator(_) => Err(CliError::Local(
+            "this command is not available in this build yet".into(),
+        )),
+    }
+}
+
+/// `pam-lite ticket check FILE`.
+fn ticket_check(file: &std::path::Path) -> Result<(), CliError> {
+    let ticket = Ticket::load(file)?;
+    println!("launch ticket {}: OK", file.display());
+    print!("{}", ticket.describe());
+    for w in ticket.warnings(unix_now_secs()) {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -506,13 +506,15 @@ impl Ticket {
             }
         };
         match key_id {
-            1..=6 => return Err(TicketError::field(
-                key_id_field,
-                format!(
+            1..=6 => {
+                return Err(TicketError::field(
+                    key_id_field,
+                    format!(
                     "unsupported key id {key_id}: Keeper server keys 1-6 are RSA keys, pam-lite \
                          supports only the EC keys 7-18"
                 ),
-            )),
+                ))
+            }
             7..=18 => {}
             _ => {
                 return Err(TicketError::field(
@@ -522,31 +524,30 @@ impl Ticket {
             }
         }
         let pk_field = auth.name("server_public_key_b64url");
-        let (server_key, server_key_from_ticket) = match auth
-            .opt_str("server_public_key_b64url", MAX_SHORT)?
-        {
-            Some(text) => {
-                let point = decode_b64(&pk_field, text, true)?;
-                if point.len() != EC_POINT_LEN {
-                    return Err(TicketError::field(
-                        pk_field,
-                        format!(
+        let (server_key, server_key_from_ticket) =
+            match auth.opt_str("server_public_key_b64url", MAX_SHORT)? {
+                Some(text) => {
+                    let point = decode_b64(&pk_field, text, true)?;
+                    if point.len() != EC_POINT_LEN {
+                        return Err(TicketError::field(
+                            pk_field,
+                            format!(
                             "wrong key length: {} bytes, expected {EC_POINT_LEN} (an uncompressed \
                                  P-256 point)",
                             point.len()
                         ),
-                    ));
+                        ));
+                    }
+                    let key = ServerPublicKey::from_sec1(key_id, &point)
+                        .map_err(|e| TicketError::field(&pk_field, e.to_string()))?;
+                    (key, true)
                 }
-                let key = ServerPublicKey::from_sec1(key_id, &point)
-                    .map_err(|e| TicketError::field(&pk_field, e.to_string()))?;
-                (key, true)
-            }
-            None => {
-                let key = ServerPublicKey::keeper(key_id)
-                    .map_err(|e| TicketError::field(&key_id_field, e.to_string()))?;
-                (key, false)
-            }
-        };
+                None => {
+                    let key = ServerPublicKey::keeper(key_id)
+                        .map_err(|e| TicketError::field(&key_id_field, e.to_string()))?;
+                    (key, false)
+                }
+            };
         let expires_hint_unix = auth.opt_u64("expires_hint_unix")?.filter(|t| *t > 0);
 
         // --- who and what

@@ -1,0 +1,271 @@
+//! The command line (clap derive). The help texts are the user documentation, so they say what a flag
+//! does *and* when you would want it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes, shown at the end of `pam-lite --help` (and in cli/EXIT_CODES.md).
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0   success
+  1   local error (ticket file unreadable, terminal, socket bind, I/O)
+  2   usage error (bad command line)
+  3   invalid configuration (invalid launch ticket, bad environment variable)
+  4   router unreachable
+  5   router refused the request
+  6   gateway offline
+  7   gateway error
+  8   timed out
+  9   router WebSocket failed
+  10  protocol error
+  11  WebRTC session disconnected
+
+Environment (Commander's names): KROUTER_URL overrides the ticket's router URL; PAM_CONNECT_TIMING=1 is
+--timing; VERIFY_SSL=false skips router certificate checks; WEBSOCKET_BACKEND_DELAY, PAM_PRE_OFFER_SEC,
+PAM_PRE_OFFER_LEGACY, PAM_OFFER_RETRY_EXTRA_SEC, PAM_GATEWAY_OFFER_MAX_ATTEMPTS, PAM_OPEN_CONNECTION_DELAY,
+PAM_WEBRTC_POLL_MS, PAM_WEBRTC_CONNECT_TIMEOUT_SEC, ... adjust the timing profile; RUST_LOG sets log filters.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pam-lite",
+    version,
+    about = "A fast, small client for Keeper PAM `pam launch` / `pam tunnel start`",
+    long_about = "A fast, small client for Keeper PAM: opens the same WebRTC tunnel to a Keeper Gateway that \
+                  Commander's `pam launch` and `pam tunnel start` open, from a launch ticket (a JSON file with \
+                  the session token, router key, gateway and record; see cli/TICKET.md), with no Keeper login.\n\n\
+                  Try it without any Keeper account: `pam-lite launch --demo` runs an emulated router and \
+                  gateway in-process, with your own shell behind them.",
+    after_help = EXIT_CODES_HELP,
+    after_long_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open an interactive terminal session (what `pam launch` does).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Launch(LaunchArgs),
+    /// Forward a local TCP port through the gateway (what `pam tunnel start` does).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Tunnel(TunnelArgs),
+    /// Run the emulated router and gateway on 127.0.0.1 and write a launch ticket for them.
+    Emulator(EmulatorArgs),
+    /// Work with launch tickets.
+    #[command(subcommand)]
+    Ticket(TicketCommand),
+}
+
+/// Which I/O driver runs the protocol core. Both behave the same; `blocking` uses plain threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Runtime {
+    /// The async driver (smol): one thread for everything.
+    Smol,
+    /// The threaded driver (std sockets, ureq, tungstenite).
+    Blocking,
+}
+
+/// Where the launch's parameters come from.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct Source {
+    /// Start the emulated router + gateway in this process and use its ticket (no Keeper account needed).
+    #[arg(long)]
+    pub demo: bool,
+    /// The launch ticket (JSON, see cli/TICKET.md). It holds secrets: keep it like a password.
+    #[arg(long, value_name = "FILE")]
+    pub ticket: Option<PathBuf>,
+}
+
+/// Flags shared by `launch` and `tunnel`.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Send all local ICE candidates inside the offer and wait for the answer in the HTTP reply, instead of
+    /// trickling them over the router WebSocket (Commander's `-nti`).
+    #[arg(long)]
+    pub no_trickle_ice: bool,
+    /// I/O driver.
+    #[arg(long, value_enum, default_value_t = Runtime::Smol)]
+    pub runtime: Runtime,
+    /// Timing profile: `fast` is pam-lite's own schedule; the `commander-*` profiles reproduce Commander's
+    /// sleeps and request pattern (today's, after PR #1982, before it) for comparisons. Commander's
+    /// environment variables adjust any profile.
+    #[arg(long, default_value = "fast",
+          value_parser = clap::builder::PossibleValuesParser::new(pam_lite_core::profile::Profile::names()))]
+    pub profile: String,
+    /// Print the checkpoint waterfall (Commander's PAM_CONNECT_TIMING lines) to stderr. Same as
+    /// PAM_CONNECT_TIMING=1.
+    #[arg(long)]
+    pub timing: bool,
+    /// Write the checkpoint waterfall as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub timing_json: Option<PathBuf>,
+    /// More logs on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides. Secrets are never logged.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LaunchArgs {
+    #[command(flatten)]
+    pub source: Source,
+    /// Script mode: no raw terminal; pipe stdin to the session and exit when stdin has ended and the
+    /// output has settled (or the remote side closed). E.g. `printf 'uname -a\nexit\n' | pam-lite launch
+    /// --ticket t.json --stdin`.
+    #[arg(long)]
+    pub stdin: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TunnelArgs {
+    #[command(flatten)]
+    pub source: Source,
+    /// With --demo: where the emulated gateway connects. Without it a local echo server is started as
+    /// the target.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "ticket")]
+    pub target: Option<String>,
+    /// Local address to accept connections on; each accepted connection is one tunneled connection. Port 0
+    /// picks a free port (printed on stderr).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EmulatorArgs {
+    /// Address of the emulated router (HTTP + WebSocket). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// Write the launch ticket here (default: print it on stdout).
+    #[arg(long, value_name = "FILE")]
+    pub ticket_out: Option<PathBuf>,
+    /// Serve HTTPS/WSS with a self-signed certificate (the ticket carries it as `tls_ca_pem`).
+    #[arg(long)]
+    pub tls: bool,
+    /// Simulated client-router round trip added to every router request, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub router_rtt_ms: u64,
+    /// Extra cost of a request on a fresh (non keep-alive) connection, in milliseconds (TCP+TLS setup).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub fresh_conn_ms: u64,
+    /// How long the gateway takes to answer an offer, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub answer_delay_ms: u64,
+    /// How long after its upgrade the router can route to a WebSocket (a cold router), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub registration_lag_ms: u64,
+    /// Fail the next router request with this HTTP status; repeat to fail several in a row.
+    #[arg(long, value_name = "STATUS")]
+    pub fail_http: Vec<u16>,
+    /// Fail the next offer with this router result code (e.g. RRC_TIMEOUT, RRC_BAD_STATE).
+    #[arg(long, value_name = "CODE")]
+    pub fail_rrc: Option<String>,
+    /// Report the gateway as offline in get_controllers.
+    #[arg(long)]
+    pub gateway_offline: bool,
+    /// Drop the client's WebSocket this many milliseconds after it opened.
+    #[arg(long, value_name = "MS")]
+    pub ws_drop_ms: Option<u64>,
+    /// Probability (0-1) that a UDP datagram between client and gateway is lost.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub udp_loss: f64,
+    /// One-way UDP latency in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub udp_latency_ms: u64,
+    /// Extra random UDP delay in [0, MS) milliseconds (reorders datagrams).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub udp_jitter_ms: u64,
+    /// Probability (0-1) that a UDP datagram is delivered twice.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub udp_dup: f64,
+    /// Tunnel target for `pam-lite tunnel` connections.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "terminal")]
+    pub target: Option<String>,
+    /// Terminal mode: each session runs your shell ($SHELL, else /bin/sh) behind an emulated guacd.
+    #[arg(long)]
+    pub terminal: bool,
+    /// More logs on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TicketCommand {
+    /// Validate a launch ticket and print what it contains (secrets redacted). Exit code 0 if usable,
+    /// 1 if unreadable, 3 if invalid.
+    Check {
+        /// The ticket file.
+        file: PathBuf,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn demo_and_ticket_are_exclusive_and_one_is_required() {
+        assert!(Cli::try_parse_from(["pam-lite", "launch"]).is_err());
+        assert!(Cli::try_parse_from(["pam-lite", "launch", "--demo", "--ticket", "x"]).is_err());
+        let cli = Cli::try_parse_from([
+            "pam-lite",
+            "launch",
+            "--demo",
+            "--stdin",
+            "--runtime",
+            "blocking",
+        ])
+        .unwrap();
+        let Command::Launch(a) = cli.command else {
+            panic!("not launch")
+        };
+        assert!(a.source.demo && a.stdin);
+        assert_eq!(a.common.runtime, Runtime::Blocking);
+        assert_eq!(a.common.profile, "fast");
+    }
+
+    #[test]
+    fn target_needs_demo() {
+        assert!(Cli::try_parse_from([
+            "pam-lite",
+            "tunnel",
+            "--ticket",
+            "t",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            "h:1"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from([
+            "pam-lite",
+            "tunnel",
+            "--demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            "h:1"
+        ])
+        .is_ok());
+    }
+
+    #[test]
+    fn unknown_profile_is_a_usage_error() {
+        let e =
+            Cli::try_parse_from(["pam-lite", "launch", "--demo", "--profile", "slow"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+}

@@ -1,0 +1,106 @@
+//! Commander's environment variables, resolved once per run (spec §7): the timing profile knobs,
+//! `PAM_CONNECT_TIMING`, `KROUTER_URL`, `VERIFY_SSL`. Lookups go through a function so tests can use a map.
+
+use pam_lite_core::profile::Profile;
+
+use crate::exit::CliError;
+
+/// `KROUTER_URL`: replaces the ticket's router URL.
+pub const KROUTER_URL: &str = "KROUTER_URL";
+/// `PAM_CONNECT_TIMING`: truthy = `--timing`.
+pub const PAM_CONNECT_TIMING: &str = "PAM_CONNECT_TIMING";
+/// `VERIFY_SSL`: falsy = do not verify the router's certificate.
+pub const VERIFY_SSL: &str = "VERIFY_SSL";
+
+/// Commander's `_env_truthy`.
+pub fn truthy(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
+}
+
+/// Falsy spellings (`VERIFY_SSL=false`).
+pub fn falsy(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "0" | "false" | "no" | "off"
+    )
+}
+
+/// What the environment contributes to a launch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvSettings {
+    pub profile: Profile,
+    pub timing: bool,
+    pub router_url: Option<String>,
+    /// `VERIFY_SSL` is set to a false value.
+    pub skip_tls_verify: bool,
+}
+
+/// Build the profile `profile_name` with the environment applied, plus the other variables.
+pub fn from_env(
+    profile_name: &str,
+    timing_flag: bool,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<EnvSettings, CliError> {
+    let mut profile = Profile::by_name(profile_name).map_err(|e| CliError::Usage(e.to_string()))?;
+    profile
+        .apply_env(&lookup)
+        .map_err(|e| CliError::Config(e.to_string()))?;
+    let timing = timing_flag || lookup(PAM_CONNECT_TIMING).is_some_and(|v| truthy(&v));
+    let router_url = lookup(KROUTER_URL).filter(|v| !v.trim().is_empty());
+    let skip_tls_verify = lookup(VERIFY_SSL).is_some_and(|v| falsy(&v));
+    Ok(EnvSettings {
+        profile,
+        timing,
+        router_url,
+        skip_tls_verify,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn commander_variables_are_honoured() {
+        let s = from_env(
+            "fast",
+            false,
+            env(&[
+                ("PAM_CONNECT_TIMING", "1"),
+                ("KROUTER_URL", "http://127.0.0.1:9"),
+                ("VERIFY_SSL", "False"),
+                ("PAM_OPEN_CONNECTION_DELAY", "0.5"),
+            ]),
+        )
+        .unwrap();
+        assert!(s.timing);
+        assert_eq!(s.router_url.as_deref(), Some("http://127.0.0.1:9"));
+        assert!(s.skip_tls_verify);
+        assert_eq!(
+            s.profile.open_connection_delay,
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(s.profile.name, "fast");
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let s = from_env("commander-1984", false, env(&[])).unwrap();
+        assert!(!s.timing && !s.skip_tls_verify && s.router_url.is_none());
+        let e = from_env("fast", false, env(&[("PAM_WEBRTC_POLL_MS", "soon")])).unwrap_err();
+        assert_eq!(e.exit_code(), 3);
+        assert!(e.to_string().contains("PAM_WEBRTC_POLL_MS"));
+    }
+}
