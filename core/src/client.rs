@@ -23,7 +23,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde_json::{json, Map, Value};
 
-use crate::guac::client::{ClientEvent as TerminalEvent, InputMode, TerminalClient, TerminalConfig};
+use crate::guac::client::{
+    ClientEvent as TerminalEvent, InputMode, TerminalClient, TerminalConfig,
+};
 use crate::ice_batch::IceBatcher;
 use crate::offer_retry::{AttemptFailure, Decision, OfferRetry};
 use crate::profile::Profile;
@@ -38,8 +40,8 @@ use crate::timing::{
 use crate::tube::conns::{Connections, Role as TubeRole, TubeEvent};
 use crate::tube::CloseReason;
 use crate::{
-    CandidateKind, Command, HttpRequest, HttpResponse, Input, LaunchError, Node, Output,
-    RequestId, Seed, WsConnect,
+    CandidateKind, Command, HttpRequest, HttpResponse, Input, LaunchError, Node, Output, RequestId,
+    Seed, WsConnect,
 };
 
 /// What the launch opens once the tube is up.
@@ -379,7 +381,10 @@ impl Client {
     }
 
     fn unix_ms(&self) -> u64 {
-        let since = self.start.map(|s| self.now.saturating_duration_since(s)).unwrap_or_default();
+        let since = self
+            .start
+            .map(|s| self.now.saturating_duration_since(s))
+            .unwrap_or_default();
         self.cfg.unix_ms_at_start + since.as_millis() as u64
     }
 
@@ -452,7 +457,11 @@ impl Client {
         } else {
             bind_done && (p.websocket_early || self.ws == WsState::Closed)
         };
-        if !trickle && relay_done && self.peer.is_none() && !self.timers.contains_key(&Timer::Gather) {
+        if !trickle
+            && relay_done
+            && self.peer.is_none()
+            && !self.timers.contains_key(&Timer::Gather)
+        {
             self.arm(Timer::Gather, ICE_GATHER_TIMEOUT);
         }
 
@@ -618,7 +627,10 @@ impl Client {
     fn start_attempt(&mut self) {
         self.attempt = self.retry.begin_attempt();
         self.offer = OfferStep::InFlight;
-        self.checkpoint(WEBRTC_TUNNEL, names::gateway_offer_http_attempt(self.attempt));
+        self.checkpoint(
+            WEBRTC_TUNNEL,
+            names::gateway_offer_http_attempt(self.attempt),
+        );
         if self.profile().precheck_each_action {
             self.send_precheck(Call::OfferPrecheck);
         } else if self.online == Some(false) {
@@ -675,7 +687,11 @@ impl Client {
             message_id: Some(self.conv.url()),
         };
         let p = self.profile().clone();
-        let timeout = if self.cfg.ephemeral { p.offer_timeout_ephemeral } else { p.offer_timeout };
+        let timeout = if self.cfg.ephemeral {
+            p.offer_timeout_ephemeral
+        } else {
+            p.offer_timeout
+        };
         let trickle = self.cfg.trickle_ice;
         let tokens = match self.tokens_for(trickle) {
             Ok(t) => t,
@@ -683,9 +699,18 @@ impl Client {
         };
         // Non-streaming: the router holds the request until the gateway answers, so our bound must
         // cover the router's own wait.
-        let http_timeout = if trickle { p.http_timeout } else { timeout + p.http_timeout };
-        let message =
-            endpoints::controller_message(&self.cfg.gateway_uid, &self.conv, &action, trickle, timeout);
+        let http_timeout = if trickle {
+            p.http_timeout
+        } else {
+            timeout + p.http_timeout
+        };
+        let message = endpoints::controller_message(
+            &self.cfg.gateway_uid,
+            &self.conv,
+            &action,
+            trickle,
+            timeout,
+        );
         let req = endpoints::send_controller_message(
             &self.cfg.router_url,
             &tokens,
@@ -704,7 +729,10 @@ impl Client {
             Decision::RetryAt { at, .. } => {
                 self.offer = OfferStep::CatchUp;
                 if self.retry.logs_catchup() {
-                    self.checkpoint(WEBRTC_TUNNEL, names::GATEWAY_OFFER_BACKEND_CATCHUP_DELAY_START);
+                    self.checkpoint(
+                        WEBRTC_TUNNEL,
+                        names::GATEWAY_OFFER_BACKEND_CATCHUP_DELAY_START,
+                    );
                 }
                 self.timers.insert(Timer::CatchUp, at);
             }
@@ -760,7 +788,9 @@ impl Client {
 
     fn apply_answer(&mut self, sdp: &str) {
         let now = self.now;
-        let Some(peer) = self.peer.as_mut() else { return };
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
         if !peer.awaiting_answer() {
             tracing::debug!("ignoring a second answer");
             return;
@@ -793,7 +823,9 @@ impl Client {
         if !self.cfg.trickle_ice || self.batch_in_flight.is_some() || self.ws != WsState::Open {
             return;
         }
-        let Some(batch) = self.batcher.next_batch() else { return };
+        let Some(batch) = self.batcher.next_batch() else {
+            return;
+        };
         self.batch_in_flight = Some(batch);
         if self.profile().precheck_each_action {
             self.send_precheck(Call::CandidatePrecheck);
@@ -803,7 +835,9 @@ impl Client {
     }
 
     fn send_candidates(&mut self) {
-        let Some(batch) = self.batch_in_flight.clone() else { return };
+        let Some(batch) = self.batch_in_flight.clone() else {
+            return;
+        };
         let plaintext = json!({ "candidates": batch }).to_string();
         let data = self.key.encrypt(plaintext.as_bytes(), &mut self.rng);
         let mut inputs = Map::new();
@@ -931,7 +965,9 @@ impl Client {
 
     fn pump_peer(&mut self) {
         let now = self.now;
-        let Some(peer) = self.peer.as_mut() else { return };
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
         while let Some(d) = peer.poll_transmit() {
             self.outputs.push_back(Output::Transmit(d));
         }
@@ -951,8 +987,15 @@ impl Client {
                     conns.set_unix_ms_base(self.unix_ms(), now);
                     self.conns = Some(conns);
                     self.checkpoint(CLI_SESSION, names::DATA_CHANNEL_OPEN);
-                    if self.open_step == Step::Running && self.timers.contains_key(&Timer::OpenRetry) {
-                        // Commander would only notice at its next backoff tick; keep that schedule.
+                    // An event-driven profile opens the moment the channel is up; Commander's
+                    // schedule only notices at its next backoff tick, which its timer keeps.
+                    let event_driven = self.cfg.profile.poll_interval.is_none();
+                    if event_driven
+                        && self.open_step == Step::Running
+                        && !self.timers.contains_key(&Timer::OpenDelay)
+                    {
+                        self.timers.remove(&Timer::OpenRetry);
+                        self.try_open();
                     }
                 }
                 PeerEvent::Message(m) => {
@@ -990,7 +1033,9 @@ impl Client {
                     None => break,
                 }
             }
-            let Some(conns) = self.conns.as_mut() else { break };
+            let Some(conns) = self.conns.as_mut() else {
+                break;
+            };
             conns.advance(now);
             let Some(ev) = conns.poll_event() else { break };
             match ev {
@@ -1008,12 +1053,14 @@ impl Client {
                         }
                         self.pump_terminal();
                     } else {
-                        self.outputs.push_back(Output::ConnectionData { conn, data });
+                        self.outputs
+                            .push_back(Output::ConnectionData { conn, data });
                     }
                 }
                 TubeEvent::Eof(conn) => self.outputs.push_back(Output::ConnectionEof { conn }),
                 TubeEvent::Closed { conn, reason, .. } => {
-                    self.outputs.push_back(Output::ConnectionClosed { conn, reason });
+                    self.outputs
+                        .push_back(Output::ConnectionClosed { conn, reason });
                     if let (1, Some(t)) = (conn, self.terminal.as_mut()) {
                         t.connection_closed(reason);
                     }
@@ -1025,19 +1072,28 @@ impl Client {
                 TubeEvent::ChannelClosed { reason, .. } => {
                     if !self.finished {
                         self.closing = true;
-                        self.finish(if reason == CloseReason::Normal || reason == CloseReason::AdminClosed {
-                            Ok(())
-                        } else {
-                            Err(LaunchError::Disconnected(format!("gateway closed the tube: {reason}")))
-                        });
+                        self.finish(
+                            if reason == CloseReason::Normal || reason == CloseReason::AdminClosed {
+                                Ok(())
+                            } else {
+                                Err(LaunchError::Disconnected(format!(
+                                    "gateway closed the tube: {reason}"
+                                )))
+                            },
+                        );
                     }
                     return;
                 }
                 TubeEvent::ConnectTarget { conn, .. } => {
-                    tracing::warn!(conn, "the gateway asked the client to open a connection; refused");
+                    tracing::warn!(
+                        conn,
+                        "the gateway asked the client to open a connection; refused"
+                    );
                 }
                 TubeEvent::Pong { .. } => {}
-                TubeEvent::ProtocolWarning(w) => tracing::warn!(warning = %w, "tube protocol warning"),
+                TubeEvent::ProtocolWarning(w) => {
+                    tracing::warn!(warning = %w, "tube protocol warning")
+                }
             }
         }
         if let Some(peer) = self.peer.as_mut() {
@@ -1048,7 +1104,9 @@ impl Client {
     }
 
     fn pump_terminal(&mut self) {
-        let Some(t) = self.terminal.as_mut() else { return };
+        let Some(t) = self.terminal.as_mut() else {
+            return;
+        };
         let mut to_gateway = Vec::new();
         let mut events = Vec::new();
         while let Some(e) = t.poll_event() {
@@ -1057,7 +1115,9 @@ impl Client {
         for e in events {
             match e {
                 TerminalEvent::ToGateway(bytes) => to_gateway.push(bytes),
-                TerminalEvent::Output(bytes) => self.outputs.push_back(Output::TerminalOutput(bytes)),
+                TerminalEvent::Output(bytes) => {
+                    self.outputs.push_back(Output::TerminalOutput(bytes))
+                }
                 TerminalEvent::Ready => {
                     if !self.guac_ready {
                         self.guac_ready = true;
@@ -1102,7 +1162,9 @@ impl Client {
             Call::Bind => {
                 match &result {
                     Ok(r) => self.cookie = endpoints::cookie_header(&r.set_cookies),
-                    Err(e) => tracing::info!(error = %e, "bind_to_controller failed (ignored, as Commander does)"),
+                    Err(e) => {
+                        tracing::info!(error = %e, "bind_to_controller failed (ignored, as Commander does)")
+                    }
                 }
                 self.bind = Step::Done;
             }
@@ -1270,7 +1332,10 @@ fn terminal_config(t: &TerminalSettings) -> TerminalConfig {
         .guacd_params
         .iter()
         .map(|(k, v)| {
-            let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            let v = v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
             (k.clone(), v)
         })
         .collect();
@@ -1278,7 +1343,11 @@ fn terminal_config(t: &TerminalSettings) -> TerminalConfig {
         cols: t.cols,
         rows: t.rows,
         guacd_params,
-        input_mode: if t.stdin_mode { InputMode::Stdin } else { InputMode::Keys },
+        input_mode: if t.stdin_mode {
+            InputMode::Stdin
+        } else {
+            InputMode::Keys
+        },
         ..TerminalConfig::default()
     }
 }
@@ -1400,7 +1469,6 @@ impl Node for Client {
         [timers, peer, terminal].into_iter().flatten().min()
     }
 }
-
 
 /// Commander caps the whole `create_tube` (incl. non-trickle gathering) at 15 s.
 const ICE_GATHER_TIMEOUT: Duration = Duration::from_secs(15);

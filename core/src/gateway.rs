@@ -147,7 +147,10 @@ impl Gateway {
     }
 
     fn unix_ms(&self) -> u64 {
-        let since = self.start.map(|s| self.now.saturating_duration_since(s)).unwrap_or_default();
+        let since = self
+            .start
+            .map(|s| self.now.saturating_duration_since(s))
+            .unwrap_or_default();
         self.cfg.unix_ms_at_start + since.as_millis() as u64
     }
 
@@ -160,7 +163,10 @@ impl Gateway {
 
     fn reply_error(&mut self, reply_to: u64, error: &str) {
         tracing::warn!(%error, "gateway refuses a controller message");
-        self.reply(reply_to, json!({ "is_ok": false, "data": error, "error": error }));
+        self.reply(
+            reply_to,
+            json!({ "is_ok": false, "data": error, "error": error }),
+        );
     }
 
     fn seed_for(&self, record_uid: &str) -> Option<Vec<u8>> {
@@ -176,7 +182,13 @@ impl Gateway {
             Ok(a) => a,
             Err(e) => return self.reply_error(reply_to, &format!("bad gateway action: {e}")),
         };
-        let input = |k: &str| action.inputs.get(k).and_then(Value::as_str).map(str::to_string);
+        let input = |k: &str| {
+            action
+                .inputs
+                .get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
         let kind = input("kind").unwrap_or_default();
         let Some(conv) = ConversationId::parse(&action.conversation_id) else {
             return self.reply_error(reply_to, "bad conversationId");
@@ -190,7 +202,9 @@ impl Gateway {
                 let data = input("data").unwrap_or_default();
                 let list = match self.tubes[idx].key.decrypt(&data) {
                     Ok(plain) => signaling::parse_candidates(&plain),
-                    Err(e) => return self.reply_error(reply_to, &format!("decryption failed: {e}")),
+                    Err(e) => {
+                        return self.reply_error(reply_to, &format!("decryption failed: {e}"))
+                    }
                 };
                 let now = self.now;
                 let tube = &mut self.tubes[idx];
@@ -203,15 +217,31 @@ impl Gateway {
                         tube.early_candidates.push(c);
                     }
                 }
-                self.reply(reply_to, json!({ "is_ok": true, "data": "ice candidate received" }));
+                self.reply(
+                    reply_to,
+                    json!({ "is_ok": true, "data": "ice candidate received" }),
+                );
                 self.pump(idx);
             }
             other => self.reply_error(reply_to, &format!("unsupported action kind {other:?}")),
         }
     }
 
-    fn on_offer(&mut self, reply_to: u64, stream: bool, conv: ConversationId, action: &GatewayAction) {
-        let get = |k: &str| action.inputs.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    fn on_offer(
+        &mut self,
+        reply_to: u64,
+        stream: bool,
+        conv: ConversationId,
+        action: &GatewayAction,
+    ) {
+        let get = |k: &str| {
+            action
+                .inputs
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
         if self.tube_count() >= self.cfg.max_tubes {
             return self.reply_error(reply_to, "gateway is at its tube limit");
         }
@@ -234,7 +264,11 @@ impl Gateway {
             Ok(sdp) => sdp,
             Err(e) => return self.reply_error(reply_to, &e),
         };
-        let trickle = action.inputs.get("trickleICE").and_then(Value::as_bool).unwrap_or(stream);
+        let trickle = action
+            .inputs
+            .get("trickleICE")
+            .and_then(Value::as_bool)
+            .unwrap_or(stream);
         let now = self.now;
         let mut peer = Peer::new(Role::Answerer, &conv.std(), now);
         if !trickle {
@@ -276,7 +310,9 @@ impl Gateway {
             if !due {
                 continue;
             }
-            let Some(pending) = self.tubes[idx].answer.take() else { continue };
+            let Some(pending) = self.tubes[idx].answer.take() else {
+                continue;
+            };
             let body = json!({ "answer": B64.encode(pending.sdp.as_bytes()) }).to_string();
             let data = self.tubes[idx].key.encrypt(body.as_bytes(), &mut self.rng);
             let reply_to = self.tubes[idx].reply_to;
@@ -315,7 +351,9 @@ impl Gateway {
         let mut outs = Vec::new();
         let mut new_conns: Vec<ConnNo> = Vec::new();
         {
-            let Some(tube) = self.tubes.get_mut(idx) else { return };
+            let Some(tube) = self.tubes.get_mut(idx) else {
+                return;
+            };
             while let Some(e) = tube.peer.poll_event() {
                 match e {
                     PeerEvent::Connected => {}
@@ -356,7 +394,9 @@ impl Gateway {
                         }
                     }
                 }
-                let Some(conns) = tube.conns.as_mut() else { break };
+                let Some(conns) = tube.conns.as_mut() else {
+                    break;
+                };
                 conns.advance(now);
                 let Some(ev) = conns.poll_event() else { break };
                 match ev {
@@ -369,7 +409,9 @@ impl Gateway {
                                 term.handle_data(&data);
                                 drain_terminal(term, conns, g, &mut outs);
                             }
-                            (_, _, _, Some(g)) => outs.push(Output::ConnectionData { conn: g, data }),
+                            (_, _, _, Some(g)) => {
+                                outs.push(Output::ConnectionData { conn: g, data })
+                            }
                             _ => tracing::debug!(conn, "data for a connection with no target"),
                         }
                     }
@@ -392,7 +434,9 @@ impl Gateway {
                         tube.closed = true;
                     }
                     TubeEvent::Opened(_) | TubeEvent::Pong { .. } => {}
-                    TubeEvent::ProtocolWarning(w) => tracing::warn!(warning = %w, "tube protocol warning"),
+                    TubeEvent::ProtocolWarning(w) => {
+                        tracing::warn!(warning = %w, "tube protocol warning")
+                    }
                 }
             }
             while let Some(d) = tube.peer.poll_transmit() {
@@ -440,7 +484,9 @@ impl Gateway {
         let terminal = self.cfg.target == TargetKind::Terminal && local == 1;
         let mut outs = Vec::new();
         if let Some(tube) = self.tubes.get_mut(idx) {
-            let Some(conns) = tube.conns.as_mut() else { return };
+            let Some(conns) = tube.conns.as_mut() else {
+                return;
+            };
             match cmd {
                 Command::TargetConnected { ok, .. } => {
                     if let Err(e) = conns.target_connected(local, ok) {
@@ -542,9 +588,11 @@ impl Node for Gateway {
                     self.pump(i);
                 }
             }
-            Input::ControllerMessage { reply_to, stream, payload } => {
-                self.on_controller_message(reply_to, stream, &payload)
-            }
+            Input::ControllerMessage {
+                reply_to,
+                stream,
+                payload,
+            } => self.on_controller_message(reply_to, stream, &payload),
             Input::Datagram(d) => {
                 let now = self.now;
                 if let Some(idx) = self
@@ -574,8 +622,15 @@ impl Node for Gateway {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let answers = self.tubes.iter().filter_map(|t| t.answer.as_ref().map(|a| a.at));
-        let peers = self.tubes.iter().filter(|t| !t.closed).filter_map(|t| t.peer.poll_timeout());
+        let answers = self
+            .tubes
+            .iter()
+            .filter_map(|t| t.answer.as_ref().map(|a| a.at));
+        let peers = self
+            .tubes
+            .iter()
+            .filter(|t| !t.closed)
+            .filter_map(|t| t.peer.poll_timeout());
         answers.chain(peers).min()
     }
 }

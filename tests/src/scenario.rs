@@ -1,0 +1,137 @@
+//! Fixtures: a client, an emulated router and a gateway that agree on keys, uids and the record seed, all
+//! derived from one `u64` seed so a failing case replays exactly.
+
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine as _;
+use pam_lite_core::client::{Client, ClientConfig, Session, TerminalSettings};
+use pam_lite_core::gateway::{Gateway, GatewayConfig, TargetKind};
+use pam_lite_core::profile::Profile;
+use pam_lite_core::router::envelope::ServerSecretKey;
+use pam_lite_core::router::server::{Faults, RouterConfig, RouterServer};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde_json::{json, Map};
+
+use crate::sim::{NetConfig, Sim};
+
+/// What kind of session the simulated launch opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `pam tunnel start`-like: the test opens connections; the gateway's target echoes.
+    Tunnel,
+    /// `pam launch`: a Guacamole terminal on connection 1.
+    Terminal,
+}
+
+/// Everything that varies between simulated launches.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub seed: u64,
+    pub profile: Profile,
+    pub trickle: bool,
+    pub mode: Mode,
+    pub net: NetConfig,
+    pub faults: Faults,
+    pub answer_delay: Duration,
+}
+
+impl Scenario {
+    /// The reference scenario of the snapshots: trickle, tunnel mode, router RTT 85 ms, peer RTT 40 ms,
+    /// gateway answer delay 500 ms, no faults.
+    pub fn new(profile: Profile) -> Self {
+        Scenario {
+            seed: 1,
+            profile,
+            trickle: true,
+            mode: Mode::Tunnel,
+            net: NetConfig::default(),
+            faults: Faults::default(),
+            answer_delay: Duration::from_millis(500),
+        }
+    }
+
+    /// Build the three nodes and the network, starting at `start`.
+    pub fn build(&self, start: Instant) -> Sim {
+        let mut rng = ChaCha20Rng::seed_from_u64(self.seed);
+        let mut bytes = |n: usize| {
+            let mut b = vec![0u8; n];
+            rng.fill_bytes(&mut b);
+            b
+        };
+        let gateway_uid = B64URL.encode(bytes(16));
+        let record_uid = B64URL.encode(bytes(16));
+        let traffic_seed = bytes(32);
+        let session_token = bytes(32);
+        let mut seeds = [[0u8; 32]; 4];
+        for s in &mut seeds {
+            s.copy_from_slice(&bytes(32));
+        }
+        let secret = ServerSecretKey::random(&mut ChaCha20Rng::from_seed(seeds[0]));
+        let server_key = secret
+            .public_key(7)
+            .unwrap_or_else(|e| panic!("fixture server key: {e}"));
+
+        let router = RouterServer::new(
+            RouterConfig {
+                secret,
+                gateways: vec![gateway_uid.clone()],
+                faults: self.faults.clone(),
+            },
+            ChaCha20Rng::from_seed(seeds[1]),
+        );
+        let gateway = Gateway::new(
+            GatewayConfig {
+                default_seed: Some(traffic_seed.clone()),
+                target: match self.mode {
+                    Mode::Tunnel => TargetKind::Tunnel,
+                    Mode::Terminal => TargetKind::Terminal,
+                },
+                answer_delay: self.answer_delay,
+                unix_ms_at_start: 1_795_000_000_000,
+                ..GatewayConfig::default()
+            },
+            seeds[2],
+            start,
+        );
+        let (conversation_type, session) = match self.mode {
+            Mode::Tunnel => ("tunnel".to_string(), Session::Tunnel),
+            Mode::Terminal => (
+                "ssh".to_string(),
+                Session::Terminal(TerminalSettings {
+                    cols: 80,
+                    rows: 24,
+                    stdin_mode: true,
+                    guacd_params: Map::new(),
+                }),
+            ),
+        };
+        let mut offer_data = Map::new();
+        offer_data.insert("host".into(), json!({"hostName": "10.9.9.9", "port": 22}));
+        let client = Client::new(
+            ClientConfig {
+                router_url: "https://connect.sim.invalid".into(),
+                session_token,
+                server_key,
+                gateway_uid,
+                record_uid,
+                traffic_seed,
+                conversation_type,
+                session,
+                offer_data,
+                offer_inputs: Map::new(),
+                trickle_ice: self.trickle,
+                ephemeral: false,
+                profile: self.profile.clone(),
+                unix_ms_at_start: 1_795_000_000_000,
+            },
+            seeds[3],
+            start,
+        )
+        .unwrap_or_else(|e| panic!("fixture client: {e}"));
+        let mut sim = Sim::new(start, self.net.clone(), self.seed, client, gateway, router);
+        sim.echo_target = self.mode == Mode::Tunnel;
+        sim
+    }
+}

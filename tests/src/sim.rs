@@ -1,0 +1,517 @@
+//! A deterministic simulation of one launch: client core + emulated router + gateway core + a network,
+//! all on a virtual clock that jumps from event to event.
+//!
+//! Modelled on firezone's `connlib/tunnel/src/tests`: no sockets, no threads, no sleeping. A 30-second
+//! cold-router launch runs in milliseconds, and the same [`SimConfig`] (including its `seed`) replays the same
+//! schedule exactly: every random choice of the network (loss, jitter, duplication) comes from one seeded RNG,
+//! and every random value of the cores comes from seeds derived from it.
+//!
+//! Timing model of the router path (spec §8.1): a request on a *fresh* connection costs the TCP + TLS
+//! handshakes (`fresh_connection_rtts` × R) before it travels; a request on a live keep-alive connection only
+//! travels (R/2 each way) plus the router's service time. One keep-alive connection carries one request at a
+//! time (HTTP/1.1), so concurrent keep-alive requests open more connections, as a real pool does.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pam_lite_core::client::Client;
+use pam_lite_core::gateway::Gateway;
+use pam_lite_core::router::server::{RouterEvent, RouterServer};
+use pam_lite_core::timing::{Checkpoint, Waterfall};
+use pam_lite_core::{
+    CandidateKind, Command, ConnNo, Datagram, HttpRequest, Input, LaunchError, Node, Output,
+};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+/// One direction of a lossy, jittery link.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkConfig {
+    /// One-way base latency.
+    pub latency: Duration,
+    /// Extra uniform random delay in `[0, jitter)` (this is what reorders packets).
+    pub jitter: Duration,
+    /// Probability that a datagram is dropped.
+    pub loss: f64,
+    /// Probability that a datagram is delivered twice.
+    pub duplicate: f64,
+}
+
+impl LinkConfig {
+    pub fn ideal(latency: Duration) -> Self {
+        LinkConfig {
+            latency,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            duplicate: 0.0,
+        }
+    }
+}
+
+/// The simulated world's knobs.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Client ↔ router round trip (R).
+    pub router_rtt: Duration,
+    /// Extra round trips a fresh HTTPS connection costs before the request (TCP 1 + TLS 1.2 2 ≈ 3.5 R
+    /// with the router's accept latency; reproduces the seeds' F ≈ 380 ms at R = 85 ms).
+    pub fresh_connection_rtts: f64,
+    /// Router processing time per HTTP request (`s`).
+    pub router_service: Duration,
+    /// Router WebSocket authentication/registration time after the upgrade (`s_ws`).
+    pub ws_auth: Duration,
+    /// Router ↔ gateway round trip (G).
+    pub gateway_rtt: Duration,
+    /// Client → gateway UDP link; the reverse link mirrors it.
+    pub peer_link: LinkConfig,
+}
+
+impl Default for NetConfig {
+    /// The reference network of the snapshots: router RTT 85 ms, peer RTT 40 ms (spec §8.3 calibration).
+    fn default() -> Self {
+        NetConfig {
+            router_rtt: Duration::from_millis(85),
+            fresh_connection_rtts: 3.5,
+            router_service: Duration::from_millis(35),
+            ws_auth: Duration::from_millis(500),
+            gateway_rtt: Duration::from_millis(40),
+            peer_link: LinkConfig::ideal(Duration::from_millis(20)),
+        }
+    }
+}
+
+pub const CLIENT_ADDR: &str = "10.0.0.1:50000";
+pub const GATEWAY_ADDR: &str = "10.0.0.2:60000";
+
+#[derive(Debug)]
+enum Event {
+    ToClient(Input),
+    ToGateway(Input),
+    RouterHttp {
+        id: u64,
+        req: HttpRequest,
+        conn: usize,
+    },
+    RouterWsOpen {
+        headers: Vec<(String, String)>,
+    },
+    RouterFromGateway {
+        reply_to: u64,
+        payload: String,
+    },
+    /// A keep-alive connection became free again.
+    ConnFree(usize),
+}
+
+/// What happened, for assertions.
+#[derive(Debug, Default, Clone)]
+pub struct Record {
+    pub checkpoints: Vec<Checkpoint>,
+    pub finished: Option<Result<(), LaunchError>>,
+    pub tube_ready_at: Option<Instant>,
+    pub connected_at: Option<Instant>,
+    /// Bytes the client received per connection.
+    pub received: HashMap<ConnNo, Vec<u8>>,
+    pub opened: Vec<ConnNo>,
+    pub closed: Vec<ConnNo>,
+    pub terminal_output: Vec<u8>,
+    /// Candidate strings the gateway got from the client, in arrival order (from the router's view).
+    pub http_requests: Vec<(Instant, String, bool)>,
+    pub datagrams_sent: u64,
+    pub datagrams_lost: u64,
+}
+
+/// A whole simulated launch.
+pub struct Sim {
+    pub start: Instant,
+    pub now: Instant,
+    pub net: NetConfig,
+    rng: ChaCha20Rng,
+    pub client: Client,
+    pub gateway: Gateway,
+    pub router: RouterServer,
+    queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    events: HashMap<usize, Event>,
+    seq: u64,
+    next_slot: usize,
+    /// busy-until per keep-alive connection; `None` = closed.
+    keepalive: Vec<bool>,
+    pending_http: HashMap<u64, usize>,
+    ws_open: bool,
+    pub record: Record,
+    /// Echo target: bytes that reach the gateway's target come back (tunnel mode).
+    pub echo_target: bool,
+}
+
+impl Sim {
+    pub fn new(
+        start: Instant,
+        net: NetConfig,
+        seed: u64,
+        client: Client,
+        gateway: Gateway,
+        router: RouterServer,
+    ) -> Self {
+        let mut sim = Sim {
+            start,
+            now: start,
+            net,
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            client,
+            gateway,
+            router,
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            seq: 0,
+            next_slot: 0,
+            keepalive: Vec::new(),
+            pending_http: HashMap::new(),
+            ws_open: false,
+            record: Record::default(),
+            echo_target: true,
+        };
+        let caddr: SocketAddr = CLIENT_ADDR.parse().unwrap_or_else(|_| unreachable!());
+        let gaddr: SocketAddr = GATEWAY_ADDR.parse().unwrap_or_else(|_| unreachable!());
+        sim.gateway_input(Input::LocalCandidate {
+            addr: gaddr,
+            kind: CandidateKind::Host,
+        });
+        sim.gateway_input(Input::GatheringComplete);
+        sim.client_input(Input::LocalCandidate {
+            addr: caddr,
+            kind: CandidateKind::Host,
+        });
+        sim
+    }
+
+    fn schedule(&mut self, at: Instant, event: Event) {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.seq += 1;
+        self.events.insert(slot, event);
+        self.queue.push(Reverse((at, self.seq, slot)));
+    }
+
+    fn half(d: Duration) -> Duration {
+        d / 2
+    }
+
+    /// Feed the client an extra local candidate later (gathering that trickles in).
+    pub fn add_client_candidate_at(&mut self, at: Instant, addr: SocketAddr) {
+        self.schedule(
+            at,
+            Event::ToClient(Input::LocalCandidate {
+                addr,
+                kind: CandidateKind::Host,
+            }),
+        );
+    }
+
+    pub fn command_at(&mut self, at: Instant, cmd: Command) {
+        self.schedule(at, Event::ToClient(Input::Command(cmd)));
+    }
+
+    pub fn client_input(&mut self, input: Input) {
+        let now = self.now;
+        self.client.handle_input(input, now);
+        self.drain_client();
+    }
+
+    fn gateway_input(&mut self, input: Input) {
+        let now = self.now;
+        self.gateway.handle_input(input, now);
+        self.drain_gateway();
+    }
+
+    fn link_delay(&mut self) -> Option<Duration> {
+        let l = self.net.peer_link;
+        if l.loss > 0.0 && self.unit() < l.loss {
+            self.record.datagrams_lost += 1;
+            return None;
+        }
+        let jitter = if l.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            l.jitter.mul_f64(self.unit())
+        };
+        Some(l.latency + jitter)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn send_datagram(&mut self, d: Datagram, to_gateway: bool) {
+        self.record.datagrams_sent += 1;
+        let copies =
+            if self.net.peer_link.duplicate > 0.0 && self.unit() < self.net.peer_link.duplicate {
+                2
+            } else {
+                1
+            };
+        for _ in 0..copies {
+            if let Some(delay) = self.link_delay() {
+                let at = self.now + delay;
+                let input = Input::Datagram(d.clone());
+                let ev = if to_gateway {
+                    Event::ToGateway(input)
+                } else {
+                    Event::ToClient(input)
+                };
+                self.schedule(at, ev);
+            }
+        }
+    }
+
+    fn drain_client(&mut self) {
+        while let Some(out) = self.client.poll_output() {
+            match out {
+                Output::Http(req) => self.client_http(req),
+                Output::WsConnect(ws) => {
+                    let r = self.net.router_rtt;
+                    let fresh = r.mul_f64(self.net.fresh_connection_rtts);
+                    let at = self.now + fresh + Self::half(r) + self.net.ws_auth;
+                    self.schedule(
+                        at,
+                        Event::RouterWsOpen {
+                            headers: ws.headers,
+                        },
+                    );
+                }
+                Output::WsClose => {
+                    self.ws_open = false;
+                }
+                Output::Transmit(d) => self.send_datagram(d, true),
+                Output::Checkpoint(c) => self.record.checkpoints.push(c),
+                Output::Connected => self.record.connected_at = Some(self.now),
+                Output::TubeReady => self.record.tube_ready_at = Some(self.now),
+                Output::ConnectionOpened { conn } => self.record.opened.push(conn),
+                Output::ConnectionData { conn, data } => self
+                    .record
+                    .received
+                    .entry(conn)
+                    .or_default()
+                    .extend_from_slice(&data),
+                Output::ConnectionEof { .. } => {}
+                Output::ConnectionClosed { conn, .. } => self.record.closed.push(conn),
+                Output::TerminalOutput(b) => self.record.terminal_output.extend_from_slice(&b),
+                Output::Finished(r) => {
+                    if self.record.finished.is_none() {
+                        self.record.finished = Some(r);
+                    }
+                }
+                Output::ConnectTarget { .. } | Output::ControllerReply { .. } => {}
+            }
+        }
+    }
+
+    fn client_http(&mut self, req: HttpRequest) {
+        let r = self.net.router_rtt;
+        self.record
+            .http_requests
+            .push((self.now, url_path(&req.url), req.fresh_connection));
+        // Pick a connection: a free keep-alive one, or a new one (fresh cost).
+        let (conn, setup) = if req.fresh_connection {
+            (usize::MAX, r.mul_f64(self.net.fresh_connection_rtts))
+        } else if let Some(i) = self.keepalive.iter().position(|busy| !busy) {
+            (i, Duration::ZERO)
+        } else {
+            self.keepalive.push(false);
+            (
+                self.keepalive.len() - 1,
+                r.mul_f64(self.net.fresh_connection_rtts),
+            )
+        };
+        if let Some(b) = self.keepalive.get_mut(conn) {
+            *b = true;
+        }
+        let at = self.now + setup + Self::half(r);
+        let id = req.id;
+        self.schedule(at, Event::RouterHttp { id, req, conn });
+    }
+
+    fn drain_gateway(&mut self) {
+        while let Some(out) = self.gateway.poll_output() {
+            match out {
+                Output::ControllerReply { reply_to, payload } => {
+                    let at = self.now + Self::half(self.net.gateway_rtt);
+                    self.schedule(at, Event::RouterFromGateway { reply_to, payload });
+                }
+                Output::Transmit(d) => self.send_datagram(d, false),
+                Output::ConnectTarget { conn } => {
+                    let now = self.now;
+                    self.gateway.handle_input(
+                        Input::Command(Command::TargetConnected { conn, ok: true }),
+                        now,
+                    );
+                }
+                Output::ConnectionData { conn, data } => {
+                    if self.echo_target {
+                        let now = self.now;
+                        self.gateway
+                            .handle_input(Input::Command(Command::Send { conn, data }), now);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn drain_router(&mut self) {
+        let r = self.net.router_rtt;
+        while let Some(ev) = self.router.poll_event() {
+            match ev {
+                RouterEvent::HttpResponse { id, response } => {
+                    let at = self.now + Self::half(r);
+                    if let Some(conn) = self.pending_http.remove(&id) {
+                        // The keep-alive connection is free once the response has left.
+                        self.schedule(at, Event::ConnFree(conn));
+                    }
+                    self.schedule(at, Event::ToClient(Input::HttpResponse { id, response }));
+                }
+                RouterEvent::WsSend { text, .. } => {
+                    let at = self.now + Self::half(r);
+                    self.schedule(at, Event::ToClient(Input::WsMessage(text)));
+                }
+                RouterEvent::ToGateway {
+                    reply_to,
+                    stream,
+                    payload,
+                } => {
+                    let at = self.now + Self::half(self.net.gateway_rtt);
+                    self.schedule(
+                        at,
+                        Event::ToGateway(Input::ControllerMessage {
+                            reply_to,
+                            stream,
+                            payload,
+                        }),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Run until `stop` says so, the launch finished, or `limit` of virtual time passed.
+    pub fn run_until(&mut self, limit: Duration, mut stop: impl FnMut(&Sim) -> bool) {
+        let deadline = self.start + limit;
+        for _ in 0..5_000_000u64 {
+            if stop(self) || self.record.finished.is_some() {
+                return;
+            }
+            let next_event = self.queue.peek().map(|Reverse((t, _, _))| *t);
+            let timeouts = [
+                self.client.poll_timeout(),
+                self.gateway.poll_timeout(),
+                self.router.poll_timeout(),
+            ];
+            let next_timer = timeouts.into_iter().flatten().min();
+            let next = match (next_event, next_timer) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => return,
+            };
+            if next > deadline {
+                self.now = deadline;
+                return;
+            }
+            self.now = self.now.max(next);
+            if next_event.is_some_and(|t| t <= self.now) {
+                let Some(Reverse((_, _, slot))) = self.queue.pop() else {
+                    continue;
+                };
+                if let Some(ev) = self.events.remove(&slot) {
+                    self.dispatch(ev);
+                }
+            } else {
+                let now = self.now;
+                if self.client.poll_timeout().is_some_and(|t| t <= now) {
+                    self.client_input(Input::Timeout);
+                }
+                if self.gateway.poll_timeout().is_some_and(|t| t <= now) {
+                    self.gateway_input(Input::Timeout);
+                }
+                if self.router.poll_timeout().is_some_and(|t| t <= now) {
+                    self.router.handle_timeout(now);
+                    self.drain_router();
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, ev: Event) {
+        let now = self.now;
+        match ev {
+            Event::ToClient(i) => self.client_input(i),
+            Event::ToGateway(i) => self.gateway_input(i),
+            Event::ConnFree(c) => {
+                if let Some(b) = self.keepalive.get_mut(c) {
+                    *b = false;
+                }
+            }
+            Event::RouterHttp { id, req, conn } => {
+                if conn != usize::MAX {
+                    self.pending_http.insert(id, conn);
+                }
+                let service = self.net.router_service;
+                self.router.http_request(
+                    id,
+                    req.method,
+                    &req.url,
+                    &req.headers,
+                    &req.body,
+                    now + service,
+                );
+                self.drain_router_after(service);
+            }
+            Event::RouterWsOpen { headers } => {
+                let result = self.router.ws_open(1, &headers, now);
+                self.drain_router();
+                let at = now + Self::half(self.net.router_rtt);
+                let input = match result {
+                    Ok(()) => {
+                        self.ws_open = true;
+                        Input::WsOpened
+                    }
+                    Err(status) => Input::WsClosed {
+                        reason: format!("WebSocket upgrade refused: {status}"),
+                    },
+                };
+                self.schedule(at, Event::ToClient(input));
+            }
+            Event::RouterFromGateway { reply_to, payload } => {
+                self.router.gateway_reply(reply_to, &payload, now);
+                self.drain_router();
+            }
+        }
+    }
+
+    fn drain_router_after(&mut self, service: Duration) {
+        // Router replies leave after its service time.
+        let saved = self.now;
+        self.now += service;
+        self.drain_router();
+        self.now = saved;
+    }
+
+    /// The client's checkpoints as a waterfall from the launch start.
+    pub fn waterfall(&self) -> Waterfall {
+        let mut w = Waterfall::new(self.start);
+        for c in &self.record.checkpoints {
+            w.push(c.clone());
+        }
+        w
+    }
+}
+
+fn url_path(url: &str) -> String {
+    let without_scheme = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    without_scheme
+        .find('/')
+        .map(|i| without_scheme[i..].to_string())
+        .unwrap_or_else(|| "/".into())
+}
