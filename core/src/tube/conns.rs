@@ -296,6 +296,11 @@ impl Connections {
         self.clock = Some((unix_ms, at));
     }
 
+    /// Frame timestamps become `unix_ms` now (at the latest `Instant` passed in), advancing from there.
+    pub fn set_unix_ms(&mut self, unix_ms: u64) {
+        self.clock = Some((unix_ms, self.now));
+    }
+
     /// Tells the state machine the time (only used for frame timestamps and RTTs).
     pub fn advance(&mut self, now: Instant) {
         if now > self.now {
