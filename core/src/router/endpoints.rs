@@ -475,7 +475,11 @@ pub fn cookie_header(set_cookies: &[String]) -> Option<String> {
             Some(i) if deleted => {
                 jar.remove(i);
             }
-            Some(i) => jar[i].1 = value.to_string(),
+            Some(i) => {
+                if let Some(entry) = jar.get_mut(i) {
+                    entry.1 = value.to_string();
+                }
+            }
             None if !deleted => jar.push((name.to_string(), value.to_string())),
             None => {}
         }
