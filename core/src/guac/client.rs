@@ -375,11 +375,9 @@ impl TerminalClient {
     fn handle_instruction(&mut self, inst: &Instruction) {
         let arg = |i: usize| inst.arg(i).unwrap_or("");
         match inst.opcode.as_str() {
-            "args" => {
-                if !self.handshake_sent {
-                    self.handshake_sent = true;
-                    self.send_handshake(&inst.args);
-                }
+            "args" if !self.handshake_sent => {
+                self.handshake_sent = true;
+                self.send_handshake(&inst.args);
             }
             "sync" => {
                 let ts = inst.arg(0).unwrap_or("0").to_string();
@@ -434,13 +432,15 @@ impl TerminalClient {
                     self.instr("ack", &[arg(0), "OK", "0"]);
                 }
             }
-            "ack" if inst.args.len() >= 3 => {
-                if self.pending_stdin_ack && stream_index(arg(0)) == stream_index(STDIN_STREAM) {
-                    self.pending_stdin_ack = false;
-                    if arg(2).trim() != "0" {
-                        self.stdin_failed = true;
-                        tracing::warn!(target: "pam_lite::guac", "STDIN pipe refused (code {}): {}", arg(2), arg(1));
-                    }
+            "ack"
+                if inst.args.len() >= 3
+                    && self.pending_stdin_ack
+                    && stream_index(arg(0)) == stream_index(STDIN_STREAM) =>
+            {
+                self.pending_stdin_ack = false;
+                if arg(2).trim() != "0" {
+                    self.stdin_failed = true;
+                    tracing::warn!(target: "pam_lite::guac", "STDIN pipe refused (code {}): {}", arg(2), arg(1));
                 }
             }
             "disconnect" => self.end(EndReason::ServerDisconnect),
