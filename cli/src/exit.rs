@@ -5,8 +5,6 @@ use pam_lite_core::LaunchError;
 
 use crate::ticket::{TicketError, TicketLoadError};
 
-/// Success.
-pub const OK: i32 = 0;
 /// A local problem: a file that cannot be read or written, the terminal, a socket that cannot be bound.
 pub const LOCAL: i32 = 1;
 /// The command line is wrong (clap uses the same code).

@@ -6,12 +6,15 @@
 
 mod args;
 mod exit;
+mod launch;
 mod logging;
+mod runner;
 mod secret;
 mod settings;
 mod spinner;
 mod terminal;
 mod ticket;
+mod timing_report;
 
 use std::process::ExitCode;
 
@@ -46,8 +49,28 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Ticket(TicketCommand::Check { file }) => ticket_check(&file),
-        Command::Launch(_) | Command::Tunnel(_) | Command::Emulator(_) => Err(CliError::Local(
-            "this command is not available in this build yet".into(),
+        Command::Launch(args) => {
+            let ticket = load_source(&args.source)?;
+            launch::launch(&args, ticket)
+        }
+        Command::Tunnel(args) => {
+            let listener = std::net::TcpListener::bind(args.listen)
+                .map_err(|e| CliError::local(format!("cannot listen on {}", args.listen), e))?;
+            let ticket = load_source(&args.source)?;
+            launch::tunnel(&args, ticket, listener)
+        }
+        Command::Emulator(_) => Err(CliError::Local(
+            "the emulator is not available in this build yet".into(),
+        )),
+    }
+}
+
+/// The ticket of `--ticket FILE` (or, later, of the in-process emulator for `--demo`).
+fn load_source(source: &args::Source) -> Result<Ticket, CliError> {
+    match &source.ticket {
+        Some(path) => Ok(Ticket::load(path)?),
+        None => Err(CliError::Local(
+            "--demo is not available in this build yet".into(),
         )),
     }
 }

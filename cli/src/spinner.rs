@@ -73,6 +73,7 @@ impl Spinner {
         }
     }
 
+    #[cfg(test)]
     pub fn is_running(&self) -> bool {
         self.thread.is_some()
     }

@@ -1117,7 +1117,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str, &str)> = vec![
+        type Mutate = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Mutate, &str, &str)> = vec![
             (
                 Box::new(|v| v["auth"]["session_token_b64url"] = json!("!!not base64!!")),
                 "auth.session_token_b64url",

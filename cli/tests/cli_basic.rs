@@ -104,7 +104,8 @@ fn missing_ticket_file_is_a_local_error_naming_the_path() {
 
 #[test]
 fn invalid_tickets_exit_3_and_name_the_field() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Mutate = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Mutate)> = vec![
         (
             "auth.session_token_b64url",
             Box::new(|v| v["auth"]["session_token_b64url"] = "%%%".into()),

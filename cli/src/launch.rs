@@ -1,0 +1,434 @@
+//! `pam-lite launch` and `pam-lite tunnel`: ticket + environment → [`ClientConfig`] → a driver → the
+//! session loop.
+//!
+//! The terminal loop follows Commander's `_start_cli_session`: keystrokes are held back until the session
+//! is ready for a prompt (the first Guacamole `sync`), resizes are debounced, a double Ctrl-C closes the
+//! session locally, and the remote side ending the session ends the process.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pam_lite_blocking::TlsConfig;
+use pam_lite_core::client::{Client, ClientConfig, Session, TerminalSettings};
+use pam_lite_core::timing::names;
+use pam_lite_core::{Command, Input, LaunchError, Output};
+use rand_core::{OsRng, RngCore};
+
+use crate::args::{CommonArgs, LaunchArgs, TunnelArgs};
+use crate::exit::CliError;
+use crate::runner::{self, DriverConfig, Event, InputFn};
+use crate::settings::{self, EnvSettings};
+use crate::spinner::Spinner;
+use crate::terminal::{self, CtrlCDetector, LocalEvent, RawModeGuard};
+use crate::ticket::Ticket;
+use crate::timing_report::TimingReport;
+
+/// `--stdin`: after stdin ended, close once the session printed nothing for this long.
+pub const STDIN_SETTLE: Duration = Duration::from_millis(1500);
+/// After asking the session to close, exit anyway if it has not finished within this bound.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// The session loop wakes at least this often (settle and close deadlines).
+const TICK: Duration = Duration::from_millis(50);
+
+/// What kind of session a [`ClientConfig`] is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    Terminal { cols: u16, rows: u16, stdin: bool },
+    Tunnel,
+}
+
+/// Ticket + environment + flags → the core's launch configuration.
+pub fn client_config(
+    ticket: &Ticket,
+    env: &EnvSettings,
+    kind: SessionKind,
+    trickle_ice: bool,
+) -> ClientConfig {
+    let (conversation_type, session, offer_data) = match kind {
+        SessionKind::Terminal { cols, rows, stdin } => (
+            ticket.protocol.clone(),
+            Session::Terminal(TerminalSettings {
+                cols,
+                rows,
+                stdin_mode: stdin,
+                guacd_params: ticket.guacd_params.0.clone(),
+            }),
+            ticket.terminal_offer_data(cols, rows),
+        ),
+        SessionKind::Tunnel => (
+            "tunnel".to_string(),
+            Session::Tunnel,
+            ticket.tunnel_offer_data(),
+        ),
+    };
+    ClientConfig {
+        router_url: ticket.router_url.clone(),
+        session_token: ticket.session_token.expose().clone(),
+        server_key: ticket.server_key.clone(),
+        gateway_uid: ticket.gateway_uid.clone(),
+        record_uid: ticket.record_uid.clone(),
+        traffic_seed: ticket.traffic_seed.expose().clone(),
+        conversation_type,
+        session,
+        offer_data,
+        offer_inputs: ticket.offer_inputs(),
+        trickle_ice,
+        ephemeral: ticket.ephemeral(),
+        profile: env.profile.clone(),
+        unix_ms_at_start: unix_ms(),
+    }
+}
+
+/// The driver settings for this ticket: extra CA (`tls_ca_pem`), `verify_tls` / `VERIFY_SSL`.
+pub fn driver_config(ticket: &Ticket, env: &EnvSettings) -> DriverConfig {
+    let insecure = !ticket.verify_tls || env.skip_tls_verify;
+    if insecure {
+        tracing::warn!(
+            "router TLS certificates are NOT verified (verify_tls=false or VERIFY_SSL=false)"
+        );
+    }
+    DriverConfig {
+        tls: TlsConfig {
+            extra_ca_pem: ticket.tls_ca_pem.as_ref().map(|p| p.as_bytes().to_vec()),
+            insecure,
+        },
+        ..DriverConfig::default()
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// 32 bytes from the OS for the core's RNG (the core never draws randomness itself).
+fn seed() -> [u8; 32] {
+    let mut s = [0u8; 32];
+    OsRng.fill_bytes(&mut s);
+    s
+}
+
+/// The environment, the ticket (with `KROUTER_URL` applied) and its warnings printed.
+fn prepare(common: &CommonArgs, mut ticket: Ticket) -> Result<(EnvSettings, Ticket), CliError> {
+    let env = settings::from_env(&common.profile, common.timing, |k| std::env::var(k).ok())?;
+    if let Some(url) = &env.router_url {
+        ticket.override_router_url(url, settings::KROUTER_URL)?;
+        tracing::info!(router_url = %ticket.router_url, "router URL from KROUTER_URL");
+    }
+    for w in ticket.warnings(unix_ms() / 1000) {
+        eprintln!("pam-lite: warning: {w}");
+    }
+    Ok((env, ticket))
+}
+
+// ------------------------------------------------------------------------------------------------ launch
+
+/// `pam-lite launch` with an already loaded ticket.
+pub fn launch(args: &LaunchArgs, ticket: Ticket) -> Result<(), CliError> {
+    let (env, ticket) = prepare(&args.common, ticket)?;
+    ticket.check_terminal_protocol()?;
+    let interactive = !args.stdin;
+    let (cols, rows) = terminal::size();
+    let cfg = client_config(
+        &ticket,
+        &env,
+        SessionKind::Terminal {
+            cols,
+            rows,
+            stdin: args.stdin,
+        },
+        !args.common.no_trickle_ice,
+    );
+    tracing::info!(?cfg, runtime = ?args.common.runtime, "launching");
+    let start = Instant::now();
+    let mut timing = TimingReport::new(start, env.timing, args.common.timing_json.clone())?;
+    let client = Client::new(cfg, seed(), start)?;
+
+    let (tx, rx) = mpsc::channel();
+    let inputs = runner::start(
+        args.common.runtime,
+        client,
+        driver_config(&ticket, &env),
+        None,
+        tx.clone(),
+    )?;
+    if !interactive {
+        // Script mode: read (and hold back) the script right away.
+        terminal::spawn_stdin_reader(local_sender(&tx))
+            .map_err(|e| CliError::local("cannot read stdin", e))?;
+    }
+
+    let mut spinner = Spinner::start("connecting", true);
+    let mut session = TerminalLoop {
+        inputs,
+        interactive,
+        ready: false,
+        pending: Vec::new(),
+        ctrl_c: CtrlCDetector::default(),
+        stdin_ended_at: None,
+        last_output: Instant::now(),
+        close_sent_at: None,
+        result: None,
+        raw: None,
+        resize_stop: Arc::new(AtomicBool::new(false)),
+    };
+    let outcome = session.run(&rx, &tx, &mut spinner, &mut timing, (cols, rows));
+    session.resize_stop.store(true, Ordering::Relaxed);
+    spinner.stop();
+    // Leave raw mode before the waterfall and any error message are printed.
+    drop(session.raw.take());
+    let report = timing.report(false);
+    outcome?;
+    report
+}
+
+fn local_sender(tx: &mpsc::Sender<Event>) -> mpsc::Sender<LocalEvent> {
+    // The terminal threads speak LocalEvent; wrap them into the loop's Event channel.
+    let (ltx, lrx) = mpsc::channel::<LocalEvent>();
+    let tx = tx.clone();
+    std::thread::spawn(move || {
+        for ev in lrx {
+            if tx.send(Event::Local(ev)).is_err() {
+                return;
+            }
+        }
+    });
+    ltx
+}
+
+struct TerminalLoop {
+    inputs: InputFn,
+    interactive: bool,
+    /// The session is ready for a prompt: input flows.
+    ready: bool,
+    /// Input typed or piped before `ready`.
+    pending: Vec<u8>,
+    ctrl_c: CtrlCDetector,
+    stdin_ended_at: Option<Instant>,
+    last_output: Instant,
+    close_sent_at: Option<Instant>,
+    result: Option<Result<(), LaunchError>>,
+    raw: Option<RawModeGuard>,
+    resize_stop: Arc<AtomicBool>,
+}
+
+impl TerminalLoop {
+    fn send(&self, cmd: Command) {
+        let _ = (self.inputs)(Input::Command(cmd));
+    }
+
+    fn close(&mut self) {
+        if self.close_sent_at.is_none() {
+            tracing::info!("closing the session");
+            self.close_sent_at = Some(Instant::now());
+            self.send(Command::Close);
+        }
+    }
+
+    /// The session can take input: enter raw mode (interactive), start the readers, flush what waited.
+    fn become_ready(
+        &mut self,
+        tx: &mpsc::Sender<Event>,
+        spinner: &mut Spinner,
+        size: (u16, u16),
+    ) -> Result<(), CliError> {
+        if self.ready {
+            return Ok(());
+        }
+        self.ready = true;
+        spinner.stop();
+        if self.interactive {
+            self.raw = Some(
+                RawModeGuard::enable()
+                    .map_err(|e| CliError::local("cannot put the terminal in raw mode", e))?,
+            );
+            terminal::spawn_stdin_reader(local_sender(tx))
+                .map_err(|e| CliError::local("cannot read stdin", e))?;
+            terminal::spawn_resize_watcher(size, local_sender(tx), self.resize_stop.clone())
+                .map_err(|e| CliError::local("cannot watch the terminal size", e))?;
+        }
+        if !self.pending.is_empty() {
+            let data = std::mem::take(&mut self.pending);
+            self.send(Command::TerminalInput { data });
+        }
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        rx: &mpsc::Receiver<Event>,
+        tx: &mpsc::Sender<Event>,
+        spinner: &mut Spinner,
+        timing: &mut TimingReport,
+        size: (u16, u16),
+    ) -> Result<(), CliError> {
+        let mut stdout = std::io::stdout();
+        loop {
+            let event = match rx.recv_timeout(TICK) {
+                Ok(ev) => Some(ev),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            match event {
+                None => {}
+                Some(Event::NodeStopped) => break,
+                Some(Event::Node(out)) => match out {
+                    Output::Checkpoint(cp) => {
+                        spinner.set(&cp.name);
+                        let ready = cp.name == names::READY_FOR_PROMPT
+                            || cp.name == names::GUACAMOLE_WAIT_FOR_READY_TIMEOUT;
+                        timing.push(cp);
+                        if ready {
+                            self.become_ready(tx, spinner, size)?;
+                        }
+                    }
+                    Output::TerminalOutput(bytes) => {
+                        // Output before the ready checkpoint (a banner) still means the session is live.
+                        self.become_ready(tx, spinner, size)?;
+                        self.last_output = Instant::now();
+                        stdout
+                            .write_all(&bytes)
+                            .and_then(|()| stdout.flush())
+                            .map_err(|e| CliError::local("cannot write to stdout", e))?;
+                    }
+                    Output::Finished(result) => {
+                        tracing::debug!(ok = result.is_ok(), "launch finished");
+                        self.result = Some(result);
+                    }
+                    other => tracing::trace!(?other, "ignored output"),
+                },
+                Some(Event::Local(ev)) => match ev {
+                    LocalEvent::Input(data) => {
+                        if self.interactive && self.ctrl_c.feed(&data, Instant::now()) {
+                            self.close();
+                            continue;
+                        }
+                        if self.ready {
+                            self.send(Command::TerminalInput { data });
+                        } else {
+                            self.pending.extend_from_slice(&data);
+                        }
+                    }
+                    LocalEvent::InputEnd => {
+                        tracing::debug!("stdin ended");
+                        self.stdin_ended_at = Some(Instant::now());
+                        if self.interactive {
+                            // The terminal went away: nothing more can be typed.
+                            self.close();
+                        }
+                    }
+                    LocalEvent::InputError(e) => {
+                        tracing::warn!(error = %e, "reading stdin failed");
+                        self.stdin_ended_at = Some(Instant::now());
+                        self.close();
+                    }
+                    LocalEvent::Resize { cols, rows } => {
+                        self.send(Command::TerminalResize { cols, rows });
+                    }
+                },
+            }
+            if self.result.is_some() {
+                // Finished is the last output that matters; the driver flushes and stops shortly.
+                break;
+            }
+            let now = Instant::now();
+            if let Some(ended) = self.stdin_ended_at {
+                let quiet_since = ended.max(self.last_output);
+                if self.ready && now.saturating_duration_since(quiet_since) >= STDIN_SETTLE {
+                    self.close();
+                }
+            }
+            if let Some(sent) = self.close_sent_at {
+                if now.saturating_duration_since(sent) >= CLOSE_GRACE {
+                    tracing::warn!("the session did not close in time; exiting");
+                    break;
+                }
+            }
+        }
+        match self.result.take() {
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(())) => Ok(()),
+            // Closed locally and the driver stopped (or the grace ran out) without a verdict.
+            None if self.close_sent_at.is_some() => Ok(()),
+            None => Err(CliError::Launch(LaunchError::Disconnected(
+                "the driver stopped without a result".into(),
+            ))),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ tunnel
+
+/// `pam-lite tunnel` with an already loaded ticket and a bound listener.
+pub fn tunnel(args: &TunnelArgs, ticket: Ticket, listener: TcpListener) -> Result<(), CliError> {
+    let (env, ticket) = prepare(&args.common, ticket)?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| CliError::local("cannot read the listener address", e))?;
+    let cfg = client_config(
+        &ticket,
+        &env,
+        SessionKind::Tunnel,
+        !args.common.no_trickle_ice,
+    );
+    tracing::info!(?cfg, runtime = ?args.common.runtime, "opening the tunnel");
+    let start = Instant::now();
+    let mut timing = TimingReport::new(start, env.timing, args.common.timing_json.clone())?;
+    let client = Client::new(cfg, seed(), start)?;
+    eprintln!("pam-lite: listening on {local} (connections wait until the tunnel is ready)");
+
+    let (tx, rx) = mpsc::channel();
+    let _inputs = runner::start(
+        args.common.runtime,
+        client,
+        driver_config(&ticket, &env),
+        Some(listener),
+        tx,
+    )?;
+    let mut spinner = Spinner::start("connecting", true);
+    let mut result = None;
+    for event in rx.iter() {
+        match event {
+            Event::NodeStopped => break,
+            Event::Node(Output::Checkpoint(cp)) => {
+                spinner.set(&cp.name);
+                timing.push(cp);
+            }
+            Event::Node(Output::TubeReady) => {
+                spinner.stop();
+                eprintln!(
+                    "pam-lite: tunnel ready: {local} -> gateway {}",
+                    ticket
+                        .target
+                        .as_ref()
+                        .map(|t| format!("-> {}:{}", t.host, t.port))
+                        .unwrap_or_default()
+                );
+                timing.report(false)?;
+            }
+            Event::Node(Output::Finished(r)) => {
+                result = Some(r);
+                break;
+            }
+            Event::Node(_) | Event::Local(_) => {}
+        }
+    }
+    spinner.stop();
+    timing.report(false)?;
+    match result {
+        Some(Ok(())) => {
+            eprintln!("pam-lite: tunnel closed");
+            Ok(())
+        }
+        Some(Err(e)) => Err(e.into()),
+        None => Err(CliError::Launch(LaunchError::Disconnected(
+            "the driver stopped without a result".into(),
+        ))),
+    }
+}
