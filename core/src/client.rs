@@ -435,10 +435,12 @@ impl Client {
         // 3. bind_to_controller (trickle only): ALB stickiness cookie for the WS and POSTs.
         if trickle && relay_done && self.bind == Step::NotStarted {
             self.bind = Step::Running;
+            // Commander binds through the `requests.Session` that later carries the offer and the
+            // candidates, so this request opens the launch's keep-alive connection in every profile.
             let req = endpoints::bind_to_controller(
                 self.base(),
                 &self.cfg.gateway_uid,
-                p.fresh_connections,
+                false,
                 p.http_timeout.min(Duration::from_secs(10)),
             );
             let tokens = self.tokens.clone();

@@ -104,6 +104,8 @@ struct Tube {
     answer: Option<PendingAnswer>,
     answered: bool,
     early_candidates: Vec<String>,
+    /// Every client candidate this tube received, in arrival order (for tests and diagnostics).
+    received_candidates: Vec<String>,
     conns: Option<Connections>,
     blocked_write: Option<Vec<u8>>,
     terminal: Option<TerminalServer>,
@@ -208,6 +210,7 @@ impl Gateway {
                 };
                 let now = self.now;
                 let tube = &mut self.tubes[idx];
+                tube.received_candidates.extend(list.iter().cloned());
                 for c in list {
                     if tube.answered {
                         if let Err(e) = tube.peer.add_remote_candidate(&c, now) {
@@ -293,6 +296,7 @@ impl Gateway {
             }),
             answered: false,
             early_candidates: Vec::new(),
+            received_candidates: Vec::new(),
             conns: None,
             blocked_write: None,
             terminal: None,
@@ -525,6 +529,11 @@ impl Gateway {
         }
         self.outputs.extend(outs);
         self.pump(idx);
+    }
+
+    /// The client candidates each tube received through `icecandidate` actions, in arrival order.
+    pub fn received_candidates(&self) -> Vec<Vec<String>> {
+        self.tubes.iter().map(|t| t.received_candidates.clone()).collect()
     }
 
     /// Whether connection `conn` (global id) can take more target bytes now.

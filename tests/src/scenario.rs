@@ -10,6 +10,7 @@ use pam_lite_core::gateway::{Gateway, GatewayConfig, TargetKind};
 use pam_lite_core::profile::Profile;
 use pam_lite_core::router::envelope::ServerSecretKey;
 use pam_lite_core::router::server::{Faults, RouterConfig, RouterServer};
+use pam_lite_core::{CandidateKind, Input};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde_json::{json, Map};
@@ -35,6 +36,9 @@ pub struct Scenario {
     pub net: NetConfig,
     pub faults: Faults,
     pub answer_delay: Duration,
+    /// Extra client host candidates on other (unreachable) interfaces, like a multi-homed host: they
+    /// make serial vs batched candidate delivery visible.
+    pub extra_candidates: u16,
 }
 
 impl Scenario {
@@ -49,6 +53,7 @@ impl Scenario {
             net: NetConfig::default(),
             faults: Faults::default(),
             answer_delay: Duration::from_millis(500),
+            extra_candidates: 2,
         }
     }
 
@@ -132,6 +137,15 @@ impl Scenario {
         .unwrap_or_else(|e| panic!("fixture client: {e}"));
         let mut sim = Sim::new(start, self.net.clone(), self.seed, client, gateway, router);
         sim.echo_target = self.mode == Mode::Tunnel;
+        for i in 0..self.extra_candidates {
+            let addr = std::net::SocketAddr::from(([192, 0, 2, 1 + (i % 200) as u8], 40000 + i));
+            sim.client_input(Input::LocalCandidate {
+                addr,
+                kind: CandidateKind::Host,
+            });
+        }
+        // Like a driver: host candidates are all there is (no STUN in the simulated network).
+        sim.client_input(Input::GatheringComplete);
         sim
     }
 }

@@ -515,3 +515,29 @@ fn url_path(url: &str) -> String {
         .map(|i| without_scheme[i..].to_string())
         .unwrap_or_else(|| "/".into())
 }
+
+impl Sim {
+    /// Virtual milliseconds from the start to the tube being ready, if it became ready.
+    pub fn ready_ms(&self) -> Option<u128> {
+        self.record
+            .tube_ready_at
+            .map(|t| t.saturating_duration_since(self.start).as_millis())
+    }
+
+    /// A stable text form of the launch for snapshots: every checkpoint with its virtual offset, then
+    /// the outcome. Only schedule facts, never bytes (str0m's DTLS keys differ run to run).
+    pub fn snapshot(&self) -> String {
+        let mut out = String::new();
+        for (phase, name, ms) in self.waterfall().relative() {
+            out.push_str(&format!("{ms:>6} ms  {phase:<30} {name}\n"));
+        }
+        match (&self.record.finished, self.ready_ms()) {
+            (Some(Err(e)), _) => {
+                out.push_str(&format!("result: error (exit {}): {e}\n", e.exit_code()))
+            }
+            (_, Some(ms)) => out.push_str(&format!("result: tube ready at {ms} ms\n")),
+            (other, None) => out.push_str(&format!("result: {other:?}\n")),
+        }
+        out
+    }
+}
