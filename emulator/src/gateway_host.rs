@@ -46,6 +46,12 @@ pub trait GatewayNode: Node + Send + 'static {
     }
 }
 
+impl GatewayNode for pam_lite_core::gateway::Gateway {
+    fn can_send(&self, conn: ConnNo) -> bool {
+        pam_lite_core::gateway::Gateway::can_send(self, conn)
+    }
+}
+
 /// Called with every controller reply of the gateway (after the router↔gateway delay).
 pub type ReplySink = Box<dyn FnMut(u64, String) + Send>;
 

@@ -1,0 +1,169 @@
+//! Everything an emulator can be asked to be: where it listens, what its gateway connects to, and how bad
+//! its network and router are. The default is a perfect world: no delay, no failure, no loss.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pam_lite_core::router::proto::RouterResponseCode;
+
+use crate::front::HttpFault;
+use crate::impair::UdpImpairment;
+use crate::target::TargetConfig;
+
+/// The emulator's configuration. Build it with struct update syntax from [`EmulatorConfig::default`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmulatorConfig {
+    /// Where the router listens (HTTP + WebSocket on one port). Port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Serve HTTPS/WSS with a certificate from a CA generated at start ([`crate::DemoTicket::ca_pem`]).
+    pub tls: bool,
+    /// Fix every random choice of the emulator (server key, session token, uids, traffic seed, RNGs) for
+    /// reproducible tests. `None`: fresh randomness at every start.
+    pub seed: Option<[u8; 32]>,
+    /// The record's protocol in the ticket (`ssh` for terminal mode, anything the client accepts).
+    pub protocol: String,
+    /// What the gateway connects tunneled connections to.
+    pub target: TargetConfig,
+
+    // ---- client ↔ router path
+    /// Client ↔ router round trip: every HTTP request and response, and every WebSocket message, waits half.
+    pub router_rtt: Duration,
+    /// Extra delay on the first request of every new TCP connection (TCP + TLS handshakes).
+    pub fresh_connection_cost: Duration,
+    /// How long the router takes to authenticate a WebSocket upgrade.
+    pub ws_auth_delay: Duration,
+    /// A streaming offer sent less than this after its WebSocket opened gets `RRC_BAD_STATE`.
+    pub registration_lag: Duration,
+    /// The next `send_controller_message` calls answer these HTTP statuses (502/503/504: a load balancer
+    /// in front of a cold router), one per call, in order.
+    pub fail_http: Vec<u16>,
+    /// The next `send_controller_message` calls (after `fail_http`) answer these router codes
+    /// (`RRC_TIMEOUT`, `RRC_CONTROLLER_DOWN`, `RRC_BAD_STATE`...), one per call, in order.
+    pub fail_rrc: Vec<RouterResponseCode>,
+    /// Any endpoint: scripted HTTP failures by path prefix, before the router sees the request.
+    pub http_faults: Vec<HttpFault>,
+    /// The gateway is missing from `get_controllers` and messages to it get `RRC_CONTROLLER_DOWN`.
+    pub gateway_offline: bool,
+    /// Drop every router WebSocket this long after it opened (abruptly, no close frame).
+    pub ws_drop_after: Option<Duration>,
+
+    // ---- router ↔ gateway and the gateway itself
+    /// Router ↔ gateway round trip: each controller message and reply waits half.
+    pub gateway_rtt: Duration,
+    /// How long the gateway works before answering an offer (DAG lookups, guacd start...).
+    pub answer_delay: Duration,
+    /// The gateway version in the answer's `a=keeper-webrtc:` line.
+    pub gateway_version: String,
+    /// Send Keeper 2.2.9's three warm-up Pings when the data channel opens.
+    pub warmup_pings: bool,
+
+    // ---- client ↔ gateway UDP path (user-space impairment)
+    /// Datagrams arriving at the gateway.
+    pub udp_to_gateway: UdpImpairment,
+    /// Datagrams the gateway sends.
+    pub udp_from_gateway: UdpImpairment,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: false,
+            seed: None,
+            protocol: "ssh".into(),
+            target: TargetConfig::default(),
+            router_rtt: Duration::ZERO,
+            fresh_connection_cost: Duration::ZERO,
+            ws_auth_delay: Duration::ZERO,
+            registration_lag: Duration::ZERO,
+            fail_http: Vec::new(),
+            fail_rrc: Vec::new(),
+            http_faults: Vec::new(),
+            gateway_offline: false,
+            ws_drop_after: None,
+            gateway_rtt: Duration::ZERO,
+            answer_delay: Duration::ZERO,
+            gateway_version: "2.2.9".into(),
+            warmup_pings: true,
+            udp_to_gateway: UdpImpairment::default(),
+            udp_from_gateway: UdpImpairment::default(),
+        }
+    }
+}
+
+impl EmulatorConfig {
+    /// Apply the same impairment to both directions of the UDP path.
+    pub fn with_udp(mut self, impairment: UdpImpairment) -> Self {
+        self.udp_to_gateway = impairment;
+        self.udp_from_gateway = impairment;
+        self
+    }
+
+    /// Check what a command line or file may have got wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        self.udp_to_gateway.validate()?;
+        self.udp_from_gateway.validate()?;
+        if let Some(status) = self.fail_http.iter().find(|s| !(100..=599).contains(*s)) {
+            return Err(format!("fail_http: {status} is not an HTTP status"));
+        }
+        if let Some(f) = self
+            .http_faults
+            .iter()
+            .find(|f| !(100..=599).contains(&f.status))
+        {
+            return Err(format!("http_faults: {} is not an HTTP status", f.status));
+        }
+        if self.fail_rrc.contains(&RouterResponseCode::RrcOk) {
+            return Err("fail_rrc: RRC_OK is not a failure".into());
+        }
+        if self.gateway_version.trim().is_empty()
+            || self.gateway_version.contains(char::is_whitespace)
+        {
+            return Err("gateway_version must be one word (e.g. 2.2.9)".into());
+        }
+        if !self.listen.ip().is_loopback() {
+            tracing::warn!(listen = %self.listen, "the emulator listens beyond loopback");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_a_perfect_world() {
+        let c = EmulatorConfig::default();
+        assert!(c.validate().is_ok());
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(c.listen.port(), 0);
+        assert!(c.router_rtt.is_zero() && c.answer_delay.is_zero() && c.registration_lag.is_zero());
+        assert!(c.udp_to_gateway.is_none() && c.udp_from_gateway.is_none());
+        assert!(c.fail_http.is_empty() && c.fail_rrc.is_empty() && !c.gateway_offline);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let c = EmulatorConfig {
+            fail_http: vec![42],
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("42"));
+        let c = EmulatorConfig {
+            fail_rrc: vec![RouterResponseCode::RrcOk],
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+        let c = EmulatorConfig::default().with_udp(UdpImpairment {
+            loss: 2.0,
+            ..Default::default()
+        });
+        assert!(c.validate().is_err());
+        let c = EmulatorConfig {
+            gateway_version: "2 2".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}
