@@ -23,7 +23,10 @@ pub enum LaunchError {
     Gateway(String),
     /// A wait ran past its bound.
     #[error("timed out after {waited:?} waiting for {what}")]
-    Timeout { what: &'static str, waited: Duration },
+    Timeout {
+        what: &'static str,
+        waited: Duration,
+    },
     /// The WebSocket to the router failed or closed before the answer arrived.
     #[error("router WebSocket failed: {0}")]
     WebSocket(String),

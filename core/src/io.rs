@@ -105,25 +105,40 @@ pub enum Command {
 pub enum Input {
     /// Time has passed (a timer from `poll_timeout` fired). Also fine to send spuriously.
     Timeout,
-    HttpResponse { id: RequestId, response: HttpResponse },
+    HttpResponse {
+        id: RequestId,
+        response: HttpResponse,
+    },
     /// The request failed below HTTP (connect refused, reset, TLS error, timeout). `error` is shown to users.
-    HttpError { id: RequestId, error: String },
+    HttpError {
+        id: RequestId,
+        error: String,
+    },
     /// The WebSocket upgrade succeeded.
     WsOpened,
     /// One text frame from the router WebSocket.
     WsMessage(String),
     /// The WebSocket closed or could not be opened.
-    WsClosed { reason: String },
+    WsClosed {
+        reason: String,
+    },
     /// A datagram arrived on one of the node's UDP sockets.
     Datagram(Datagram),
     /// The driver bound / discovered a local address usable as an ICE candidate.
-    LocalCandidate { addr: SocketAddr, kind: CandidateKind },
+    LocalCandidate {
+        addr: SocketAddr,
+        kind: CandidateKind,
+    },
     /// The driver will report no more local candidates.
     GatheringComplete,
     Command(Command),
     /// Gateway role: the router relays a controller message (a `GatewayAction` JSON) to this gateway.
     /// `reply_to` identifies it; every [`Output::ControllerReply`] for it carries the same value.
-    ControllerMessage { reply_to: u64, stream: bool, payload: String },
+    ControllerMessage {
+        reply_to: u64,
+        stream: bool,
+        payload: String,
+    },
 }
 
 /// Everything a node asks its driver to do or tells its user.
@@ -140,20 +155,35 @@ pub enum Output {
     /// The tube is ready: the data channel is open and connections may be opened.
     TubeReady,
     /// A tunneled connection is open end to end.
-    ConnectionOpened { conn: ConnNo },
+    ConnectionOpened {
+        conn: ConnNo,
+    },
     /// Bytes that arrived through the tunnel for `conn`.
-    ConnectionData { conn: ConnNo, data: Vec<u8> },
+    ConnectionData {
+        conn: ConnNo,
+        data: Vec<u8>,
+    },
     /// The far side of `conn` finished writing.
-    ConnectionEof { conn: ConnNo },
-    ConnectionClosed { conn: ConnNo, reason: CloseReason },
+    ConnectionEof {
+        conn: ConnNo,
+    },
+    ConnectionClosed {
+        conn: ConnNo,
+        reason: CloseReason,
+    },
     /// Gateway role: connect `conn` to the configured target, then answer [`Command::TargetConnected`].
-    ConnectTarget { conn: ConnNo },
+    ConnectTarget {
+        conn: ConnNo,
+    },
     /// Terminal session output, for the user's screen.
     TerminalOutput(Vec<u8>),
     /// Gateway role: a reply to [`Input::ControllerMessage`] `reply_to`. `payload` is the gateway's JSON
     /// (`{"is_ok":…,"data":…}`); the router puts the first reply of a non-streaming message in the HTTP
     /// response and pushes every other one to the client's WebSocket.
-    ControllerReply { reply_to: u64, payload: String },
+    ControllerReply {
+        reply_to: u64,
+        payload: String,
+    },
     /// The node is finished; no more outputs follow except `Transmit`s of a graceful close.
     Finished(Result<(), LaunchError>),
 }

@@ -169,10 +169,7 @@ impl Peer {
     /// Offerer: apply the remote answer.
     pub fn accept_answer(&mut self, sdp: &str, now: Instant) -> Result<(), PeerError> {
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
-        let pending = self
-            .pending_offer
-            .take()
-            .ok_or(PeerError::NoPendingOffer)?;
+        let pending = self.pending_offer.take().ok_or(PeerError::NoPendingOffer)?;
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
@@ -263,7 +260,9 @@ impl Peer {
             return Ok(false);
         };
         let result = match self.rtc.channel(id) {
-            Some(mut ch) => ch.write(true, data).map_err(|e| PeerError::Rtc(e.to_string())),
+            Some(mut ch) => ch
+                .write(true, data)
+                .map_err(|e| PeerError::Rtc(e.to_string())),
             None => Ok(false),
         };
         self.drain(now);
@@ -453,7 +452,10 @@ mod tests {
         b.add_local_candidate("10.0.0.2:2000".parse().unwrap(), CandidateKind::Host, now)
             .unwrap();
         let offer = a.create_offer(now).unwrap();
-        assert!(offer.contains("a=candidate"), "host candidate travels inside the offer");
+        assert!(
+            offer.contains("a=candidate"),
+            "host candidate travels inside the offer"
+        );
         let answer = b
             .accept_offer(&offer, &[format!("{KEEPER_VERSION_ATTRIBUTE}2.2.9")], now)
             .unwrap();

@@ -802,7 +802,7 @@ mod tests {
 
     #[test]
     fn key_input() {
-        let t = Instant::now();
+        let t = pam_lite_dev_clock::origin();
         let mut c = ready_client(TerminalConfig::default());
         c.input(b"l\r", t);
         let ev = events(&mut c);
@@ -815,7 +815,7 @@ mod tests {
 
     #[test]
     fn double_ctrl_c_exits() {
-        let t = Instant::now();
+        let t = pam_lite_dev_clock::origin();
         let mut c = ready_client(TerminalConfig::default());
         c.input(b"\x03", t);
         assert_eq!(sent(&events(&mut c)), "3.key,1.3,1.1;3.key,1.3,1.0;");
@@ -831,7 +831,7 @@ mod tests {
 
     #[test]
     fn lone_escape_after_timeout() {
-        let t = Instant::now();
+        let t = pam_lite_dev_clock::origin();
         let mut c = ready_client(TerminalConfig::default());
         c.input(b"\x1b", t);
         assert!(events(&mut c).is_empty());
@@ -845,7 +845,7 @@ mod tests {
 
     #[test]
     fn stdin_mode_pipe_once() {
-        let t = Instant::now();
+        let t = pam_lite_dev_clock::origin();
         let mut c = ready_client(TerminalConfig {
             input_mode: InputMode::Stdin,
             ..TerminalConfig::default()
@@ -870,7 +870,7 @@ mod tests {
 
     #[test]
     fn stdin_mode_per_chunk_and_blob_limit() {
-        let t = Instant::now();
+        let t = pam_lite_dev_clock::origin();
         let config = TerminalConfig {
             input_mode: InputMode::Stdin,
             stdin_pipe_per_chunk: true,
@@ -892,7 +892,7 @@ mod tests {
 
     #[test]
     fn input_before_ready_is_queued() {
-        let t = Instant::now();
+        let t = pam_lite_dev_clock::origin();
         let mut c = TerminalClient::new(TerminalConfig::default());
         c.input(b"a", t);
         c.resize(100, 30);
@@ -962,7 +962,7 @@ mod tests {
     proptest! {
         #[test]
         fn client_never_panics(data in proptest::collection::vec(any::<u8>(), 0..400), chunk in 1usize..50) {
-            let t = Instant::now();
+            let t = pam_lite_dev_clock::origin();
             let mut c = TerminalClient::new(TerminalConfig::default());
             for part in data.chunks(chunk) {
                 c.handle_data(part);

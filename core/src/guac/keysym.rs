@@ -403,7 +403,7 @@ mod tests {
     fn enc(bytes: &[u8]) -> Vec<u32> {
         let mut e = KeyEncoder::default();
         let mut out = Vec::new();
-        let t = Instant::now();
+        let t = pam_lite_dev_clock::origin();
         e.feed(bytes, t, &mut out);
         e.flush(t, &mut out);
         out
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn crlf_merge_window() {
-        let t = Instant::now();
+        let t = pam_lite_dev_clock::origin();
         let mut e = KeyEncoder::default();
         let mut out = Vec::new();
         e.feed(b"\r\n", t, &mut out);
@@ -474,7 +474,7 @@ mod tests {
 
     #[test]
     fn split_escape_and_utf8() {
-        let t = Instant::now();
+        let t = pam_lite_dev_clock::origin();
         let mut e = KeyEncoder::default();
         let mut out = Vec::new();
         e.feed(b"\x1b", t, &mut out);
@@ -535,7 +535,7 @@ mod tests {
 
         #[test]
         fn encoder_never_panics(data in proptest::collection::vec(any::<u8>(), 0..100), chunk in 1usize..10) {
-            let t = Instant::now();
+            let t = pam_lite_dev_clock::origin();
             let mut e = KeyEncoder::default();
             let mut out = Vec::new();
             for part in data.chunks(chunk) { e.feed(part, t, &mut out); }

@@ -487,7 +487,7 @@ mod tests {
     #[test]
     fn typing_reaches_the_pty_and_output_reaches_the_screen() {
         for chunk in [1, 2, 7, 64, 100_000] {
-            let t = Instant::now();
+            let t = pam_lite_dev_clock::origin();
             let mut p = Pair::new(TerminalConfig::default(), ServerConfig::default(), chunk);
             p.server.start(1);
             p.run();
@@ -516,7 +516,7 @@ mod tests {
 
     #[test]
     fn special_keys_round_trip() {
-        let t = Instant::now();
+        let t = pam_lite_dev_clock::origin();
         let mut p = Pair::new(TerminalConfig::default(), ServerConfig::default(), 5);
         p.server.start(1);
         p.run();
@@ -538,7 +538,7 @@ mod tests {
 
     #[test]
     fn stdin_mode_round_trip() {
-        let t = Instant::now();
+        let t = pam_lite_dev_clock::origin();
         let config = TerminalConfig {
             input_mode: InputMode::Stdin,
             ..TerminalConfig::default()
@@ -628,7 +628,7 @@ mod tests {
 
     #[test]
     fn double_ctrl_c_ends_both() {
-        let t = Instant::now();
+        let t = pam_lite_dev_clock::origin();
         let mut p = Pair::new(TerminalConfig::default(), ServerConfig::default(), 8);
         p.server.start(1);
         p.run();
@@ -678,7 +678,7 @@ mod tests {
 
         #[test]
         fn stdin_bytes_round_trip(data in proptest::collection::vec(any::<u8>(), 1..3000), chunk in 1usize..500) {
-            let t = Instant::now();
+            let t = pam_lite_dev_clock::origin();
             let config = TerminalConfig { input_mode: InputMode::Stdin, ..TerminalConfig::default() };
             let mut p = Pair::new(config, ServerConfig::default(), chunk);
             p.server.start(1);

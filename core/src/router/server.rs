@@ -735,7 +735,7 @@ mod tests {
             server,
             tokens,
             rng,
-            t0: Instant::now(),
+            t0: pam_lite_dev_clock::origin(),
             next_id: 1,
         }
     }

@@ -966,7 +966,7 @@ mod tests {
 
     #[test]
     fn client_open_is_keepers_bytes() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let mut c = Connections::new(Role::Client, t0);
         c.set_unix_ms_base(0x1a20b523a61, t0);
         c.open(1).unwrap();
@@ -992,7 +992,7 @@ mod tests {
 
     #[test]
     fn keeper_ping_pong_known_answers() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let mut c = Connections::new(Role::Client, t0);
         c.set_unix_ms_base(0x1a20b523fd0, t0);
         c.handle_message(
@@ -1035,7 +1035,7 @@ mod tests {
 
     #[test]
     fn close_all_is_keepers_order_and_bytes() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let mut c = Connections::new(Role::Client, t0);
         c.open(1).unwrap();
         writes(&mut c);
@@ -1067,7 +1067,7 @@ mod tests {
 
     #[test]
     fn client_gateway_round_trip() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let mut cl = Connections::new(Role::Client, t0);
         let mut gw = Connections::new(Role::Gateway, t0);
         let n = cl.open_next(None).unwrap();
@@ -1140,7 +1140,7 @@ mod tests {
 
     #[test]
     fn client_half_close_does_not_close() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let mut cl = Connections::new(Role::Client, t0);
         cl.open(1).unwrap();
         cl.handle_message(&ctrl(ControlMessage::ConnectionOpened { conn_no: 1 }), t0);
@@ -1171,7 +1171,7 @@ mod tests {
 
     #[test]
     fn gateway_holds_data_and_eof_until_connected() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let mut gw = Connections::new(Role::Gateway, t0);
         gw.handle_message(
             &ctrl(ControlMessage::OpenConnection {
@@ -1216,7 +1216,7 @@ mod tests {
 
     #[test]
     fn gateway_target_failure() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let mut gw = Connections::new(Role::Gateway, t0);
         gw.handle_message(
             &ctrl(ControlMessage::OpenConnection {
@@ -1244,7 +1244,7 @@ mod tests {
 
     #[test]
     fn gateway_hold_limit_closes_connection() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let config = Config {
             max_held_per_conn: 10,
             ..Config::default()
@@ -1287,7 +1287,7 @@ mod tests {
 
     #[test]
     fn keeper_edge_cases_keep_the_channel_up() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let mut cl = Connections::new(Role::Client, t0);
         cl.open(1).unwrap();
         writes(&mut cl);
@@ -1348,7 +1348,7 @@ mod tests {
 
     #[test]
     fn peer_closes_channel() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let mut cl = Connections::new(Role::Client, t0);
         cl.open(1).unwrap();
         cl.open(2).unwrap();
@@ -1384,7 +1384,7 @@ mod tests {
 
     #[test]
     fn fatal_frame_error_closes_everything() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let config = Config {
             max_frame_payload: 100,
             ..Config::default()
@@ -1427,7 +1427,7 @@ mod tests {
 
     #[test]
     fn chunking_and_backpressure() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let config = Config {
             high_water: 40_000,
             low_water: 10_000,
@@ -1456,7 +1456,7 @@ mod tests {
 
     #[test]
     fn ping_rtt() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let mut cl = Connections::new(Role::Client, t0);
         let mut gw = Connections::new(Role::Gateway, t0);
         gw.send_warmup_pings().unwrap();
@@ -1476,7 +1476,7 @@ mod tests {
 
     #[test]
     fn role_checks() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let mut gw = Connections::new(Role::Gateway, t0);
         assert!(matches!(gw.open(1), Err(TubeError::WrongRole { .. })));
         let mut cl = Connections::new(Role::Client, t0);
@@ -1498,7 +1498,7 @@ mod tests {
 
     #[test]
     fn too_many_connections_refused() {
-        let t0 = Instant::now();
+        let t0 = pam_lite_dev_clock::origin();
         let config = Config {
             max_connections: 1,
             ..Config::default()
@@ -1535,7 +1535,7 @@ mod tests {
             chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40_000), 1..5),
             split in 1usize..5000,
         ) {
-            let t0 = Instant::now();
+            let t0 = pam_lite_dev_clock::origin();
             let mut cl = Connections::new(Role::Client, t0);
             let mut gw = Connections::new(Role::Gateway, t0);
             cl.open(1).unwrap();
@@ -1552,7 +1552,7 @@ mod tests {
 
         #[test]
         fn handle_message_never_panics(msgs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..80), 0..8)) {
-            let t0 = Instant::now();
+            let t0 = pam_lite_dev_clock::origin();
             for role in [Role::Client, Role::Gateway] {
                 let mut c = Connections::new(role, t0);
                 let _ = c.open(1);
