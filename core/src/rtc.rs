@@ -332,11 +332,9 @@ impl Peer {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Connected => {
-                if !self.connected {
-                    self.connected = true;
-                    self.events.push_back(PeerEvent::Connected);
-                }
+            Event::Connected if !self.connected => {
+                self.connected = true;
+                self.events.push_back(PeerEvent::Connected);
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.fail("ICE disconnected".into());
@@ -350,17 +348,13 @@ impl Peer {
                 }
                 self.events.push_back(PeerEvent::ChannelOpen);
             }
-            Event::ChannelData(d) => {
-                if Some(d.id) == self.channel {
-                    self.events.push_back(PeerEvent::Message(d.data));
-                }
+            Event::ChannelData(d) if Some(d.id) == self.channel => {
+                self.events.push_back(PeerEvent::Message(d.data));
             }
             Event::ChannelBufferedAmountLow(_) => self.events.push_back(PeerEvent::Writable),
-            Event::ChannelClose(id) => {
-                if Some(id) == self.channel {
-                    self.open = false;
-                    self.fail("the data channel was closed".into());
-                }
+            Event::ChannelClose(id) if Some(id) == self.channel => {
+                self.open = false;
+                self.fail("the data channel was closed".into());
             }
             Event::Closed => self.fail("the remote peer closed the session".into()),
             _ => {}
