@@ -171,6 +171,15 @@ pub struct HttpStub {
 
 impl HttpStub {
     pub fn start(behavior: StubBehavior) -> Self {
+        Self::start_with(behavior, None)
+    }
+
+    /// The same over TLS with `tls` (see [`TestCa`]).
+    pub fn start_tls(behavior: StubBehavior, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with(behavior, Some(tls))
+    }
+
+    fn start_with(behavior: StubBehavior, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -182,7 +191,17 @@ impl HttpStub {
                 count.fetch_add(1, Ordering::SeqCst);
                 let tx = tx.clone();
                 let behavior = behavior.clone();
-                thread::spawn(move || serve_http(stream, behavior, tx));
+                let tls = tls.clone();
+                thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    match tls {
+                        Some(config) => {
+                            let conn = rustls::ServerConnection::new(config).unwrap();
+                            serve_http(rustls::StreamOwned::new(conn, stream), behavior, tx);
+                        }
+                        None => serve_http(stream, behavior, tx),
+                    }
+                });
             }
         });
         Self {
@@ -195,12 +214,14 @@ impl HttpStub {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://{}{}", self.addr, path)
+    }
 }
 
-fn serve_http(stream: TcpStream, behavior: StubBehavior, tx: Sender<StubRequest>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
+fn serve_http<S: Read + Write>(stream: S, behavior: StubBehavior, tx: Sender<StubRequest>) {
+    let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -252,7 +273,11 @@ fn serve_http(stream: TcpStream, behavior: StubBehavior, tx: Sender<StubRequest>
                     "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nSet-Cookie: a=1; Path=/\r\nSet-Cookie: b=2\r\nContent-Length: {}\r\n\r\n",
                     body.len()
                 );
-                if writer.write_all(head.as_bytes()).is_err() || writer.write_all(body).is_err() {
+                let writer = reader.get_mut();
+                if writer.write_all(head.as_bytes()).is_err()
+                    || writer.write_all(body).is_err()
+                    || writer.flush().is_err()
+                {
                     return;
                 }
             }
@@ -275,21 +300,89 @@ where
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let mut headers = Vec::new();
-        let ws = tungstenite::accept_hdr(
-            stream,
-            |req: &tungstenite::handshake::server::Request,
-             resp: tungstenite::handshake::server::Response| {
-                for (n, v) in req.headers() {
-                    headers.push((n.to_string(), v.to_str().unwrap_or_default().to_owned()));
-                }
-                Ok(resp)
-            },
-        )
-        .unwrap();
-        script(ws, headers);
+        ws_accept(stream, script);
     });
     addr
+}
+
+/// [`ws_server`] over TLS with `tls` (see [`TestCa`]).
+pub fn wss_server<F>(tls: Arc<rustls::ServerConfig>, script: F) -> SocketAddr
+where
+    F: FnOnce(
+            tungstenite::WebSocket<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>,
+            Vec<(String, String)>,
+        ) + Send
+        + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let conn = rustls::ServerConnection::new(tls).unwrap();
+        ws_accept(rustls::StreamOwned::new(conn, stream), script);
+    });
+    addr
+}
+
+fn ws_accept<S, F>(stream: S, script: F)
+where
+    S: Read + Write,
+    F: FnOnce(tungstenite::WebSocket<S>, Vec<(String, String)>),
+{
+    let mut headers = Vec::new();
+    // A client that gives up (e.g. rejects the certificate) ends the server quietly.
+    let Ok(ws) = tungstenite::accept_hdr(
+        stream,
+        |req: &tungstenite::handshake::server::Request,
+         resp: tungstenite::handshake::server::Response| {
+            for (n, v) in req.headers() {
+                headers.push((n.to_string(), v.to_str().unwrap_or_default().to_owned()));
+            }
+            Ok(resp)
+        },
+    ) else {
+        return;
+    };
+    script(ws, headers);
+}
+
+/// A self-signed certificate for 127.0.0.1 and a rustls server config presenting it.
+pub struct TestCa {
+    /// The certificate in PEM, to trust as an extra CA.
+    pub pem: Vec<u8>,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let rcgen::CertifiedKey { cert, key_pair } = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])
+        .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key_pair.serialize_der().into());
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+        Self {
+            pem: cert.pem().into_bytes(),
+            server: Arc::new(server),
+        }
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A TCP server on 127.0.0.1 that accepts and then says nothing (for handshake timeouts).
@@ -395,9 +488,10 @@ macro_rules! driver_tests {
                 CandidateKind, Command, Datagram, HttpRequest, Input, Method, Output, WsConnect,
             };
             use $crate::testing::{
-                mute_server, puppet, socket2, tungstenite, ws_server, Echo, HttpStub, StubBehavior,
+                mute_server, puppet, socket2, tungstenite, ws_server, wss_server, Echo, HttpStub,
+                StubBehavior, TestCa,
             };
-            use $crate::{DriverConfig, Stopped};
+            use $crate::{DriverConfig, Stopped, TlsConfig};
             use $($spawn)+ as spawn;
 
     const WAIT: Duration = Duration::from_secs(5);
@@ -832,6 +926,109 @@ macro_rules! driver_tests {
         let got = ctl.wait_for(WAIT, |i| matches!(i, Input::Command(Command::Close)));
         assert_eq!(got, Some(Input::Command(Command::Close)));
     }
+
+            fn https_result(tls: TlsConfig, ca: &TestCa) -> Input {
+                let stub = HttpStub::start_tls(
+                    StubBehavior::Respond {
+                        status: 200,
+                        body: b"tls".to_vec(),
+                    },
+                    ca.server.clone(),
+                );
+                let (node, ctl) = puppet();
+                let config = DriverConfig {
+                    tls,
+                    ..DriverConfig::default()
+                };
+                let handle = spawn(node, config).unwrap();
+                ctl.script(Output::Http(request(1, stub.https_url("/tls"), true, WAIT)));
+                handle.input(Input::Timeout);
+                ctl.wait_for(WAIT, |i| {
+                    matches!(i, Input::HttpResponse { .. } | Input::HttpError { .. })
+                })
+                .unwrap()
+            }
+
+            #[test]
+            fn https_trusts_the_extra_ca_rejects_unknown_and_insecure_accepts() {
+                let ca = TestCa::new();
+                let trusted = TlsConfig {
+                    extra_ca_pem: Some(ca.pem.clone()),
+                    ..TlsConfig::default()
+                };
+                match https_result(trusted, &ca) {
+                    Input::HttpResponse { response, .. } => assert_eq!(response.body, b"tls"),
+                    other => panic!("extra CA not trusted: {other:?}"),
+                }
+                match https_result(TlsConfig::default(), &ca) {
+                    Input::HttpError { error, .. } => {
+                        assert!(error.contains("TLS") || error.contains("certificate"), "{error}")
+                    }
+                    other => panic!("self-signed certificate accepted: {other:?}"),
+                }
+                let insecure = TlsConfig {
+                    insecure: true,
+                    ..TlsConfig::default()
+                };
+                assert!(matches!(
+                    https_result(insecure, &ca),
+                    Input::HttpResponse { .. }
+                ));
+            }
+
+            #[test]
+            fn wss_with_the_extra_ca_delivers_messages() {
+                let ca = TestCa::new();
+                let addr = wss_server(ca.server.clone(), |mut ws, headers| {
+                    assert!(headers.contains(&("x-test".into(), "1".into())));
+                    ws.send(tungstenite::Message::text("over tls")).unwrap();
+                    while ws.read().is_ok() {}
+                });
+                let (node, ctl) = puppet();
+                let config = DriverConfig {
+                    tls: TlsConfig {
+                        extra_ca_pem: Some(ca.pem.clone()),
+                        ..TlsConfig::default()
+                    },
+                    ..DriverConfig::default()
+                };
+                let handle = spawn(node, config).unwrap();
+                ctl.script(Output::WsConnect(WsConnect {
+                    url: format!("wss://{addr}/ws"),
+                    headers: vec![("X-Test".into(), "1".into())],
+                    timeout: WAIT,
+                }));
+                handle.input(Input::Timeout);
+                let ws_input = |i: &Input| {
+                    matches!(i, Input::WsOpened | Input::WsMessage(_) | Input::WsClosed { .. })
+                };
+                assert_eq!(ctl.wait_for(WAIT, ws_input), Some(Input::WsOpened));
+                assert_eq!(
+                    ctl.wait_for(WAIT, ws_input),
+                    Some(Input::WsMessage("over tls".into()))
+                );
+            }
+
+            #[test]
+            fn wss_with_an_unknown_certificate_closes() {
+                let ca = TestCa::new();
+                let addr = wss_server(ca.server.clone(), |_ws, _| {});
+                let (node, ctl) = puppet();
+                let handle = spawn(node, DriverConfig::default()).unwrap();
+                ctl.script(Output::WsConnect(WsConnect {
+                    url: format!("wss://{addr}/ws"),
+                    headers: Vec::new(),
+                    timeout: WAIT,
+                }));
+                handle.input(Input::Timeout);
+                let got = ctl.wait_for(WAIT, |i| {
+                    matches!(i, Input::WsOpened | Input::WsClosed { .. })
+                });
+                assert!(
+                    matches!(&got, Some(Input::WsClosed { reason }) if reason.contains("TLS") || reason.contains("certificate")),
+                    "{got:?}"
+                );
+            }
         }
     };
 }
