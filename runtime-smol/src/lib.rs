@@ -8,5 +8,6 @@ pub mod ws;
 
 pub use pam_lite_blocking::{DriverConfig, Stopped, TlsConfig};
 pub mod driver;
+pub mod forward;
 
 pub use driver::{run, spawn, spawn_on, Handle, InputSender, Prepared};

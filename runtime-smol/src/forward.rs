@@ -1,0 +1,335 @@
+//! TCP glue between local sockets and the node's tunneled connections, as async tasks on smol's global
+//! executor; the same contract as the blocking driver's `forward` module, with no protocol knowledge:
+//! bytes in become `Command::Send`, bytes out come from `Output::ConnectionData`, a TCP half-close is
+//! `Command::SendEof` / `Output::ConnectionEof`, and a reset or close is `Command::CloseConnection` /
+//! `Output::ConnectionClosed`.
+//!
+//! The single consumer of [`crate::Handle::recv`] hands every output to [`Forwarder::dispatch`] (or
+//! [`Forwarder::dispatch_async`] from async code), which keeps the ones about connections and gives the
+//! others back.
+//!
+//! Backpressure: a reader task feeds the node through its bounded input queue, so a socket is read no
+//! faster than the node takes the bytes; a writer has a bounded queue, so a slow local peer stalls
+//! `dispatch` instead of growing memory. The core reports no per-connection send window, so this is the
+//! finest flow control a driver can offer.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use pam_lite_core::tube::CloseReason;
+use pam_lite_core::{Command, ConnNo, Input, Output};
+use smol::channel::{self, Receiver, Sender};
+use smol::future::FutureExt as _;
+use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use smol::net::TcpStream;
+use smol::{Async, Task, Timer};
+
+use crate::driver::{Handle, InputSender};
+
+/// Bytes read from a local socket per `Command::Send`.
+pub const READ_CHUNK: usize = 16 * 1024;
+/// Chunks queued towards one local socket before `dispatch` waits for it.
+pub const WRITE_QUEUE: usize = 64;
+/// How long a gateway waits for its target's TCP handshake.
+pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the writer of one connection must do next.
+enum ToSocket {
+    Data(Vec<u8>),
+    Eof,
+    Close,
+}
+
+struct Shared {
+    inputs: InputSender,
+    conns: Mutex<HashMap<ConnNo, Sender<ToSocket>>>,
+    next_conn: AtomicU32,
+    /// Gateway side: where `ConnectTarget` connects.
+    target: Option<SocketAddr>,
+}
+
+impl Shared {
+    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<ConnNo, Sender<ToSocket>>> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn writer(&self, conn: ConnNo) -> Option<Sender<ToSocket>> {
+        self.conns().get(&conn).cloned()
+    }
+
+    /// The local side of `conn` failed: tell the node and forget the connection.
+    async fn local_failed(&self, conn: ConnNo, what: &str, error: &io::Error) {
+        tracing::debug!(conn, %error, "{what}");
+        let writer = self.conns().remove(&conn);
+        if let Some(writer) = writer {
+            let _ = writer.try_send(ToSocket::Close);
+            self.inputs
+                .input_async(Input::Command(Command::CloseConnection {
+                    conn,
+                    reason: CloseReason::Normal,
+                }))
+                .await;
+        }
+    }
+}
+
+/// What `dispatch` must do with one output.
+enum Route {
+    Back(Output),
+    Done,
+    Write(Sender<ToSocket>, ToSocket),
+}
+
+/// Routes the outputs about tunneled connections to their local sockets (see the module docs).
+/// Dropping it stops accepting and closes every piped connection.
+pub struct Forwarder {
+    shared: Arc<Shared>,
+    _accept: Option<Task<()>>,
+}
+
+impl Forwarder {
+    fn new(handle: &Handle, target: Option<SocketAddr>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                inputs: handle.sender(),
+                conns: Mutex::new(HashMap::new()),
+                next_conn: AtomicU32::new(1),
+                target,
+            }),
+            _accept: None,
+        }
+    }
+
+    /// Handle `out` if it is about a tunneled connection (this forwarder owns all of them); give any other
+    /// output back. Blocks the thread while a local socket's write queue is full: from async code use
+    /// [`Forwarder::dispatch_async`].
+    pub fn dispatch(&self, out: Output) -> Option<Output> {
+        match self.route(out) {
+            Route::Back(out) => Some(out),
+            Route::Done => None,
+            Route::Write(writer, what) => {
+                let _ = writer.send_blocking(what);
+                None
+            }
+        }
+    }
+
+    /// [`Forwarder::dispatch`], waiting asynchronously for write-queue space.
+    pub async fn dispatch_async(&self, out: Output) -> Option<Output> {
+        match self.route(out) {
+            Route::Back(out) => Some(out),
+            Route::Done => None,
+            Route::Write(writer, what) => {
+                let _ = writer.send(what).await;
+                None
+            }
+        }
+    }
+
+    /// Connections currently piped.
+    pub fn open_connections(&self) -> usize {
+        self.shared.conns().len()
+    }
+
+    fn route(&self, out: Output) -> Route {
+        let write = |conn: ConnNo, what: ToSocket| match self.shared.writer(conn) {
+            Some(writer) => Route::Write(writer, what),
+            None => {
+                tracing::debug!(conn, "output for an unknown connection dropped");
+                Route::Done
+            }
+        };
+        match out {
+            Output::ConnectionOpened { conn } => {
+                tracing::debug!(conn, "connection opened");
+                Route::Done
+            }
+            Output::ConnectionData { conn, data } => write(conn, ToSocket::Data(data)),
+            Output::ConnectionEof { conn } => write(conn, ToSocket::Eof),
+            Output::ConnectionClosed { conn, reason } => {
+                tracing::debug!(conn, ?reason, "connection closed by the tunnel");
+                match self.shared.conns().remove(&conn) {
+                    Some(writer) => Route::Write(writer, ToSocket::Close),
+                    None => Route::Done,
+                }
+            }
+            Output::ConnectTarget { conn } => {
+                self.connect_target(conn);
+                Route::Done
+            }
+            other => Route::Back(other),
+        }
+    }
+
+    fn connect_target(&self, conn: ConnNo) {
+        let shared = self.shared.clone();
+        let Some(target) = shared.target else {
+            tracing::warn!(
+                conn,
+                "ConnectTarget on a forwarder without a target: refused"
+            );
+            smol::spawn(async move {
+                shared
+                    .inputs
+                    .input_async(Input::Command(Command::TargetConnected { conn, ok: false }))
+                    .await;
+            })
+            .detach();
+            return;
+        };
+        // Register the writer now: data may arrive before the target is connected and must be kept.
+        let (tx, rx) = channel::bounded(WRITE_QUEUE);
+        shared.conns().insert(conn, tx);
+        smol::spawn(async move {
+            let connect = async { TcpStream::connect(target).await }.or(async {
+                Timer::after(TARGET_CONNECT_TIMEOUT).await;
+                Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+            });
+            match connect.await {
+                Ok(stream) => {
+                    tracing::debug!(conn, %target, "target connected");
+                    shared
+                        .inputs
+                        .input_async(Input::Command(Command::TargetConnected { conn, ok: true }))
+                        .await;
+                    pipe(shared, conn, stream, rx);
+                }
+                Err(e) => {
+                    tracing::debug!(conn, %target, error = %e, "target connect failed");
+                    shared.conns().remove(&conn);
+                    shared
+                        .inputs
+                        .input_async(Input::Command(Command::TargetConnected { conn, ok: false }))
+                        .await;
+                }
+            }
+        })
+        .detach();
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        for (_, writer) in self.shared.conns().drain() {
+            let _ = writer.try_send(ToSocket::Close);
+        }
+    }
+}
+
+/// Client side: every TCP connection accepted on `listener` becomes tunneled connection 1, 2, 3…
+/// (`Command::OpenConnection`), piped both ways. Call it once the tube is ready; clients that connect
+/// earlier wait in the listen backlog.
+pub fn serve_tunnel(listener: TcpListener, handle: &Handle) -> io::Result<Forwarder> {
+    let listener = Async::new(listener)?;
+    let mut forwarder = Forwarder::new(handle, None);
+    let shared = forwarder.shared.clone();
+    forwarder._accept = Some(smol::spawn(accept_loop(listener, shared)));
+    Ok(forwarder)
+}
+
+/// Gateway side: answer every `Output::ConnectTarget` by connecting to `target`, then pipe.
+pub fn dial_targets(handle: &Handle, target: SocketAddr) -> Forwarder {
+    Forwarder::new(handle, Some(target))
+}
+
+async fn accept_loop(listener: Async<TcpListener>, shared: Arc<Shared>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, peer)) => {
+                tracing::debug!(%peer, "local connection accepted");
+                TcpStream::from(stream)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                Timer::after(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = channel::bounded(WRITE_QUEUE);
+        shared.conns().insert(conn, tx);
+        if !shared
+            .inputs
+            .input_async(Input::Command(Command::OpenConnection { conn }))
+            .await
+        {
+            return;
+        }
+        pipe(shared.clone(), conn, stream, rx);
+    }
+}
+
+/// Pipe one connection with a reader task and a writer task.
+fn pipe(shared: Arc<Shared>, conn: ConnNo, stream: TcpStream, rx: Receiver<ToSocket>) {
+    let _ = stream.set_nodelay(true);
+    smol::spawn(read_loop(shared.clone(), conn, stream.clone())).detach();
+    smol::spawn(write_loop(shared, conn, stream, rx)).detach();
+}
+
+async fn read_loop(shared: Arc<Shared>, conn: ConnNo, mut stream: TcpStream) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => {
+                tracing::debug!(conn, "local side finished writing");
+                if shared.writer(conn).is_some() {
+                    shared
+                        .inputs
+                        .input_async(Input::Command(Command::SendEof { conn }))
+                        .await;
+                }
+                return;
+            }
+            Ok(n) => {
+                if shared.writer(conn).is_none() {
+                    return; // closed meanwhile
+                }
+                let data = buf.get(..n).unwrap_or_default().to_vec();
+                if !shared
+                    .inputs
+                    .input_async(Input::Command(Command::Send { conn, data }))
+                    .await
+                {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                shared.local_failed(conn, "local read failed", &e).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    shared: Arc<Shared>,
+    conn: ConnNo,
+    mut stream: TcpStream,
+    rx: Receiver<ToSocket>,
+) {
+    while let Ok(what) = rx.recv().await {
+        match what {
+            ToSocket::Data(data) => {
+                if let Err(e) = stream.write_all(&data).await {
+                    shared.local_failed(conn, "local write failed", &e).await;
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+            ToSocket::Eof => {
+                let _ = stream.flush().await;
+                let _ = stream.shutdown(Shutdown::Write);
+            }
+            ToSocket::Close => break,
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+pam_lite_blocking::forward_tests!();
