@@ -1035,6 +1035,8 @@ macro_rules! driver_tests {
 
 /// The forwarder tests, expanded in each driver crate: `crate::spawn`, `crate::Handle` and
 /// `crate::forward::{serve_tunnel, dial_targets, Forwarder}` of the invoking crate must pass them.
+// `crate::` on purpose: the forwarder under test is the invoking crate's.
+#[allow(clippy::crate_in_macro_def)]
 #[macro_export]
 macro_rules! forward_tests {
     () => {
