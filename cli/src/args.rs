@@ -161,12 +161,17 @@ pub struct EmulatorArgs {
     /// How long after its upgrade the router can route to a WebSocket (a cold router), in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub registration_lag_ms: u64,
-    /// Fail the next router request with this HTTP status; repeat to fail several in a row.
+    /// Simulated router-gateway round trip for controller messages, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub gateway_rtt_ms: u64,
+    /// Fail the next offer (send_controller_message) with this HTTP status, as a load balancer in front
+    /// of a cold router does; repeat to fail several in a row.
     #[arg(long, value_name = "STATUS")]
     pub fail_http: Vec<u16>,
-    /// Fail the next offer with this router result code (e.g. RRC_TIMEOUT, RRC_BAD_STATE).
+    /// Fail the next offer with this router result code (e.g. RRC_TIMEOUT, RRC_BAD_STATE,
+    /// RRC_CONTROLLER_DOWN); repeat for several. Applied after the --fail-http statuses.
     #[arg(long, value_name = "CODE")]
-    pub fail_rrc: Option<String>,
+    pub fail_rrc: Vec<String>,
     /// Report the gateway as offline in get_controllers.
     #[arg(long)]
     pub gateway_offline: bool,
@@ -188,7 +193,8 @@ pub struct EmulatorArgs {
     /// Tunnel target for `pam-lite tunnel` connections.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "terminal")]
     pub target: Option<String>,
-    /// Terminal mode: each session runs your shell ($SHELL, else /bin/sh) behind an emulated guacd.
+    /// Terminal mode (the default without --target): each session runs your shell ($SHELL, else /bin/sh)
+    /// behind the emulated gateway.
     #[arg(long)]
     pub terminal: bool,
     /// More logs on stderr (-v info, -vv debug, -vvv trace).

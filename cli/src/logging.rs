@@ -11,10 +11,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::terminal;
 
-/// The default filter for a verbosity count (`-v` repeated).
+/// The default filter for a verbosity count (`-v` repeated). Without `-v` the client's own "launch
+/// failed" warning is hidden: the CLI prints the same error as its last line anyway.
 pub fn default_filter(verbose: u8) -> &'static str {
     match verbose {
-        0 => "warn",
+        0 => "warn,pam_lite_core::client=error",
         1 => "info",
         2 => "debug",
         _ => "trace",
@@ -32,6 +33,7 @@ pub fn init(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(StderrRawAware)
         .with_target(verbose >= 2)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -91,7 +93,7 @@ mod tests {
 
     #[test]
     fn verbosity_levels() {
-        assert_eq!(default_filter(0), "warn");
+        assert!(default_filter(0).starts_with("warn"));
         assert_eq!(default_filter(1), "info");
         assert_eq!(default_filter(9), "trace");
     }

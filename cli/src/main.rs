@@ -5,6 +5,7 @@
 //! spinner) has been dropped and the terminal is restored.
 
 mod args;
+mod demo;
 mod exit;
 mod launch;
 mod logging;
@@ -50,29 +51,40 @@ fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Ticket(TicketCommand::Check { file }) => ticket_check(&file),
         Command::Launch(args) => {
-            let ticket = load_source(&args.source)?;
-            launch::launch(&args, ticket)
+            // `demo` keeps the in-process emulator alive until the launch is over.
+            let (ticket, demo) = match &args.source.ticket {
+                Some(path) => (Ticket::load(path)?, None),
+                None => {
+                    let d = demo::terminal()?;
+                    (d.ticket.clone(), Some(d))
+                }
+            };
+            let result = launch::launch(&args, ticket);
+            leave_running(demo);
+            result
         }
         Command::Tunnel(args) => {
             let listener = std::net::TcpListener::bind(args.listen)
                 .map_err(|e| CliError::local(format!("cannot listen on {}", args.listen), e))?;
-            let ticket = load_source(&args.source)?;
-            launch::tunnel(&args, ticket, listener)
+            let (ticket, demo) = match &args.source.ticket {
+                Some(path) => (Ticket::load(path)?, None),
+                None => {
+                    let d = demo::tunnel(args.target.as_deref())?;
+                    (d.ticket.clone(), Some(d))
+                }
+            };
+            let result = launch::tunnel(&args, ticket, listener);
+            leave_running(demo);
+            result
         }
-        Command::Emulator(_) => Err(CliError::Local(
-            "the emulator is not available in this build yet".into(),
-        )),
+        Command::Emulator(args) => demo::run_emulator(&args),
     }
 }
 
-/// The ticket of `--ticket FILE` (or, later, of the in-process emulator for `--demo`).
-fn load_source(source: &args::Source) -> Result<Ticket, CliError> {
-    match &source.ticket {
-        Some(path) => Ok(Ticket::load(path)?),
-        None => Err(CliError::Local(
-            "--demo is not available in this build yet".into(),
-        )),
-    }
+/// The process exits right after a launch; a clean emulator shutdown would only delay the exit (or hang
+/// it, if a session thread is stuck), and the OS reclaims everything anyway (its shell gets SIGHUP).
+fn leave_running(demo: Option<demo::Demo>) {
+    std::mem::forget(demo);
 }
 
 /// `pam-lite ticket check FILE`.
