@@ -402,14 +402,12 @@ pub fn tunnel(args: &TunnelArgs, ticket: Ticket, listener: TcpListener) -> Resul
             }
             Event::Node(Output::TubeReady) => {
                 spinner.stop();
-                eprintln!(
-                    "pam-lite: tunnel ready: {local} -> gateway {}",
-                    ticket
-                        .target
-                        .as_ref()
-                        .map(|t| format!("-> {}:{}", t.host, t.port))
-                        .unwrap_or_default()
-                );
+                let target = ticket
+                    .target
+                    .as_ref()
+                    .map(|t| format!(" -> {}:{}", t.host, t.port))
+                    .unwrap_or_default();
+                eprintln!("pam-lite: tunnel ready: {local} -> gateway{target}");
                 timing.report(false)?;
             }
             Event::Node(Output::Finished(r)) => {

@@ -49,51 +49,59 @@ pub fn start(
     }
 }
 
+/// The pump thread, identical for both runtimes (their `Handle` and `forward` APIs have the same shape).
+macro_rules! pump {
+    ($handle:ident, $forward:path, $listener:ident, $events:ident) => {{
+        use $forward as forward;
+        thread::Builder::new()
+            .name("pam-lite-pump".into())
+            .spawn(move || {
+                let mut listener = $listener;
+                let mut forwarder: Option<forward::Forwarder> = None;
+                while let Some(out) = $handle.recv() {
+                    let out = match &forwarder {
+                        Some(f) => match f.dispatch(out) {
+                            Some(rest) => rest,
+                            None => continue,
+                        },
+                        None => out,
+                    };
+                    if matches!(out, Output::TubeReady) {
+                        // Accept only now: connections made earlier wait in the listen backlog.
+                        if let Some(l) = listener.take() {
+                            match forward::serve_tunnel(l, &$handle) {
+                                Ok(f) => forwarder = Some(f),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot serve the tunnel listener")
+                                }
+                            }
+                        }
+                    }
+                    if $events.send(Event::Node(out)).is_err() {
+                        break;
+                    }
+                }
+                drop(forwarder);
+                if let Err(e) = $handle.join() {
+                    tracing::warn!(error = %e, "driver ended with an error");
+                }
+                let _ = $events.send(Event::NodeStopped);
+            })
+            .map_err(|e| CliError::local("cannot start a thread", e))
+    }};
+}
+
 fn start_blocking(
     client: Client,
     config: DriverConfig,
     listener: Option<TcpListener>,
     events: Sender<Event>,
 ) -> Result<InputFn, CliError> {
-    use pam_lite_blocking::forward;
     let handle = pam_lite_blocking::spawn(client, config)
         .map_err(|e| CliError::local("cannot start the blocking driver", e))?;
     let sender = handle.sender();
     let inputs: InputFn = Arc::new(move |input| sender.send(input));
-    thread::Builder::new()
-        .name("pam-lite-pump".into())
-        .spawn(move || {
-            let mut listener = listener;
-            let mut forwarder: Option<forward::Forwarder> = None;
-            while let Some(out) = handle.recv() {
-                let out = match &forwarder {
-                    Some(f) => match f.dispatch(out) {
-                        Some(rest) => rest,
-                        None => continue,
-                    },
-                    None => out,
-                };
-                if matches!(out, Output::TubeReady) {
-                    if let Some(l) = listener.take() {
-                        match forward::serve_tunnel(l, &handle) {
-                            Ok(f) => forwarder = Some(f),
-                            Err(e) => {
-                                tracing::error!(error = %e, "cannot serve the tunnel listener")
-                            }
-                        }
-                    }
-                }
-                if events.send(Event::Node(out)).is_err() {
-                    break;
-                }
-            }
-            drop(forwarder);
-            if let Err(e) = handle.join() {
-                tracing::warn!(error = %e, "driver ended with an error");
-            }
-            let _ = events.send(Event::NodeStopped);
-        })
-        .map_err(|e| CliError::local("cannot start a thread", e))?;
+    pump!(handle, pam_lite_blocking::forward, listener, events)?;
     Ok(inputs)
 }
 
@@ -103,7 +111,10 @@ fn start_smol(
     listener: Option<TcpListener>,
     events: Sender<Event>,
 ) -> Result<InputFn, CliError> {
-    // Until the smol driver lands, run on the blocking one and say so.
-    tracing::warn!("the smol runtime is not available in this build; using the blocking runtime");
-    start_blocking(client, config, listener, events)
+    let handle = pam_lite_smol::spawn(client, config)
+        .map_err(|e| CliError::local("cannot start the smol driver", e))?;
+    let sender = handle.sender();
+    let inputs: InputFn = Arc::new(move |input| sender.send(input));
+    pump!(handle, pam_lite_smol::forward, listener, events)?;
+    Ok(inputs)
 }
