@@ -311,9 +311,9 @@ impl<N: Node> Driver<N> {
             Output::WsConnect(connect) => self.ws_connect(connect),
             Output::WsClose => self.ws = None,
             Output::Finished(result) => {
-                if self.finish_deadline.is_none() {
-                    self.finish_deadline = Some(Instant::now() + self.finish_flush);
-                }
+                let flush_end = Instant::now() + self.finish_flush;
+                self.finish_deadline =
+                    Some(self.finish_deadline.map_or(flush_end, |d| d.min(flush_end)));
                 self.deliver(Output::Finished(result));
             }
             other => self.deliver(other),

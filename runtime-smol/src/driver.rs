@@ -400,9 +400,9 @@ impl<N: Node> Driver<N> {
             }
             Output::WsClose => self.ws.close(),
             Output::Finished(result) => {
-                if self.finish_deadline.is_none() {
-                    self.finish_deadline = Some(Instant::now() + self.finish_flush);
-                }
+                let flush_end = Instant::now() + self.finish_flush;
+                self.finish_deadline =
+                    Some(self.finish_deadline.map_or(flush_end, |d| d.min(flush_end)));
                 self.deliver(Output::Finished(result));
             }
             other => self.deliver(other),
@@ -491,3 +491,103 @@ impl<N: Node> Driver<N> {
 
 #[cfg(test)]
 pam_lite_blocking::driver_tests!(crate::spawn);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use pam_lite_blocking::testing::{puppet, Echo};
+    use std::collections::HashSet;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// 200 nodes on ONE executor driven by the test thread alone: UDP and timers of every node make
+    /// progress without any thread per node.
+    #[test]
+    fn many_nodes_share_one_executor_thread() {
+        let ex: &'static Executor<'static> = Box::leak(Box::new(Executor::new()));
+        let handles: Vec<Handle> = (0..200)
+            .map(|_| spawn_on(ex, Echo::default(), DriverConfig::default()).unwrap())
+            .collect();
+        let (timed, ctl) = puppet();
+        let timed = spawn_on(ex, timed, DriverConfig::default()).unwrap();
+        future::block_on(ex.run(async {
+            let due = Instant::now() + Duration::from_millis(50);
+            ctl.wake_at(Some(due));
+            timed.sender().input_async(Input::Timeout).await;
+
+            let peer = Async::<UdpSocket>::bind(([127, 0, 0, 1], 0)).unwrap();
+            for h in &handles {
+                peer.send_to(b"ping", h.local_addr()).await.unwrap();
+            }
+            let expected: HashSet<SocketAddr> = handles.iter().map(Handle::local_addr).collect();
+            let mut answered = HashSet::new();
+            let mut buf = [0u8; 16];
+            let collect = async {
+                while answered.len() < expected.len() {
+                    let (n, from) = peer.recv_from(&mut buf).await.unwrap();
+                    assert_eq!(&buf[..n], b"ping");
+                    answered.insert(from);
+                }
+            };
+            collect
+                .or(async {
+                    Timer::after(WAIT).await;
+                })
+                .await;
+            assert_eq!(answered, expected);
+
+            for h in &handles {
+                h.sender().input_async(Input::Command(Command::Close)).await;
+            }
+            for h in &handles {
+                assert_eq!(
+                    h.recv_timeout_async(WAIT).await,
+                    Ok(Some(Output::Finished(Ok(()))))
+                );
+            }
+            // The puppet's timer fires on the same thread.
+            let end = Instant::now() + WAIT;
+            let mut fired = false;
+            while !fired && Instant::now() < end {
+                fired = ctl
+                    .seen
+                    .try_iter()
+                    .any(|(input, at)| input == Input::Timeout && at >= due);
+                Timer::after(Duration::from_millis(10)).await;
+            }
+            assert!(fired, "timer never fired");
+        }));
+    }
+
+    #[test]
+    fn run_with_caller_channels_and_prepared_address() {
+        let (node, ctl) = puppet();
+        let prepared = Prepared::new(DriverConfig::default()).unwrap();
+        let addr = prepared.local_addr();
+        let (in_tx, in_rx) = channel::bounded(8);
+        let (out_tx, out_rx) = channel::unbounded();
+        let test = async {
+            assert_eq!(
+                ctl.next(WAIT),
+                Some(Input::LocalCandidate {
+                    addr,
+                    kind: CandidateKind::Host
+                })
+            );
+            ctl.script(Output::TubeReady);
+            in_tx.send(Input::Timeout).await.unwrap();
+            assert_eq!(out_rx.recv().await, Ok(Output::TubeReady));
+            // Closing the input channel means the application is gone: the node is told to close.
+            drop(in_tx);
+            ctl.script(Output::Finished(Ok(())));
+        };
+        let (result, ()) = future::block_on(future::zip(prepared.run(node, in_rx, out_tx), test));
+        result.unwrap();
+        assert_eq!(
+            ctl.wait_for(WAIT, |i| matches!(i, Input::Command(_))),
+            Some(Input::Command(Command::Close))
+        );
+        assert_eq!(out_rx.try_recv(), Ok(Output::Finished(Ok(()))));
+    }
+}
