@@ -65,7 +65,7 @@ impl Shared {
             let _ = writer.try_send(ToSocket::Close);
             self.inputs.input(Input::Command(Command::CloseConnection {
                 conn,
-                reason: CloseReason::Normal,
+                reason: CloseReason::ConnectionLost,
             }));
         }
     }

@@ -70,7 +70,7 @@ impl Shared {
             self.inputs
                 .input_async(Input::Command(Command::CloseConnection {
                     conn,
-                    reason: CloseReason::Normal,
+                    reason: CloseReason::ConnectionLost,
                 }))
                 .await;
         }
