@@ -927,6 +927,59 @@ macro_rules! driver_tests {
         assert_eq!(got, Some(Input::Command(Command::Close)));
     }
 
+            #[test]
+            fn unspecified_bind_announces_explicit_candidates_and_reports_real_addresses() {
+                let (node, ctl) = puppet();
+                let config = DriverConfig {
+                    udp_bind: "0.0.0.0:0".parse().unwrap(),
+                    candidate_ips: vec!["127.0.0.1".parse().unwrap()],
+                    ..DriverConfig::default()
+                };
+                let handle = spawn(node, config).unwrap();
+                let port = handle.local_addr().port();
+                assert!(handle.local_addr().ip().is_unspecified());
+                let candidate: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+                assert_eq!(
+                    ctl.next(WAIT),
+                    Some(Input::LocalCandidate {
+                        addr: candidate,
+                        kind: CandidateKind::Host
+                    })
+                );
+                assert_eq!(ctl.next(WAIT), Some(Input::GatheringComplete));
+                let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+                peer.set_read_timeout(Some(WAIT)).unwrap();
+                peer.send_to(b"in", candidate).unwrap();
+                assert_eq!(
+                    ctl.next(WAIT),
+                    Some(Input::Datagram(Datagram {
+                        source: peer.local_addr().unwrap(),
+                        destination: candidate,
+                        contents: b"in".to_vec(),
+                    }))
+                );
+                ctl.script(Output::Transmit(Datagram {
+                    source: candidate,
+                    destination: peer.local_addr().unwrap(),
+                    contents: b"out".to_vec(),
+                }));
+                handle.input(Input::Timeout);
+                let mut buf = [0u8; 8];
+                let (n, from) = peer.recv_from(&mut buf).unwrap();
+                assert_eq!((&buf[..n], from), (&b"out"[..], candidate));
+            }
+
+            #[test]
+            fn unspecified_bind_without_candidates_is_refused() {
+                let (node, _ctl) = puppet();
+                let config = DriverConfig {
+                    udp_bind: "0.0.0.0:0".parse().unwrap(),
+                    ..DriverConfig::default()
+                };
+                let err = spawn(node, config).unwrap_err();
+                assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+            }
+
             fn https_result(tls: TlsConfig, ca: &TestCa) -> Input {
                 let stub = HttpStub::start_tls(
                     StubBehavior::Respond {
