@@ -533,7 +533,10 @@ impl Gateway {
 
     /// The client candidates each tube received through `icecandidate` actions, in arrival order.
     pub fn received_candidates(&self) -> Vec<Vec<String>> {
-        self.tubes.iter().map(|t| t.received_candidates.clone()).collect()
+        self.tubes
+            .iter()
+            .map(|t| t.received_candidates.clone())
+            .collect()
     }
 
     /// Whether connection `conn` (global id) can take more target bytes now.

@@ -136,7 +136,8 @@ impl Scenario {
         )
         .unwrap_or_else(|e| panic!("fixture client: {e}"));
         let mut sim = Sim::new(start, self.net.clone(), self.seed, client, gateway, router);
-        sim.echo_target = self.mode == Mode::Tunnel;
+        // Tunnel: the target is an echo server. Terminal: the "PTY" echoes input like a tty in cooked mode.
+        sim.echo_target = true;
         for i in 0..self.extra_candidates {
             let addr = std::net::SocketAddr::from(([192, 0, 2, 1 + (i % 200) as u8], 40000 + i));
             sim.client_input(Input::LocalCandidate {

@@ -23,8 +23,6 @@ use pam_lite_core::timing::{Checkpoint, Waterfall};
 use pam_lite_core::{
     CandidateKind, Command, ConnNo, Datagram, HttpRequest, Input, LaunchError, Node, Output,
 };
-use rand_chacha::ChaCha20Rng;
-use rand_core::{RngCore, SeedableRng};
 
 /// One direction of a lossy, jittery link.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -82,9 +80,6 @@ impl Default for NetConfig {
     }
 }
 
-pub const CLIENT_ADDR: &str = "10.0.0.1:50000";
-pub const GATEWAY_ADDR: &str = "10.0.0.2:60000";
-
 #[derive(Debug)]
 enum Event {
     ToClient(Input),
@@ -128,7 +123,10 @@ pub struct Sim {
     pub start: Instant,
     pub now: Instant,
     pub net: NetConfig,
-    rng: ChaCha20Rng,
+    seed: u64,
+    client_addr: SocketAddr,
+    gateway_addr: SocketAddr,
+    flow_counters: HashMap<(SocketAddr, SocketAddr), u64>,
     pub client: Client,
     pub gateway: Gateway,
     pub router: RouterServer,
@@ -154,11 +152,18 @@ impl Sim {
         gateway: Gateway,
         router: RouterServer,
     ) -> Self {
+        // str0m's non-cryptographic randomness (ICE transaction ids, retransmit pacing) is fastrand's
+        // thread-local generator: seed it so a seed replays the schedule. (Crypto randomness — DTLS keys —
+        // stays random; it changes bytes, never timing.)
+        fastrand::seed(seed);
         let mut sim = Sim {
             start,
             now: start,
             net,
-            rng: ChaCha20Rng::seed_from_u64(seed),
+            seed,
+            client_addr: SocketAddr::from(([10, 0, 0, 1], 50000)),
+            gateway_addr: SocketAddr::from(([10, 0, 0, 2], 60000)),
+            flow_counters: HashMap::new(),
             client,
             gateway,
             router,
@@ -172,8 +177,7 @@ impl Sim {
             record: Record::default(),
             echo_target: true,
         };
-        let caddr: SocketAddr = CLIENT_ADDR.parse().unwrap_or_else(|_| unreachable!());
-        let gaddr: SocketAddr = GATEWAY_ADDR.parse().unwrap_or_else(|_| unreachable!());
+        let (caddr, gaddr) = (sim.client_addr, sim.gateway_addr);
         sim.gateway_input(Input::LocalCandidate {
             addr: gaddr,
             kind: CandidateKind::Host,
@@ -225,34 +229,48 @@ impl Sim {
         self.drain_gateway();
     }
 
-    fn link_delay(&mut self) -> Option<Duration> {
+    /// The network's verdict for one datagram: lost, or delivered after some delay (duplicates get their
+    /// own verdict). Each verdict is a pure function of (seed, flow, index within the flow, copy), never of
+    /// the global order in which datagrams were sent: str0m iterates hash maps with per-process random
+    /// state, so the interleaving of *different* flows (ICE checks on several candidate pairs) can change
+    /// from run to run, while the order inside one flow is protocol-determined.
+    fn verdict(&mut self, d: &Datagram, index: u64, copy: u64) -> Option<Duration> {
         let l = self.net.peer_link;
-        if l.loss > 0.0 && self.unit() < l.loss {
+        let key = flow_key(d) ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (copy << 62);
+        if l.loss > 0.0 && unit(mix(self.seed, key, 1)) < l.loss {
             self.record.datagrams_lost += 1;
             return None;
         }
         let jitter = if l.jitter.is_zero() {
             Duration::ZERO
         } else {
-            l.jitter.mul_f64(self.unit())
+            l.jitter.mul_f64(unit(mix(self.seed, key, 2)))
         };
         Some(l.latency + jitter)
     }
 
-    fn unit(&mut self) -> f64 {
-        (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
     fn send_datagram(&mut self, d: Datagram, to_gateway: bool) {
+        // Only the two real interfaces are connected; the client's extra candidates are on networks
+        // that do not reach the gateway (a multi-homed host), so their checks go nowhere.
+        let routable = |a: SocketAddr| a == self.client_addr || a == self.gateway_addr;
+        if !routable(d.source) || !routable(d.destination) {
+            return;
+        }
         self.record.datagrams_sent += 1;
-        let copies =
-            if self.net.peer_link.duplicate > 0.0 && self.unit() < self.net.peer_link.duplicate {
-                2
-            } else {
-                1
-            };
-        for _ in 0..copies {
-            if let Some(delay) = self.link_delay() {
+        let flow = (d.source, d.destination);
+        let index = {
+            let n = self.flow_counters.entry(flow).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let dup = self.net.peer_link.duplicate;
+        let copies = if dup > 0.0 && unit(mix(self.seed, flow_key(&d) ^ index, 3)) < dup {
+            2
+        } else {
+            1
+        };
+        for copy in 0..copies {
+            if let Some(delay) = self.verdict(&d, index, copy) {
                 let at = self.now + delay;
                 let input = Input::Datagram(d.clone());
                 let ev = if to_gateway {
@@ -506,6 +524,29 @@ impl Sim {
         }
         w
     }
+}
+
+/// A stable 64-bit key for a datagram's flow (source, destination).
+fn flow_key(d: &Datagram) -> u64 {
+    let text = format!("{}>{}", d.source, d.destination);
+    // FNV-1a: stable across runs and platforms (unlike std's RandomState).
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// SplitMix64 over (seed, key, purpose): independent, reproducible pseudo-random draws.
+fn mix(seed: u64, key: u64, purpose: u64) -> u64 {
+    let mut z = seed ^ key.rotate_left(17) ^ purpose.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A draw in [0, 1).
+fn unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn url_path(url: &str) -> String {
