@@ -928,6 +928,40 @@ macro_rules! driver_tests {
     }
 
             #[test]
+            fn websocket_close_while_connecting_reports_nothing_and_a_new_connect_works() {
+                let mute = mute_server();
+                let addr = ws_server(|mut ws, _| {
+                    ws.send(tungstenite::Message::text("second")).unwrap();
+                    while ws.read().is_ok() {}
+                });
+                let (node, ctl) = puppet();
+                let handle = spawn(node, DriverConfig::default()).unwrap();
+                ctl.script(Output::WsConnect(WsConnect {
+                    url: format!("ws://{mute}/"),
+                    headers: Vec::new(),
+                    timeout: Duration::from_millis(200),
+                }));
+                ctl.script(Output::WsClose);
+                handle.input(Input::Timeout);
+                let ws_input = |i: &Input| {
+                    matches!(i, Input::WsOpened | Input::WsMessage(_) | Input::WsClosed { .. })
+                };
+                // Even after the abandoned handshake's timeout nothing is reported.
+                assert_eq!(ctl.wait_for(Duration::from_millis(400), ws_input), None);
+                ctl.script(Output::WsConnect(WsConnect {
+                    url: format!("ws://{addr}/"),
+                    headers: Vec::new(),
+                    timeout: WAIT,
+                }));
+                handle.input(Input::Timeout);
+                assert_eq!(ctl.wait_for(WAIT, ws_input), Some(Input::WsOpened));
+                assert_eq!(
+                    ctl.wait_for(WAIT, ws_input),
+                    Some(Input::WsMessage("second".into()))
+                );
+            }
+
+            #[test]
             fn unspecified_bind_announces_explicit_candidates_and_reports_real_addresses() {
                 let (node, ctl) = puppet();
                 let config = DriverConfig {

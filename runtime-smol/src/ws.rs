@@ -59,20 +59,27 @@ impl WsSlot {
 
     /// Close on the core's request: send a close frame, wait briefly for the answer, report nothing.
     pub fn close(&mut self) {
-        if let WsSlot::Open(mut ws) = std::mem::take(self) {
-            *self = WsSlot::Closing(Box::pin(async move {
-                let close = async {
-                    let _ = ws.close(None).await;
-                    while let Some(Ok(_)) = ws.next().await {}
-                };
-                close
-                    .or(async {
-                        Timer::after(CLOSE_GRACE).await;
-                    })
-                    .await;
-                tracing::debug!("websocket closed on request");
-            }));
+        // Connecting: dropping the handshake aborts it. Closing or idle: nothing more to do.
+        match std::mem::take(self) {
+            WsSlot::Open(ws) => self.close_open(ws),
+            WsSlot::Closing(fut) => *self = WsSlot::Closing(fut),
+            WsSlot::Idle | WsSlot::Connecting(_) => {}
         }
+    }
+
+    fn close_open(&mut self, mut ws: Box<Ws>) {
+        *self = WsSlot::Closing(Box::pin(async move {
+            let close = async {
+                let _ = ws.close(None).await;
+                while let Some(Ok(_)) = ws.next().await {}
+            };
+            close
+                .or(async {
+                    Timer::after(CLOSE_GRACE).await;
+                })
+                .await;
+            tracing::debug!("websocket closed on request");
+        }));
     }
 
     /// The next input from the socket; pending forever while idle. Cancel-safe.
