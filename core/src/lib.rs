@@ -22,6 +22,7 @@
 
 pub mod client;
 pub mod error;
+pub mod fuzzing;
 pub mod gateway;
 pub mod guac;
 pub mod ice_batch;

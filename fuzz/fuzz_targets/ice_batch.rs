@@ -1,0 +1,15 @@
+#![no_main]
+//! Fuzz target: see `pam_lite_core::fuzzing::fuzz_ice_batch`.
+
+use libfuzzer_sys::fuzz_target;
+
+#[allow(dead_code)]
+fn start() -> std::time::Instant {
+    // The harness, not the core, reads the clock: one origin per process.
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}
+
+fuzz_target!(|data: &[u8]| {
+    pam_lite_core::fuzzing::fuzz_ice_batch(data);
+});
