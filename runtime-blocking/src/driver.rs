@@ -30,6 +30,8 @@ const UDP_POLL: Duration = Duration::from_millis(100);
 const ABANDON_GRACE: Duration = Duration::from_secs(2);
 /// Largest UDP payload read (an IPv4 datagram cannot be larger).
 const MAX_DATAGRAM: usize = 65_536;
+/// Grace on top of a WebSocket connect timeout before the driver stops waiting for its worker.
+const WS_DEADLINE_SLACK: Duration = Duration::from_millis(100);
 
 /// The driver has stopped and every output has been received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -166,6 +168,7 @@ where
         outputs: outputs_tx,
         ws: None,
         ws_generation: 0,
+        ws_handshake_deadline: None,
         pending: VecDeque::new(),
         finish_deadline: None,
         abandoned: abandoned.clone(),
@@ -245,6 +248,8 @@ struct Driver<N> {
     /// The current WebSocket and its generation number.
     ws: Option<(u64, WsWorker)>,
     ws_generation: u64,
+    /// When the current WebSocket must have opened (or failed) at the latest.
+    ws_handshake_deadline: Option<Instant>,
     /// Inputs the driver produced itself while draining (fed after the drain, never re-entrantly).
     pending: VecDeque<Input>,
     finish_deadline: Option<Instant>,
@@ -273,14 +278,27 @@ impl<N: Node> Driver<N> {
             if self.finish_deadline.is_some_and(|end| now >= end) {
                 break;
             }
+            if self.ws_handshake_deadline.is_some_and(|end| now >= end) {
+                // The worker is stuck (e.g. in name resolution): give up on it as the core asked.
+                self.ws = None;
+                self.ws_handshake_deadline = None;
+                self.feed(Input::WsClosed {
+                    reason: "WebSocket connect timed out".into(),
+                });
+                continue;
+            }
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
                 self.feed(Input::Timeout);
                 continue;
             }
-            let wake = match (self.node.poll_timeout(), self.finish_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake = [
+                self.node.poll_timeout(),
+                self.finish_deadline,
+                self.ws_handshake_deadline,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let event = match wake {
                 Some(t) => events.recv_timeout(t.saturating_duration_since(Instant::now())),
                 None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -309,7 +327,10 @@ impl<N: Node> Driver<N> {
             Output::Transmit(datagram) => self.transmit(datagram),
             Output::Http(req) => self.http(req),
             Output::WsConnect(connect) => self.ws_connect(connect),
-            Output::WsClose => self.ws = None,
+            Output::WsClose => {
+                self.ws = None;
+                self.ws_handshake_deadline = None;
+            }
             Output::Finished(result) => {
                 let flush_end = Instant::now() + self.finish_flush;
                 self.finish_deadline =
@@ -378,8 +399,13 @@ impl<N: Node> Driver<N> {
         let generation = self.ws_generation;
         let events = self.events.clone();
         let emit = move |input| events.send(Event::Ws { generation, input }).is_ok();
+        // The worker enforces the timeout itself; this backstop covers what it cannot interrupt (DNS).
+        let deadline = Instant::now() + connect.timeout + WS_DEADLINE_SLACK;
         match ws::spawn(connect, self.tls.clone(), self.ws_frame_limit, emit) {
-            Ok(worker) => self.ws = Some((generation, worker)),
+            Ok(worker) => {
+                self.ws = Some((generation, worker));
+                self.ws_handshake_deadline = Some(deadline);
+            }
             Err(e) => {
                 self.ws = None;
                 self.pending.push_back(Input::WsClosed {
@@ -393,6 +419,7 @@ impl<N: Node> Driver<N> {
         if self.ws.as_ref().map(|(g, _)| *g) != Some(generation) {
             return;
         }
+        self.ws_handshake_deadline = None;
         if matches!(input, Input::WsClosed { .. }) {
             self.ws = None;
         }
