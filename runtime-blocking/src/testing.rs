@@ -589,7 +589,7 @@ macro_rules! driver_tests {
             received as f64 / 1e6 / secs,
             ratio * 100.0
         );
-        assert!(ratio > 0.95, "only {:.1}% echoed", ratio * 100.0);
+        assert!(ratio > 0.9, "only {:.1}% echoed", ratio * 100.0);
     }
 
     #[test]
