@@ -517,7 +517,7 @@ impl Client {
             headers,
             timeout: p.ws_ready_timeout,
         }));
-        if self.cfg.trickle_ice {
+        if self.ws_required() {
             self.arm(Timer::WsReady, p.ws_ready_timeout);
         }
         let name = if p.websocket_early {
@@ -725,7 +725,25 @@ impl Client {
         self.request(Call::Offer, tokens, req);
     }
 
+    /// Whether the offer waits for the WebSocket: always in trickle mode (the answer comes over it), and
+    /// in non-trickle mode only for schedules before PR #1984.
+    fn ws_required(&self) -> bool {
+        self.cfg.trickle_ice || self.cfg.profile.non_trickle_waits_for_ws
+    }
+
     fn offer_failed(&mut self, failure: AttemptFailure) {
+        // The one-off online check already said the gateway is offline: that is the real reason
+        // (the router only says RRC_CONTROLLER_DOWN), and it is what the user must read.
+        let failure = match failure {
+            AttemptFailure::Router { .. } | AttemptFailure::Http { .. }
+                if self.online == Some(false) =>
+            {
+                AttemptFailure::GatewayNotOnline {
+                    gateway_uid: self.cfg.gateway_uid.clone(),
+                }
+            }
+            other => other,
+        };
         tracing::info!(attempt = self.attempt, failure = %failure.commander_message(), "offer attempt failed");
         match self.retry.on_failure(&failure, self.now) {
             Decision::RetryAt { at, .. } => {
@@ -747,7 +765,9 @@ impl Client {
         self.checkpoint(WEBRTC_TUNNEL, names::GATEWAY_OFFER_HTTP_DONE);
         if self.cfg.trickle_ice {
             self.batcher.open();
-            if self.batcher.is_idle() {
+            // Commander's main thread flushes the candidates before it polls; an event-driven profile
+            // watches the connection from the moment the offer is through.
+            if self.batcher.is_idle() || self.cfg.profile.poll_interval.is_none() {
                 self.main_thread_free();
             }
         } else {
@@ -1419,7 +1439,8 @@ impl Node for Client {
             Input::WsClosed { reason } => {
                 let was = self.ws;
                 self.ws = WsState::Failed;
-                let needed = self.cfg.trickle_ice && !self.answer_applied;
+                let needed = (self.ws_required() && self.offer != OfferStep::Done)
+                    || (self.cfg.trickle_ice && !self.answer_applied);
                 if needed && was != WsState::Closed {
                     return self.finish(Err(LaunchError::WebSocket(reason)));
                 }

@@ -122,10 +122,8 @@ fn gateway_offline_is_a_clear_error_not_a_silent_wait() {
         sim.run_until(Duration::from_secs(60), |_| false);
         match &sim.record.finished {
             Some(Err(e)) => {
-                assert!(
-                    e.to_string().contains("not online") || e.exit_code() == 5,
-                    "{p}: {e}"
-                );
+                assert!(e.to_string().contains("not online"), "{p}: {e}");
+                assert_eq!(e.exit_code(), 6, "{p}: {e}");
                 // Commander would wait 24 s for the data plane after a silent failure; we stop at once
                 // after the last attempt.
                 let ended = sim.now.saturating_duration_since(sim.start);
