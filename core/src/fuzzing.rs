@@ -60,12 +60,19 @@ pub fn fuzz_offer_retry(data: &[u8], t0: Instant) {
     let mut now = t0;
     let mut attempts = retry.begin_attempt();
     while !b.is_empty() {
-        let text = String::from_utf8_lossy(b.take(usize::from(b.0.first().copied().unwrap_or(0) % 16)))
-            .to_string();
+        let text =
+            String::from_utf8_lossy(b.take(usize::from(b.0.first().copied().unwrap_or(0) % 16)))
+                .to_string();
         let failure = match b.u8() % 6 {
             0 => AttemptFailure::Network(text),
-            1 => AttemptFailure::Http { status: 500 + b.u16() % 10, text },
-            2 => AttemptFailure::Router { code_name: text.clone(), message: text },
+            1 => AttemptFailure::Http {
+                status: 500 + b.u16() % 10,
+                text,
+            },
+            2 => AttemptFailure::Router {
+                code_name: text.clone(),
+                message: text,
+            },
             3 => AttemptFailure::GatewayNotOnline { gateway_uid: text },
             4 => AttemptFailure::Gateway(text),
             _ => AttemptFailure::Protocol(text),
@@ -146,7 +153,9 @@ pub fn fuzz_client_inputs(data: &[u8], t0: Instant) {
     let mut b = Bytes(data);
     let mut rng = ChaCha20Rng::seed_from_u64(u64::from(b.u16()));
     let secret = ServerSecretKey::random(&mut rng);
-    let Ok(server_key) = secret.public_key(7) else { return };
+    let Ok(server_key) = secret.public_key(7) else {
+        return;
+    };
     let profile = match b.u8() % 4 {
         0 => Profile::fast(),
         1 => Profile::commander_1984(),
@@ -169,7 +178,9 @@ pub fn fuzz_client_inputs(data: &[u8], t0: Instant) {
         profile,
         unix_ms_at_start: 0,
     };
-    let Ok(mut client) = Client::new(cfg, [3; 32], t0) else { return };
+    let Ok(mut client) = Client::new(cfg, [3; 32], t0) else {
+        return;
+    };
     let mut now = t0;
     let mut requests = Vec::new();
     let drain = |client: &mut Client, requests: &mut Vec<u64>| {
@@ -195,7 +206,10 @@ pub fn fuzz_client_inputs(data: &[u8], t0: Instant) {
         let input = match b.u8() % 7 {
             0 => Input::Timeout,
             1 | 2 => {
-                let id = requests.get(usize::from(b.u8()) % requests.len().max(1)).copied().unwrap_or(0);
+                let id = requests
+                    .get(usize::from(b.u8()) % requests.len().max(1))
+                    .copied()
+                    .unwrap_or(0);
                 let status = [200u16, 200, 401, 502, 503, 504][usize::from(b.u8() % 6)];
                 let len = usize::from(b.u8());
                 Input::HttpResponse {
@@ -210,7 +224,10 @@ pub fn fuzz_client_inputs(data: &[u8], t0: Instant) {
             }
             3 => {
                 let id = requests.first().copied().unwrap_or(0);
-                Input::HttpError { id, error: "connection reset".into() }
+                Input::HttpError {
+                    id,
+                    error: "connection reset".into(),
+                }
             }
             4 => Input::WsOpened,
             5 => {

@@ -28,7 +28,15 @@ const FORBIDDEN: &[&str] = &[
 ];
 
 const FORBIDDEN_DEPS: &[&str] = &[
-    "tokio", "smol", "async-io", "mio", "ureq", "tungstenite", "hyper", "getrandom", "fastrand",
+    "tokio",
+    "smol",
+    "async-io",
+    "mio",
+    "ureq",
+    "tungstenite",
+    "hyper",
+    "getrandom",
+    "fastrand",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -51,20 +59,33 @@ fn core_dir() -> PathBuf {
 fn core_sources_have_no_io_clock_sleep_or_ambient_randomness() {
     let mut files = Vec::new();
     rust_files(&core_dir().join("src"), &mut files);
-    assert!(files.len() > 10, "core/src not found or nearly empty: {files:?}");
+    assert!(
+        files.len() > 10,
+        "core/src not found or nearly empty: {files:?}"
+    );
     let mut violations = Vec::new();
     for file in &files {
-        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let text =
+            std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         for (n, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
             for pattern in FORBIDDEN {
                 if code.contains(pattern) {
-                    violations.push(format!("{}:{}: {pattern}: {}", file.display(), n + 1, line.trim()));
+                    violations.push(format!(
+                        "{}:{}: {pattern}: {}",
+                        file.display(),
+                        n + 1,
+                        line.trim()
+                    ));
                 }
             }
         }
     }
-    assert!(violations.is_empty(), "core/ must stay pure:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "core/ must stay pure:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
@@ -77,9 +98,11 @@ fn core_depends_on_no_runtime_or_io_crate() {
         .and_then(|rest| rest.split("\n[").next())
         .unwrap_or("");
     for dep in FORBIDDEN_DEPS {
-        let declared = deps
-            .lines()
-            .any(|l| l.trim_start().starts_with(&format!("{dep} ")) || l.trim_start().starts_with(&format!("{dep}=")) || l.trim_start().starts_with(&format!("{dep}.")));
+        let declared = deps.lines().any(|l| {
+            l.trim_start().starts_with(&format!("{dep} "))
+                || l.trim_start().starts_with(&format!("{dep}="))
+                || l.trim_start().starts_with(&format!("{dep}."))
+        });
         assert!(!declared, "core/ must not depend on {dep}");
     }
 }
