@@ -109,12 +109,19 @@ impl Hub {
         let _ = self.gateway.set(inbox);
     }
 
+    /// Run `f` on the router, dispatch what it said, and wake the timer task (the deadline may have moved).
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let out = self.with_quiet(f);
+        let _ = self.kick.try_send(());
+        out
+    }
+
+    /// Like [`Hub::with`] without waking the timer task (the timer task itself uses it, or it would spin).
+    fn with_quiet<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         // A panic elsewhere must not take the router down with it: keep using the data.
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let out = f(&mut inner);
         self.dispatch(&mut inner);
-        let _ = self.kick.try_send(());
         out
     }
 
@@ -210,7 +217,7 @@ impl Hub {
     /// Run the router's timers until `self` is the last owner (spawn this as a task).
     pub async fn run_timers(self: Arc<Self>) {
         loop {
-            let next = self.with(|inner| {
+            let next = self.with_quiet(|inner| {
                 let now = Instant::now();
                 if inner.router.poll_timeout().is_some_and(|t| t <= now) {
                     inner.router.handle_timeout(now);
