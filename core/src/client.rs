@@ -830,7 +830,11 @@ impl Client {
 
     fn add_remote_candidate(&mut self, c: &str) {
         if !self.answer_applied {
-            self.early_remote_candidates.push(c.to_string());
+            if self.early_remote_candidates.len() < MAX_CANDIDATES {
+                self.early_remote_candidates.push(c.to_string());
+            } else {
+                tracing::warn!("too many gateway candidates before the answer; dropping one");
+            }
             return;
         }
         let now = self.now;
@@ -1453,6 +1457,10 @@ impl Node for Client {
                 self.pump_peer();
             }
             Input::LocalCandidate { addr, kind } => {
+                if self.local_candidates.len() >= MAX_CANDIDATES {
+                    tracing::warn!(%addr, "too many local candidates; ignoring one");
+                    return self.advance();
+                }
                 self.local_candidates.push((addr, kind));
                 let now = self.now;
                 if let Some(p) = self.peer.as_mut() {
@@ -1497,3 +1505,5 @@ impl Node for Client {
 const ICE_GATHER_TIMEOUT: Duration = Duration::from_secs(15);
 /// Commander's `wait_for_ready(10.0)` for the first Guacamole `sync`.
 const GUAC_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on candidates kept per side (a host has a handful; a flood is refused, not stored).
+const MAX_CANDIDATES: usize = 64;
