@@ -505,11 +505,12 @@ impl<N: GatewayNode> Loop<N> {
         let conns: Vec<ConnNo> = self.pending.keys().copied().collect();
         let mut moved = false;
         for conn in conns {
-            loop {
-                let Some(front) = self.pending.get_mut(&conn).and_then(|q| q.front()) else {
-                    break;
-                };
-                let is_data = matches!(front, Pending::Data(_));
+            while let Some(is_data) = self
+                .pending
+                .get(&conn)
+                .and_then(|q| q.front())
+                .map(|front| matches!(front, Pending::Data(_)))
+            {
                 if is_data && !self.node.can_send(conn) {
                     break;
                 }
