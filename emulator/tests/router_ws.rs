@@ -60,11 +60,7 @@ fn streaming_replies_are_pushed_to_the_session_socket() {
         panic!("no push")
     };
     // Half the RTT to reach the router, half for the push to come back.
-    assert!(
-        t0.elapsed() >= rtt,
-        "push arrived after {:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() >= rtt, "push arrived after {:?}", t0.elapsed());
     let frame: serde_json::Value = serde_json::from_str(&text).expect("json");
     let frame = if frame.is_array() {
         frame[0].clone()
