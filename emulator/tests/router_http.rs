@@ -297,3 +297,28 @@ fn shutdown_closes_the_port() {
         "{addr} still answers after shutdown"
     );
 }
+
+#[test]
+fn a_slow_gateway_makes_the_router_time_out_a_held_request() {
+    // The gateway hop alone takes longer than the message's router timeout.
+    let (_emu, mut c) = start(EmulatorConfig {
+        gateway_rtt: Duration::from_secs(4),
+        ..Default::default()
+    });
+    let tokens = c.tokens();
+    let mut msg = c.message(&action("icecandidate"), false);
+    msg.timeout = 300;
+    let t0 = Instant::now();
+    let r = c.send_message(&tokens, &msg).expect("answer");
+    let took = t0.elapsed();
+    match parse_router_response(&r, &tokens, OK_BELOW_SEND) {
+        Err(RouterCallError::Router { code, .. }) => {
+            assert_eq!(code, RouterResponseCode::RrcTimeout)
+        }
+        other => panic!("expected RRC_TIMEOUT, got {other:?}"),
+    }
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
