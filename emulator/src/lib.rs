@@ -35,7 +35,6 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -278,10 +277,56 @@ impl Drop for Emulator {
     }
 }
 
-/// Keep `Arc` in the public API surface minimal: the hub is shared internally only.
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is_send<T: Send>() {}
-    is_send::<Emulator>();
-    let _ = Arc::new(());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emulator_can_move_to_another_thread() {
+        fn is_send<T: Send>() {}
+        is_send::<Emulator>();
+        is_send::<DemoTicket>();
+    }
+
+    #[test]
+    fn a_seed_fixes_the_identity_and_no_seed_does_not() {
+        let a = Emulator::start(EmulatorConfig {
+            seed: Some([1; 32]),
+            ..Default::default()
+        })
+        .expect("a");
+        let b = Emulator::start(EmulatorConfig {
+            seed: Some([1; 32]),
+            ..Default::default()
+        })
+        .expect("b");
+        let c = Emulator::start(EmulatorConfig::default()).expect("c");
+        let (ta, tb, tc) = (a.ticket(), b.ticket(), c.ticket());
+        assert_eq!(ta.server_public_key_b64url, tb.server_public_key_b64url);
+        assert_eq!(
+            (&ta.gateway_uid, &ta.record_uid),
+            (&tb.gateway_uid, &tb.record_uid)
+        );
+        assert_eq!(ta.traffic_seed(), tb.traffic_seed());
+        assert_ne!(ta.router_url, tb.router_url, "two emulators, two ports");
+        assert_ne!(ta.server_public_key_b64url, tc.server_public_key_b64url);
+        assert_eq!(ta.server_key_id, SERVER_KEY_ID);
+        assert_eq!(ta.server_public_key().len(), 65);
+        assert_eq!(ta.gateway_uid.len(), 22);
+        assert!(ta.router_url.starts_with("http://127.0.0.1:"));
+        assert!(ta.ca_pem.is_none());
+        a.shutdown();
+    }
+
+    #[test]
+    fn invalid_config_is_refused_before_binding() {
+        let bad = EmulatorConfig {
+            fail_http: vec![7],
+            ..Default::default()
+        };
+        assert!(matches!(
+            Emulator::start(bad),
+            Err(EmulatorError::Config(_))
+        ));
+    }
 }
