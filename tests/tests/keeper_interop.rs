@@ -379,3 +379,451 @@ fn pam_lite_client_against_keeper_gateway() {
         t_start.elapsed().as_secs_f64()
     );
 }
+
+// ================================================================================================
+// 2. Keeper tube as client (offerer, `pam tunnel start`'s side, TCP listener) ↔ pam-lite gateway role
+//    (str0m answerer + Connections in gateway role; the target is an in-process echo)
+// ================================================================================================
+
+/// The pam-lite gateway side of test 2: answers ConnectTarget (or refuses it), echoes data and EOF back,
+/// and records everything keeper told it.
+#[derive(Default)]
+struct GwApp {
+    refuse_next: bool,
+    targets: Vec<ConnNo>,
+    refused: Vec<ConnNo>,
+    opened: Vec<ConnNo>,
+    bytes_in: BTreeMap<ConnNo, usize>,
+    eofs: Vec<ConnNo>,
+    closed: Vec<(ConnNo, CloseReason, Option<String>)>,
+    channel_closed: Option<(CloseReason, Option<String>)>,
+    warnings: Vec<String>,
+    /// Echo queue: data (Some) or EOF (None), sent in order while the tube is writable.
+    pending: std::collections::VecDeque<(ConnNo, Option<Vec<u8>>)>,
+    pending_bytes: usize,
+    peak_pending: usize,
+}
+
+impl GwApp {
+    fn step(&mut self, s: &mut Session) {
+        while let Some(ev) = s.ep.events.pop_front() {
+            match ev {
+                TubeEvent::ConnectTarget { conn, connect_as } => {
+                    assert!(connect_as.is_none(), "tunnel mode has no ConnectAs");
+                    let ok = !std::mem::take(&mut self.refuse_next);
+                    s.ep.conns
+                        .target_connected(conn, ok)
+                        .expect("target_connected");
+                    if ok {
+                        self.targets.push(conn);
+                    } else {
+                        self.refused.push(conn);
+                    }
+                }
+                TubeEvent::Opened(c) => self.opened.push(c),
+                TubeEvent::Data { conn, data } => {
+                    *self.bytes_in.entry(conn).or_default() += data.len();
+                    self.pending_bytes += data.len();
+                    self.peak_pending = self.peak_pending.max(self.pending_bytes);
+                    self.pending.push_back((conn, Some(data)));
+                }
+                TubeEvent::Eof(c) => {
+                    self.eofs.push(c);
+                    self.pending.push_back((c, None));
+                }
+                TubeEvent::Closed {
+                    conn,
+                    reason,
+                    message,
+                } => self.closed.push((conn, reason, message)),
+                TubeEvent::ChannelClosed { reason, message } => {
+                    self.channel_closed = Some((reason, message))
+                }
+                TubeEvent::ProtocolWarning(w) => self.warnings.push(w),
+                TubeEvent::Pong { .. } | TubeEvent::Write(_) => {}
+            }
+        }
+        while let Some((conn, _)) = self.pending.front() {
+            let conn = *conn;
+            if !s.ep.conns.is_writable() {
+                break;
+            }
+            let Some((_, item)) = self.pending.pop_front() else {
+                break;
+            };
+            match item {
+                Some(data) => {
+                    self.pending_bytes -= data.len();
+                    // A connection closed meanwhile just drops its echo.
+                    let _ = s.ep.conns.send(conn, &data);
+                }
+                None => {
+                    let _ = s.ep.conns.send_eof(conn);
+                }
+            }
+        }
+    }
+
+    fn run_until(
+        &mut self,
+        s: &mut Session,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&mut Session, &GwApp) -> bool,
+    ) {
+        s.run_until(what, timeout, |s| {
+            self.step(s);
+            pred(s, self)
+        });
+    }
+
+    /// Pump until `handle` (a TCP client thread) finished; return its result.
+    fn join<T>(&mut self, s: &mut Session, what: &str, handle: std::thread::JoinHandle<T>) -> T {
+        self.run_until(s, what, S(60), |_, _| handle.is_finished());
+        handle.join().expect("client thread")
+    }
+}
+
+#[test]
+fn keeper_client_against_pam_lite_gateway_tube() {
+    let Some(python) = interop_python("keeper_client_against_pam_lite_gateway_tube") else {
+        return;
+    };
+    let t_start = Instant::now();
+    let mut keeper = KeeperPeer::spawn(
+        &python,
+        &[
+            "--role",
+            "client",
+            "--conv",
+            "pam-lite-interop-conv",
+            "--deadline",
+            "120",
+        ],
+    );
+    let offer = keeper.wait_for("offer", S(15));
+    let offer_sdp = offer["sdp"].as_str().expect("offer sdp").to_string();
+    let listen: std::net::SocketAddr = offer["listen"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("keeper's listener address");
+    assert_eq!(keeper_version(&offer_sdp), Some("2.2.9"));
+
+    // Answer (DTLS role chosen by str0m), then trickle our candidate and the end marker, as pam-lite's
+    // gateway does in trickle mode.
+    let mut ep = Endpoint::new(RtcRole::Answerer, TubeRole::Gateway, "unused-by-answerer");
+    let t0 = Instant::now();
+    let answer = ep
+        .peer
+        .accept_offer(&offer_sdp, &["a=keeper-webrtc:2.2.9".to_string()], t0)
+        .expect("str0m accepts keeper's offer");
+    let setup = answer
+        .lines()
+        .find(|l| l.starts_with("a=setup:"))
+        .unwrap_or("none")
+        .to_string();
+    keeper.send(json!({"type": "answer", "sdp": answer}));
+    let cand = ep.add_host_candidate();
+    keeper.send(json!({"type": "candidate", "candidate": cand}));
+    keeper.send(json!({"type": "candidate", "candidate": ""}));
+    let mut s = Session {
+        ep,
+        keeper,
+        remote_candidates: Vec::new(),
+    };
+    s.run_until("data channel open", S(15), |s| s.ep.peer.is_open());
+    let t_open = s.ep.open_at.expect("open");
+    s.run_until("keeper reports ready", S(5), |s| {
+        s.keeper.history.iter().any(|v| v["type"] == "ready")
+    });
+    println!(
+        "[keeper client→gw] our answer {setup}; answer sent → DC open {:.1} ms; keeper trickled {:?}",
+        ms(t_open - t0),
+        s.remote_candidates
+    );
+
+    // Our gateway greets like Keeper 2.2.9 (3 warm-up Pings); keeper's client answers each with a full Pong.
+    s.ep.conns.send_warmup_pings().expect("warm-up");
+    s.run_until("3 warm-up Pongs", S(5), |s| s.ep.controls_of(2).len() >= 3);
+    for p in s.ep.controls_of(2) {
+        assert!(matches!(&p.msg, ControlMessage::Pong { body } if body.len() == 1404));
+    }
+    let mut rtts: Vec<f64> = (0..20).map(|_| ms(s.ping())).collect();
+    println!(
+        "[keeper client→gw] warm-up Pongs 3/3; Ping→Pong RTT median {:.2} ms",
+        median(&mut rtts)
+    );
+
+    let mut app = GwApp::default();
+
+    // One TCP client through keeper's listener: OpenConnection(1), echo, half-close both ways, closed.
+    let h = std::thread::spawn(move || {
+        tcp_roundtrip(listen, b"hello through keeper's client tube", true, S(10))
+    });
+    let r = app.join(&mut s, "first TCP client", h);
+    assert_eq!(r.received, b"hello through keeper's client tube");
+    assert_eq!(r.end, "eof");
+    assert_eq!(app.targets, vec![1], "keeper numbers connections from 1");
+    assert_eq!(
+        app.eofs,
+        vec![1],
+        "keeper forwards the TCP half-close as SendEOF(1)"
+    );
+    app.run_until(&mut s, "conn 1 closed after EOF both ways", S(5), |s, _| {
+        !s.ep.conns.is_open(1)
+    });
+    println!(
+        "[keeper client→gw] first connection: echo + EOF round trip {:.1} ms",
+        ms(r.elapsed)
+    );
+
+    // 50 TCP clients at once: conn numbers 2..=51, each echoed and closed cleanly.
+    let t50 = Instant::now();
+    let h = std::thread::spawn(move || {
+        let clients: Vec<_> = (0..50u8)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let mut data = vec![i; 1024];
+                    data.extend_from_slice(format!("client {i}").as_bytes());
+                    let r = tcp_roundtrip(listen, &data, true, S(20));
+                    (data, r)
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| c.join().expect("client"))
+            .collect::<Vec<_>>()
+    });
+    let results = app.join(&mut s, "50 TCP clients", h);
+    for (data, r) in &results {
+        assert_eq!(&r.received, data, "echo of a 50-batch client");
+        assert_eq!(r.end, "eof");
+    }
+    app.run_until(&mut s, "all 50 closed", S(5), |s, _| {
+        s.ep.conns.connections().count() == 0
+    });
+    let mut nos = app.targets.clone();
+    nos.sort_unstable();
+    assert_eq!(nos, (1..=51).collect::<Vec<ConnNo>>());
+    let normal_closes = app
+        .closed
+        .iter()
+        .filter(|(_, r, _)| *r == CloseReason::Normal)
+        .count();
+    assert_eq!(
+        normal_closes, 51,
+        "every connection closed Normal after EOF both ways"
+    );
+    println!(
+        "[keeper client→gw] 50 TCP clients echoed and closed in {:.0} ms",
+        ms(t50.elapsed())
+    );
+
+    // CloseConnection pam-lite → keeper with several reasons: keeper closes its TCP client each time.
+    let reasons = [
+        (CloseReason::Normal, None),
+        (CloseReason::Timeout, None),
+        (
+            CloseReason::AdminClosed,
+            Some("closed by pam-lite".to_string()),
+        ),
+        (CloseReason::Other(99), None),
+    ];
+    for (reason, message) in reasons {
+        let before = app.targets.len();
+        let h = std::thread::spawn(move || tcp_roundtrip(listen, b"x", false, S(5)));
+        let mut conn = 0;
+        app.run_until(&mut s, "the new connection's byte", S(5), |_, app| {
+            if app.targets.len() > before {
+                conn = app.targets[before];
+                app.bytes_in.get(&conn).copied().unwrap_or(0) >= 1
+            } else {
+                false
+            }
+        });
+        let sent_eofs_before = s.ep.controls_of(104).len();
+        s.ep.conns
+            .close_with_message(conn, reason, message.clone())
+            .expect("close");
+        let r = app.join(&mut s, "the TCP client sees the close", h);
+        s.run_until("keeper's SendEOF after the close", S(2), |s| {
+            s.ep.controls_of(104).len() > sent_eofs_before
+        });
+        println!(
+            "[keeper client→gw] CloseConnection({conn}, {reason}, {message:?}) → keeper's TCP client: {} after {:.1} ms (then keeper sent SendEOF({conn}))",
+            r.end,
+            ms(r.elapsed)
+        );
+        assert_eq!(r.end, "eof", "keeper closed its TCP client");
+    }
+
+    // Target refused: pam-lite sends CloseConnection(n, ConnectionFailed); keeper drops its TCP client.
+    app.refuse_next = true;
+    let h = std::thread::spawn(move || tcp_roundtrip(listen, b"refuse me", false, S(5)));
+    let r = app.join(&mut s, "refused client", h);
+    println!(
+        "[keeper client→gw] refused target (conn {:?}) → keeper's TCP client: {:?} after {:.1} ms",
+        app.refused,
+        r.end,
+        ms(r.elapsed)
+    );
+    assert_eq!(app.refused.len(), 1);
+    assert!(r.received.is_empty());
+    assert_eq!(r.end, "eof");
+
+    // Keeper → pam-lite when its TCP client resets (closes with unread data): what does keeper send?
+    let before = app.targets.len();
+    let h = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(listen).expect("connect");
+        std::io::Write::write_all(&mut c, b"reset").expect("write");
+        std::thread::sleep(Duration::from_millis(300)); // the echo arrives, unread
+        drop(c); // unread data → RST
+    });
+    app.join(&mut s, "resetting client", h);
+    let conn = app.targets[before];
+    let t_reset = Instant::now();
+    app.run_until(&mut s, "1 s after the reset", S(3), |_, _| {
+        t_reset.elapsed() >= Duration::from_secs(1)
+    });
+    let said: Vec<_> = s
+        .ep
+        .controls
+        .iter()
+        .filter(|t| matches!(&t.msg, ControlMessage::SendEof { conn_no } | ControlMessage::CloseConnection { conn_no, .. } if *conn_no == conn))
+        .map(|t| t.msg.clone())
+        .collect();
+    println!("[keeper client→gw] TCP client reset conn {conn}: within 1 s keeper sent {said:?}");
+    // Pinned 2.2.9 behaviour: a reset local client is not reported to the gateway at all, so a gateway
+    // must not rely on hearing about it (pam-lite's gateway keeps the connection until close_tube).
+    assert!(
+        said.is_empty(),
+        "keeper reported the reset after all: {said:?}"
+    );
+    s.ep.conns
+        .close(conn, CloseReason::Normal)
+        .expect("close the reset connection");
+
+    // 64 MiB through one TCP connection, echoed by our gateway, SHA-256 checked at the TCP client.
+    let total = bulk_bytes();
+    let t_bulk = Instant::now();
+    let h = std::thread::spawn(move || {
+        let stream = std::net::TcpStream::connect(listen).expect("connect bulk");
+        let _ = stream.set_nodelay(true);
+        let mut w = stream.try_clone().expect("clone");
+        let writer = std::thread::spawn(move || {
+            let mut p = Payload::new(total, 9);
+            while p.remaining > 0 {
+                let chunk = p.next_chunk(64 * 1024);
+                std::io::Write::write_all(&mut w, &chunk).expect("bulk write");
+            }
+            let _ = w.shutdown(std::net::Shutdown::Write);
+            hex(p.sha.finalize())
+        });
+        let mut r = stream;
+        let mut sha = sha2::Sha256::new();
+        let mut n: u64 = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        let _ = r.set_read_timeout(Some(S(30)));
+        loop {
+            match std::io::Read::read(&mut r, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => {
+                    sha.update(&buf[..k]);
+                    n += k as u64;
+                }
+            }
+        }
+        (writer.join().expect("writer"), hex(sha.finalize()), n)
+    });
+    let (sent_hash, recv_hash, n) = app.join(&mut s, "bulk client", h);
+    let bulk_time = t_bulk.elapsed();
+    assert_eq!(n, total);
+    assert_eq!(sent_hash, recv_hash);
+    println!(
+        "[keeper client→gw] {} MiB echoed in {:.2} s = {:.1} MiB/s each way; sha256 {}…; keeper's largest data frame {} B; our echo queue peaked at {} KiB",
+        total >> 20,
+        bulk_time.as_secs_f64(),
+        (total as f64 / 1048576.0) / bulk_time.as_secs_f64(),
+        &sent_hash[..16],
+        s.ep.max_data_payload,
+        app.peak_pending / 1024
+    );
+    assert!(
+        s.ep.max_data_payload <= 8192,
+        "keeper's client role frames TCP data in ≤ 8192 B"
+    );
+
+    // Keeper closes the tube with one TCP client still connected: CloseConnection(0, AdminClosed) and the
+    // per-connection closes reach our gateway. That client connects now and stays.
+    let before = app.targets.len();
+    let h = std::thread::spawn(move || tcp_roundtrip(listen, b"last", false, S(10)));
+    app.run_until(&mut s, "the last connection", S(5), |_, app| {
+        app.targets.len() > before
+    });
+    let last = app.targets[before];
+
+    // A *critical* reason for one connection: Keeper's client role (server mode) stops its TCP listener when
+    // a CloseConnection carries Error (1) or UpstreamClosed (20), whatever the connection number. The
+    // tube and the connections already open stay up.
+    let before = app.targets.len();
+    let h_err = std::thread::spawn(move || tcp_roundtrip(listen, b"e", false, S(5)));
+    let mut conn = 0;
+    app.run_until(&mut s, "the Error connection's byte", S(5), |_, app| {
+        if app.targets.len() > before {
+            conn = app.targets[before];
+            app.bytes_in.get(&conn).copied().unwrap_or(0) >= 1
+        } else {
+            false
+        }
+    });
+    s.ep.conns.close(conn, CloseReason::Error).expect("close");
+    let r = app.join(&mut s, "the Error connection's client", h_err);
+    assert_eq!(r.end, "eof");
+    let mut refused = false;
+    app.run_until(&mut s, "keeper's listener to stop", S(3), |_, _| {
+        refused =
+            std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(100)).is_err();
+        refused
+    });
+    s.ping();
+    println!(
+        "[keeper client→gw] CloseConnection({conn}, Error) → keeper stopped its TCP listener (connect refused); the tube still answers Ping"
+    );
+    assert!(s.ep.conns.is_open(last), "the open connection survives");
+
+    let t_close = Instant::now();
+    s.keeper.send(json!({"type": "close"}));
+    app.run_until(&mut s, "ChannelClosed from keeper", S(10), |_, app| {
+        app.channel_closed.is_some()
+    });
+    let closed_in = t_close.elapsed();
+    let r = app.join(&mut s, "last TCP client", h);
+    let closes: Vec<_> =
+        s.ep.controls
+            .iter()
+            .filter(|t| t.at >= t_close)
+            .map(|t| t.msg.clone())
+            .collect();
+    println!(
+        "[keeper client→gw] keeper close_tube → ChannelClosed {:?} after {:.0} ms; frames: {closes:?}; its TCP client: {}",
+        app.channel_closed,
+        ms(closed_in),
+        r.end
+    );
+    assert_eq!(
+        app.channel_closed.as_ref().map(|c| c.0),
+        Some(CloseReason::AdminClosed)
+    );
+    assert!(app
+        .closed
+        .iter()
+        .any(|(c, r, _)| *c == last && *r == CloseReason::AdminClosed));
+    let done = s.keeper.wait_for("closed", S(10));
+    println!(
+        "[keeper client→gw] keeper close_tube returned after {} ms; warnings {:?}; whole test {:.1} s",
+        done["ms"],
+        app.warnings,
+        t_start.elapsed().as_secs_f64()
+    );
+}
