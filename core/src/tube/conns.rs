@@ -9,7 +9,8 @@
 //! * **Gateway** accepts: an incoming `OpenConnection(n)` becomes [`TubeEvent::ConnectTarget`]; the caller
 //!   connects the target and answers [`Connections::target_connected`]. Data (and SendEOF) for `n` that
 //!   arrives in between is held, bounded per connection and in total, and delivered right after
-//!   [`TubeEvent::Opened`]. Beyond the bound the connection is closed with [`CloseReason::Error`].
+//!   [`TubeEvent::Opened`]. Beyond the bound the connection is closed with [`CloseReason::ConnectionFailed`]
+//!   (never `Error`: Keeper's client stops its TCP listener on that reason).
 //!
 //! # Rules taken from Keeper 2.2.9 (keeper-tube-wire.md §5–§6)
 //! * Ping → Pong echoing the body whole (`00000000` for a body under 4 bytes), warm-up Pings included.
@@ -811,14 +812,17 @@ impl Connections {
             let message = format!("more than {max_conn} bytes (or {max_total} in total) arrived before the target connected");
             self.warn(format!("connection {conn} closed: {message}"));
             self.remove_conn(conn);
+            // Not `Error`: Keeper's client role stops its whole TCP listener on a CloseConnection with
+            // Error or UpstreamClosed for any connection (tests/tests/keeper_interop.rs pins it). Only
+            // this connection failed, which is what ConnectionFailed says (also used for a refused target).
             self.queue_control(&ControlMessage::CloseConnection {
                 conn_no: conn,
-                reason: CloseReason::Error,
+                reason: CloseReason::ConnectionFailed,
                 message: Some(message.clone()),
             });
             self.events.push_back(TubeEvent::Closed {
                 conn,
-                reason: CloseReason::Error,
+                reason: CloseReason::ConnectionFailed,
                 message: Some(message),
             });
             return;
@@ -1266,7 +1270,7 @@ mod tests {
             ev[2],
             TubeEvent::Closed {
                 conn: 1,
-                reason: CloseReason::Error,
+                reason: CloseReason::ConnectionFailed,
                 ..
             }
         ));
@@ -1274,7 +1278,7 @@ mod tests {
             control_of(&writes(&mut gw)[0]),
             ControlMessage::CloseConnection {
                 conn_no: 1,
-                reason: CloseReason::Error,
+                reason: CloseReason::ConnectionFailed,
                 ..
             }
         ));
