@@ -80,6 +80,12 @@ enum Event {
     Stop,
 }
 
+impl From<TargetEvent> for Event {
+    fn from(t: TargetEvent) -> Self {
+        Event::Target(t)
+    }
+}
+
 /// Per-connection bytes waiting for the node's flow control, in order.
 enum Pending {
     Data(Vec<u8>),
@@ -416,22 +422,12 @@ impl<N: GatewayNode> Loop<N> {
                 self.ctl_out.push((reply_to, payload), now)
             }
             Output::ConnectTarget { conn } => {
-                let (tx, rx) = mpsc::channel();
-                target::open(&self.config.target, conn, tx, self.stop.clone());
-                // Forward this target's events into the loop's queue.
-                let events = self.events.clone();
-                let forwarded = thread::Builder::new()
-                    .name(format!("emu-target-fwd-{conn}"))
-                    .spawn(move || {
-                        for ev in rx {
-                            if events.send(Event::Target(ev)).is_err() {
-                                return;
-                            }
-                        }
-                    });
-                if let Err(e) = forwarded {
-                    tracing::warn!(error = %e, "could not start a target forwarder");
-                }
+                target::open(
+                    &self.config.target,
+                    conn,
+                    self.events.clone(),
+                    self.stop.clone(),
+                );
             }
             Output::ConnectionData { conn, data } => match self.sinks.get(&conn) {
                 Some(sink) => {

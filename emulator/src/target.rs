@@ -155,13 +155,12 @@ impl TargetSink {
     }
 }
 
-/// Open the target of `conn` in the background; the outcome arrives as [`TargetEvent::Connected`].
-pub fn open(
-    config: &TargetConfig,
-    conn: ConnNo,
-    events: Sender<TargetEvent>,
-    stop: Arc<AtomicBool>,
-) {
+/// Open the target of `conn` in the background; the outcome arrives as [`TargetEvent::Connected`], then
+/// its output as more events, each converted into the caller's event type `E`.
+pub fn open<E>(config: &TargetConfig, conn: ConnNo, events: Sender<E>, stop: Arc<AtomicBool>)
+where
+    E: From<TargetEvent> + Send + 'static,
+{
     let config = config.clone();
     let spawned = thread::Builder::new()
         .name(format!("emu-target-{conn}"))
@@ -177,17 +176,17 @@ pub fn open(
                     None
                 }
             };
-            let _ = events.send(TargetEvent::Connected { conn, sink });
+            let _ = events.send(TargetEvent::Connected { conn, sink }.into());
         });
     if let Err(e) = spawned {
         tracing::warn!(conn, error = %e, "could not start a target thread");
     }
 }
 
-fn open_tcp(
+fn open_tcp<E: From<TargetEvent> + Send + 'static>(
     addr: SocketAddr,
     conn: ConnNo,
-    events: &Sender<TargetEvent>,
+    events: &Sender<E>,
     stop: &Arc<AtomicBool>,
 ) -> io::Result<TargetSink> {
     let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
@@ -228,10 +227,10 @@ fn open_tcp(
 }
 
 /// Read a target until EOF; `half_close` says whether EOF is a half-close (TCP) or the end (PTY).
-fn read_loop(
+fn read_loop<E: From<TargetEvent>>(
     mut reader: impl Read,
     conn: ConnNo,
-    events: &Sender<TargetEvent>,
+    events: &Sender<E>,
     credit: &Credit,
     stop: &AtomicBool,
     half_close: bool,
@@ -247,7 +246,10 @@ fn read_loop(
             Ok(n) => {
                 let data = buf.get(..n).unwrap_or_default().to_vec();
                 credit.take(n);
-                if events.send(TargetEvent::Data { conn, data }).is_err() {
+                if events
+                    .send(TargetEvent::Data { conn, data }.into())
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -257,9 +259,9 @@ fn read_loop(
         }
     }
     if half_close {
-        let _ = events.send(TargetEvent::Eof { conn });
+        let _ = events.send(TargetEvent::Eof { conn }.into());
     } else {
-        let _ = events.send(TargetEvent::Closed { conn });
+        let _ = events.send(TargetEvent::Closed { conn }.into());
     }
 }
 
@@ -267,10 +269,10 @@ fn pty_error(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("pseudo-terminal: {e}"))
 }
 
-fn open_pty(
+fn open_pty<E: From<TargetEvent> + Send + 'static>(
     command: &[String],
     conn: ConnNo,
-    events: &Sender<TargetEvent>,
+    events: &Sender<E>,
     stop: &Arc<AtomicBool>,
 ) -> io::Result<TargetSink> {
     let argv = TargetConfig::terminal_argv(command);
