@@ -38,7 +38,7 @@ use crate::timing::{
     PHASE_WEBRTC_TUNNEL as WEBRTC_TUNNEL,
 };
 use crate::tube::conns::{Connections, Role as TubeRole, TubeEvent};
-use crate::tube::CloseReason;
+use crate::tube::{CloseReason, Outbox};
 use crate::{
     CandidateKind, Command, HttpRequest, HttpResponse, Input, LaunchError, Node, Output, RequestId,
     Seed, WsConnect,
@@ -209,6 +209,7 @@ pub struct Client {
     channel_open: bool,
     tube_ready: bool,
     conns: Option<Connections>,
+    outbox: Outbox,
     blocked_write: Option<Vec<u8>>,
     terminal: Option<TerminalClient>,
     guac_ready: bool,
@@ -277,6 +278,7 @@ impl Client {
             channel_open: false,
             tube_ready: false,
             conns: None,
+            outbox: Outbox::new(),
             blocked_write: None,
             terminal: None,
             guac_ready: false,
@@ -299,7 +301,7 @@ impl Client {
     /// Whether the tunnel can take another [`Command::Send`] for `conn` without growing its queue past
     /// the high-water mark (drivers stop reading the local socket while this is false).
     pub fn can_send(&self) -> bool {
-        self.conns.as_ref().is_some_and(|c| c.is_writable())
+        self.outbox.bytes() == 0 && self.conns.as_ref().is_some_and(|c| c.is_writable())
     }
 
     fn profile(&self) -> &Profile {
@@ -1063,6 +1065,7 @@ impl Client {
                 break;
             };
             conns.advance(now);
+            self.outbox.flush(conns);
             let Some(ev) = conns.poll_event() else { break };
             match ev {
                 TubeEvent::Write(bytes) => self.blocked_write = Some(bytes),
@@ -1127,6 +1130,14 @@ impl Client {
                 self.outputs.push_back(Output::Transmit(d));
             }
         }
+        if let Some(conns) = self.conns.as_ref() {
+            if let Some(paused) = self.outbox.pause_change(conns) {
+                for conn in conns.connections() {
+                    self.outputs
+                        .push_back(Output::Backpressure { conn, paused });
+                }
+            }
+        }
     }
 
     fn pump_terminal(&mut self) {
@@ -1161,8 +1172,8 @@ impl Client {
         }
         for bytes in to_gateway {
             if let Some(conns) = self.conns.as_mut() {
-                if let Err(e) = conns.send(1, &bytes) {
-                    tracing::warn!(error = %e, "dropping terminal input");
+                if let Err(e) = self.outbox.send(conns, 1, bytes) {
+                    tracing::warn!(error = %e, "terminal input after the session closed");
                 }
             }
         }
@@ -1316,8 +1327,13 @@ impl Client {
             },
             Command::Send { conn, data } => {
                 if let Some(c) = self.conns.as_mut() {
-                    if let Err(e) = c.send(conn, &data) {
-                        tracing::debug!(error = %e, conn, "send on a closed connection");
+                    if let Err(e) = self.outbox.send(c, conn, data) {
+                        tracing::warn!(error = %e, conn, "closing a connection that cannot take data");
+                        let _ = c.close(conn, CloseReason::Error);
+                        self.outputs.push_back(Output::ConnectionClosed {
+                            conn,
+                            reason: CloseReason::Error,
+                        });
                     }
                 }
             }
@@ -1331,6 +1347,7 @@ impl Client {
                 }
             }
             Command::CloseConnection { conn, reason } => {
+                self.outbox.forget(conn);
                 if let Some(c) = self.conns.as_mut() {
                     let _ = c.close(conn, reason);
                 }

@@ -32,7 +32,7 @@ use crate::guac::server::{ServerConfig, ServerEvent, TerminalServer};
 use crate::rtc::{Peer, PeerEvent, Role, KEEPER_VERSION_ATTRIBUTE};
 use crate::signaling::{self, ConversationId, GatewayAction, TunnelKey};
 use crate::tube::conns::{Connections, Role as TubeRole, TubeEvent};
-use crate::tube::CloseReason;
+use crate::tube::{CloseReason, Outbox};
 use crate::{CandidateKind, Command, ConnNo, Input, Node, Output, Seed};
 
 /// What the gateway connects each tunneled connection to.
@@ -107,6 +107,7 @@ struct Tube {
     /// Every client candidate this tube received, in arrival order (for tests and diagnostics).
     received_candidates: Vec<String>,
     conns: Option<Connections>,
+    outbox: Outbox,
     blocked_write: Option<Vec<u8>>,
     terminal: Option<TerminalServer>,
     /// tube-local conn number → global id.
@@ -298,6 +299,7 @@ impl Gateway {
             early_candidates: Vec::new(),
             received_candidates: Vec::new(),
             conns: None,
+            outbox: Outbox::new(),
             blocked_write: None,
             terminal: None,
             global: HashMap::new(),
@@ -402,6 +404,7 @@ impl Gateway {
                     break;
                 };
                 conns.advance(now);
+                tube.outbox.flush(conns);
                 let Some(ev) = conns.poll_event() else { break };
                 match ev {
                     TubeEvent::Write(bytes) => tube.blocked_write = Some(bytes),
@@ -411,7 +414,7 @@ impl Gateway {
                         match (target, conn, tube.terminal.as_mut(), global) {
                             (TargetKind::Terminal, 1, Some(term), Some(g)) => {
                                 term.handle_data(&data);
-                                drain_terminal(term, conns, g, &mut outs);
+                                drain_terminal(term, conns, &mut tube.outbox, g, &mut outs);
                             }
                             (_, _, _, Some(g)) => {
                                 outs.push(Output::ConnectionData { conn: g, data })
@@ -445,6 +448,13 @@ impl Gateway {
             }
             while let Some(d) = tube.peer.poll_transmit() {
                 outs.push(Output::Transmit(d));
+            }
+            if let Some(conns) = tube.conns.as_ref() {
+                if let Some(paused) = tube.outbox.pause_change(conns) {
+                    for g in tube.global.values() {
+                        outs.push(Output::Backpressure { conn: *g, paused });
+                    }
+                }
             }
         }
         for conn in new_conns {
@@ -499,7 +509,7 @@ impl Gateway {
                     if ok && terminal {
                         let mut term = TerminalServer::new(ServerConfig::default());
                         term.start(unix_ms);
-                        drain_terminal(&mut term, conns, conn, &mut outs);
+                        drain_terminal(&mut term, conns, &mut tube.outbox, conn, &mut outs);
                         tube.terminal = Some(term);
                     }
                     if !ok {
@@ -511,15 +521,21 @@ impl Gateway {
                     if let (true, Some(term)) = (terminal, tube.terminal.as_mut()) {
                         term.output(&data);
                         term.sync(unix_ms);
-                        drain_terminal(term, conns, conn, &mut outs);
-                    } else if let Err(e) = conns.send(local, &data) {
-                        tracing::debug!(error = %e, "send on a closed connection");
+                        drain_terminal(term, conns, &mut tube.outbox, conn, &mut outs);
+                    } else if let Err(e) = tube.outbox.send(conns, local, data) {
+                        tracing::warn!(error = %e, conn, "closing a connection that cannot take data");
+                        let _ = conns.close(local, CloseReason::Error);
+                        outs.push(Output::ConnectionClosed {
+                            conn,
+                            reason: CloseReason::Error,
+                        });
                     }
                 }
                 Command::SendEof { .. } => {
                     let _ = conns.send_eof(local);
                 }
                 Command::CloseConnection { reason, .. } => {
+                    tube.outbox.forget(local);
                     let _ = conns.close(local, reason);
                     self.conns.remove(&conn);
                     tube.global.remove(&local);
@@ -544,6 +560,7 @@ impl Gateway {
         self.conns
             .get(&conn)
             .and_then(|(idx, _)| self.tubes.get(*idx))
+            .filter(|t| !t.outbox.is_paused() && t.outbox.bytes() == 0)
             .and_then(|t| t.conns.as_ref())
             .is_some_and(|c| c.is_writable())
     }
@@ -553,13 +570,14 @@ impl Gateway {
 fn drain_terminal(
     term: &mut TerminalServer,
     conns: &mut Connections,
+    outbox: &mut Outbox,
     global: ConnNo,
     outs: &mut Vec<Output>,
 ) {
     while let Some(e) = term.poll_event() {
         match e {
             ServerEvent::ToClient(bytes) => {
-                if let Err(e) = conns.send(1, &bytes) {
+                if let Err(e) = outbox.send(conns, 1, bytes) {
                     tracing::debug!(error = %e, "terminal output after close");
                 }
             }

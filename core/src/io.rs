@@ -171,6 +171,13 @@ pub enum Output {
         conn: ConnNo,
         reason: CloseReason,
     },
+    /// Flow control for the local side of `conn`: while `paused`, stop reading its socket (stop sending
+    /// [`Command::Send`] for it). The node keeps what it was given meanwhile, up to a hard cap past which
+    /// the connection is closed with an error rather than growing memory.
+    Backpressure {
+        conn: ConnNo,
+        paused: bool,
+    },
     /// Gateway role: connect `conn` to the configured target, then answer [`Command::TargetConnected`].
     ConnectTarget {
         conn: ConnNo,

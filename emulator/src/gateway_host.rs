@@ -463,6 +463,8 @@ impl<N: GatewayNode> Loop<N> {
             | Output::Http(_)
             | Output::WsConnect(_)
             | Output::WsClose => {}
+            // This loop paces target reads with `Gateway::can_send` and its credit counter instead.
+            Output::Backpressure { .. } => {}
         }
     }
 

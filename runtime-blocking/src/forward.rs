@@ -7,17 +7,16 @@
 //! of [`crate::Handle::recv`] hands every output to [`Forwarder::dispatch`], which keeps the ones about
 //! connections and gives the others back.
 //!
-//! Backpressure: a reader feeds the node through its bounded input queue, so a socket is read no faster
-//! than the node takes the bytes; a writer has a bounded queue, so a slow local peer stalls `dispatch`
-//! (and with it the consumer of `recv`) instead of growing memory. The core reports no per-connection send
-//! window, so this is the finest flow control a driver can offer.
+//! Backpressure: the node says when a connection's local side must pause (`Output::Backpressure`: the
+//! tube is full) and resume; a paused reader waits before its next read. A writer has a bounded queue, so
+//! a slow local peer stalls `dispatch` (and with it the consumer of `recv`) instead of growing memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -47,6 +46,9 @@ struct Shared {
     stop: AtomicBool,
     /// Gateway side: where `ConnectTarget` connects.
     target: Option<SocketAddr>,
+    /// Connections whose reader must wait (the node said `Backpressure { paused: true }`).
+    paused: Mutex<HashSet<ConnNo>>,
+    resumed: Condvar,
 }
 
 impl Shared {
@@ -56,6 +58,32 @@ impl Shared {
 
     fn writer(&self, conn: ConnNo) -> Option<SyncSender<ToSocket>> {
         self.conns().get(&conn).cloned()
+    }
+
+    fn set_paused(&self, conn: ConnNo, paused: bool) {
+        let mut set = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+        if paused {
+            set.insert(conn);
+        } else {
+            set.remove(&conn);
+            self.resumed.notify_all();
+        }
+    }
+
+    /// Block while `conn` is paused; `false` when the connection or the forwarder is gone meanwhile.
+    fn wait_unpaused(&self, conn: ConnNo) -> bool {
+        let mut set = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+        while set.contains(&conn) {
+            if self.stop.load(Ordering::Relaxed) || self.writer(conn).is_none() {
+                return false;
+            }
+            set = self
+                .resumed
+                .wait_timeout(set, Duration::from_millis(100))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
     }
 
     /// The local side of `conn` failed: tell the node and forget the connection.
@@ -87,6 +115,8 @@ impl Forwarder {
                 next_conn: AtomicU32::new(1),
                 stop: AtomicBool::new(false),
                 target,
+                paused: Mutex::new(HashSet::new()),
+                resumed: Condvar::new(),
             }),
             listening: None,
         }
@@ -110,6 +140,7 @@ impl Forwarder {
             }
             Output::ConnectionClosed { conn, reason } => {
                 tracing::debug!(conn, ?reason, "connection closed by the tunnel");
+                self.shared.set_paused(conn, false);
                 if let Some(writer) = self.shared.conns().remove(&conn) {
                     let _ = writer.send(ToSocket::Close);
                 }
@@ -117,6 +148,10 @@ impl Forwarder {
             }
             Output::ConnectTarget { conn } => {
                 self.connect_target(conn);
+                None
+            }
+            Output::Backpressure { conn, paused } => {
+                self.shared.set_paused(conn, paused);
                 None
             }
             other => Some(other),
@@ -279,6 +314,9 @@ fn pipe(shared: Arc<Shared>, conn: ConnNo, stream: TcpStream, rx: Receiver<ToSoc
 fn read_loop(shared: &Shared, conn: ConnNo, mut stream: TcpStream) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
+        if !shared.wait_unpaused(conn) {
+            return;
+        }
         match stream.read(&mut buf) {
             Ok(0) => {
                 tracing::debug!(conn, "local side finished writing");

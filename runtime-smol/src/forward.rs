@@ -8,12 +8,11 @@
 //! [`Forwarder::dispatch_async`] from async code), which keeps the ones about connections and gives the
 //! others back.
 //!
-//! Backpressure: a reader task feeds the node through its bounded input queue, so a socket is read no
-//! faster than the node takes the bytes; a writer has a bounded queue, so a slow local peer stalls
-//! `dispatch` instead of growing memory. The core reports no per-connection send window, so this is the
-//! finest flow control a driver can offer.
+//! Backpressure: the node says when a connection's local side must pause (`Output::Backpressure`: the
+//! tube is full) and resume; a paused reader task waits before its next read. A writer has a bounded
+//! queue, so a slow local peer stalls `dispatch` instead of growing memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -50,9 +49,49 @@ struct Shared {
     next_conn: AtomicU32,
     /// Gateway side: where `ConnectTarget` connects.
     target: Option<SocketAddr>,
+    /// Connections whose reader must wait (the node said `Backpressure { paused: true }`).
+    paused: Mutex<HashSet<ConnNo>>,
+    resumed: event_listener::Event,
 }
 
 impl Shared {
+    fn is_paused(&self, conn: ConnNo) -> bool {
+        self.paused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&conn)
+    }
+
+    fn set_paused(&self, conn: ConnNo, paused: bool) {
+        let mut set = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
+        if paused {
+            set.insert(conn);
+        } else if set.remove(&conn) {
+            self.resumed.notify(usize::MAX);
+        }
+    }
+
+    /// Wait while `conn` is paused; `false` when the connection is gone meanwhile.
+    async fn wait_unpaused(&self, conn: ConnNo) -> bool {
+        loop {
+            let listener = self.resumed.listen();
+            if !self.is_paused(conn) {
+                return true;
+            }
+            if self.writer(conn).is_none() {
+                return false;
+            }
+            // The timer only re-checks a connection closed while paused.
+            async {
+                listener.await;
+            }
+            .or(async {
+                Timer::after(Duration::from_millis(100)).await;
+            })
+            .await;
+        }
+    }
+
     fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<ConnNo, Sender<ToSocket>>> {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -99,6 +138,8 @@ impl Forwarder {
                 conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU32::new(1),
                 target,
+                paused: Mutex::new(HashSet::new()),
+                resumed: event_listener::Event::new(),
             }),
             _accept: None,
         }
@@ -152,6 +193,7 @@ impl Forwarder {
             Output::ConnectionEof { conn } => write(conn, ToSocket::Eof),
             Output::ConnectionClosed { conn, reason } => {
                 tracing::debug!(conn, ?reason, "connection closed by the tunnel");
+                self.shared.set_paused(conn, false);
                 match self.shared.conns().remove(&conn) {
                     Some(writer) => Route::Write(writer, ToSocket::Close),
                     None => Route::Done,
@@ -159,6 +201,10 @@ impl Forwarder {
             }
             Output::ConnectTarget { conn } => {
                 self.connect_target(conn);
+                Route::Done
+            }
+            Output::Backpressure { conn, paused } => {
+                self.shared.set_paused(conn, paused);
                 Route::Done
             }
             other => Route::Back(other),
@@ -273,6 +319,9 @@ fn pipe(shared: Arc<Shared>, conn: ConnNo, stream: TcpStream, rx: Receiver<ToSoc
 async fn read_loop(shared: Arc<Shared>, conn: ConnNo, mut stream: TcpStream) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
+        if !shared.wait_unpaused(conn).await {
+            return;
+        }
         match stream.read(&mut buf).await {
             Ok(0) => {
                 tracing::debug!(conn, "local side finished writing");

@@ -116,6 +116,9 @@ pub struct Record {
     pub http_requests: Vec<(Instant, String, bool)>,
     pub datagrams_sent: u64,
     pub datagrams_lost: u64,
+    /// Latest flow-control state per connection, and how often the client paused a local side.
+    pub paused: HashMap<ConnNo, bool>,
+    pub pauses: u64,
 }
 
 /// A whole simulated launch.
@@ -314,6 +317,10 @@ impl Sim {
                     .extend_from_slice(&data),
                 Output::ConnectionEof { .. } => {}
                 Output::ConnectionClosed { conn, .. } => self.record.closed.push(conn),
+                Output::Backpressure { conn, paused } => {
+                    self.record.pauses += u64::from(paused);
+                    self.record.paused.insert(conn, paused);
+                }
                 Output::TerminalOutput(b) => self.record.terminal_output.extend_from_slice(&b),
                 Output::Finished(r) => {
                     if self.record.finished.is_none() {

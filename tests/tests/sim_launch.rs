@@ -133,3 +133,40 @@ fn gateway_offline_is_a_clear_error_not_a_silent_wait() {
         }
     }
 }
+
+/// A burst larger than the tube's buffers: the client asks the local side to pause, keeps every byte it
+/// was given, and resumes when the tube drains — bytes in equal bytes out.
+#[test]
+fn a_large_burst_pauses_the_local_side_and_loses_nothing() {
+    let start = pam_lite_dev_clock::origin();
+    let mut sim = Scenario::new(Profile::fast()).build(start);
+    sim.run_until(Duration::from_secs(30), |s| {
+        s.record.tube_ready_at.is_some()
+    });
+    let data: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let now = sim.now;
+    sim.command_at(now, Command::OpenConnection { conn: 1 });
+    for chunk in data.chunks(16 * 1024) {
+        sim.command_at(
+            now,
+            Command::Send {
+                conn: 1,
+                data: chunk.to_vec(),
+            },
+        );
+    }
+    sim.run_until(Duration::from_secs(600), |s| {
+        s.record
+            .received
+            .get(&1)
+            .is_some_and(|d| d.len() >= data.len())
+    });
+    assert!(
+        sim.record.pauses > 0,
+        "a 6 MiB burst must pause the local side"
+    );
+    assert_eq!(sim.record.paused.get(&1), Some(&false), "and resume it");
+    let got = sim.record.received.get(&1).cloned().unwrap_or_default();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "bytes differ");
+}

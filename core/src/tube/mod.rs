@@ -9,10 +9,12 @@
 pub mod conns;
 pub mod control;
 pub mod frame;
+pub mod outbox;
 
 pub use conns::{Config, Connections, Role, TubeError, TubeEvent};
 pub use control::{CloseReason, ControlError, ControlMessage};
 pub use frame::{Frame, FrameDecoder, FrameError, MAX_DATA_PAYLOAD};
+pub use outbox::Outbox;
 
 /// Entry points for fuzz targets (`fuzz/`) and the matching never-panics tests.
 pub mod fuzzing {
