@@ -5,7 +5,7 @@
 //! is ready for a prompt (the first Guacamole `sync`), resizes are debounced, a double Ctrl-C closes the
 //! session locally, and the remote side ending the session ends the process.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -172,7 +172,9 @@ pub fn launch(args: &LaunchArgs, ticket: Ticket) -> Result<(), CliError> {
         pending: Vec::new(),
         ctrl_c: CtrlCDetector::default(),
         stdin_ended_at: None,
+        input_end_sent: false,
         last_output: Instant::now(),
+        output_mid_line: false,
         close_sent_at: None,
         result: None,
         raw: None,
@@ -183,6 +185,10 @@ pub fn launch(args: &LaunchArgs, ticket: Ticket) -> Result<(), CliError> {
     spinner.stop();
     // Leave raw mode before the waterfall and any error message are printed.
     drop(session.raw.take());
+    if session.output_mid_line && std::io::stdout().is_terminal() {
+        // The remote prompt has no newline after it; do not glue the shell's prompt to it.
+        println!();
+    }
     let report = timing.report(false);
     outcome?;
     report
@@ -211,7 +217,11 @@ struct TerminalLoop {
     pending: Vec<u8>,
     ctrl_c: CtrlCDetector,
     stdin_ended_at: Option<Instant>,
+    /// `Command::SendEof` for the terminal connection was sent.
+    input_end_sent: bool,
     last_output: Instant,
+    /// The last output byte was not a newline.
+    output_mid_line: bool,
     close_sent_at: Option<Instant>,
     result: Option<Result<(), LaunchError>>,
     raw: Option<RawModeGuard>,
@@ -257,7 +267,19 @@ impl TerminalLoop {
             let data = std::mem::take(&mut self.pending);
             self.send(Command::TerminalInput { data });
         }
+        if self.stdin_ended_at.is_some() {
+            self.end_input();
+        }
         Ok(())
+    }
+
+    /// Stdin ended: tell the session (in `--stdin` mode the core closes the Guacamole STDIN stream, so
+    /// the remote side sees end of input as with a real pipe).
+    fn end_input(&mut self) {
+        if !self.input_end_sent {
+            self.input_end_sent = true;
+            self.send(Command::SendEof { conn: 1 });
+        }
     }
 
     fn run(
@@ -292,6 +314,9 @@ impl TerminalLoop {
                         // Output before the ready checkpoint (a banner) still means the session is live.
                         self.become_ready(tx, spinner, size)?;
                         self.last_output = Instant::now();
+                        if let Some(last) = bytes.last() {
+                            self.output_mid_line = *last != b'\n';
+                        }
                         stdout
                             .write_all(&bytes)
                             .and_then(|()| stdout.flush())
@@ -318,6 +343,9 @@ impl TerminalLoop {
                     LocalEvent::InputEnd => {
                         tracing::debug!("stdin ended");
                         self.stdin_ended_at = Some(Instant::now());
+                        if self.ready {
+                            self.end_input();
+                        }
                         if self.interactive {
                             // The terminal went away: nothing more can be typed.
                             self.close();
