@@ -169,6 +169,7 @@ pub fn launch(args: &LaunchArgs, ticket: Ticket) -> Result<(), CliError> {
         inputs,
         interactive,
         ready: false,
+        ready_at: None,
         pending: Vec::new(),
         ctrl_c: CtrlCDetector::default(),
         stdin_ended_at: None,
@@ -213,6 +214,7 @@ struct TerminalLoop {
     interactive: bool,
     /// The session is ready for a prompt: input flows.
     ready: bool,
+    ready_at: Option<Instant>,
     /// Input typed or piped before `ready`.
     pending: Vec<u8>,
     ctrl_c: CtrlCDetector,
@@ -252,6 +254,7 @@ impl TerminalLoop {
             return Ok(());
         }
         self.ready = true;
+        self.ready_at = Some(Instant::now());
         spinner.stop();
         if self.interactive {
             self.raw = Some(
@@ -357,6 +360,7 @@ impl TerminalLoop {
                         self.close();
                     }
                     LocalEvent::Resize { cols, rows } => {
+                        tracing::debug!(cols, rows, "terminal resized");
                         self.send(Command::TerminalResize { cols, rows });
                     }
                 },
@@ -366,9 +370,11 @@ impl TerminalLoop {
                 break;
             }
             let now = Instant::now();
-            if let Some(ended) = self.stdin_ended_at {
-                let quiet_since = ended.max(self.last_output);
-                if self.ready && now.saturating_duration_since(quiet_since) >= STDIN_SETTLE {
+            if let (Some(ended), Some(ready_at)) = (self.stdin_ended_at, self.ready_at) {
+                // Quiet since the script was handed over (at readiness at the earliest) and since the
+                // last output.
+                let quiet_since = ended.max(ready_at).max(self.last_output);
+                if now.saturating_duration_since(quiet_since) >= STDIN_SETTLE {
                     self.close();
                 }
             }

@@ -182,3 +182,68 @@ fn tunnel_demo_moves_bytes_smol() {
 fn tunnel_demo_moves_bytes_blocking() {
     tunnel_roundtrip("blocking");
 }
+
+/// Readiness later than the stdin settle window (1.5 s) must not close the session before the script
+/// ran (regression: the settle clock started at stdin's end, not at readiness).
+#[test]
+fn slow_launch_still_runs_the_whole_script() {
+    let r = common::run(
+        &["launch", "--demo", "--stdin", "--profile", "commander-1984"],
+        &[("SHELL", "/bin/sh"), ("WEBSOCKET_BACKEND_DELAY", "1.8")],
+        b"echo hi\nexit\n",
+        LAUNCH_DEADLINE,
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.trim().trim_start_matches(['#', '$', '>', ' ']) == "hi"),
+        "no `hi`:\n{}",
+        r.stdout
+    );
+}
+
+/// The standalone emulator writes a ticket; a launch against its offline gateway exits with code 6.
+#[test]
+fn standalone_emulator_ticket_and_offline_gateway_exit_code() {
+    let ticket = common::temp_path("offline-ticket.json");
+    let t = ticket.to_str().unwrap();
+    let emulator = common::spawn(&["emulator", "--gateway-offline", "--ticket-out", t], &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ticket.exists() || std::fs::metadata(&ticket).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the emulator wrote no ticket");
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(100));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&ticket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the ticket must be private, mode {mode:o}");
+    }
+    let check = common::run(&["ticket", "check", t], &[], b"", LAUNCH_DEADLINE);
+    let r = common::run(
+        &["launch", "--ticket", t, "--stdin"],
+        &[],
+        b"exit\n",
+        LAUNCH_DEADLINE,
+    );
+    let mut emulator = emulator;
+    let _ = emulator.kill();
+    let _ = emulator.wait();
+    assert_eq!(check.code, Some(0), "{}", check.stderr);
+    assert_eq!(
+        r.code,
+        Some(6),
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stderr.contains("not online"), "{}", r.stderr);
+}
