@@ -50,7 +50,8 @@ pub enum Command {
     /// Open an interactive terminal session (what `pam launch` does).
     #[command(after_help = EXIT_CODES_HELP)]
     Launch(LaunchArgs),
-    /// Forward a local TCP port through the gateway (what `pam tunnel start` does).
+    /// Forward a local TCP port through the gateway (what `pam tunnel start` does). Runs until the tunnel
+    /// closes or you press Ctrl-C.
     #[command(after_help = EXIT_CODES_HELP)]
     Tunnel(TunnelArgs),
     /// Run the emulated router and gateway on 127.0.0.1 and write a launch ticket for them.

@@ -129,11 +129,22 @@ fn prepare(common: &CommonArgs, mut ticket: Ticket) -> Result<(EnvSettings, Tick
 
 // ------------------------------------------------------------------------------------------------ launch
 
+/// An interactive session needs a terminal on stdin; say so before anything starts.
+pub fn check_stdin(args: &LaunchArgs) -> Result<(), CliError> {
+    if !args.stdin && !std::io::stdin().is_terminal() {
+        return Err(CliError::Local(
+            "stdin is not a terminal: use --stdin to pipe a script into the session".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// `pam-lite launch` with an already loaded ticket.
 pub fn launch(args: &LaunchArgs, ticket: Ticket) -> Result<(), CliError> {
+    let interactive = !args.stdin;
+    check_stdin(args)?;
     let (env, ticket) = prepare(&args.common, ticket)?;
     ticket.check_terminal_protocol()?;
-    let interactive = !args.stdin;
     let (cols, rows) = terminal::size();
     let cfg = client_config(
         &ticket,

@@ -51,6 +51,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Ticket(TicketCommand::Check { file }) => ticket_check(&file),
         Command::Launch(args) => {
+            launch::check_stdin(&args)?;
             // `demo` keeps the in-process emulator alive until the launch is over.
             let (ticket, demo) = match &args.source.ticket {
                 Some(path) => (Ticket::load(path)?, None),

@@ -197,3 +197,12 @@ fn ticket_check_redacts_secrets() {
         assert!(r.stdout.contains(shown), "{shown} missing:\n{}", r.stdout);
     }
 }
+
+#[test]
+fn interactive_launch_without_a_terminal_is_a_local_error() {
+    // stdin is a pipe here: refused before the emulator even starts.
+    let r = run(&["launch", "--demo"], &[], b"", DEADLINE);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("--stdin"), "{}", r.stderr);
+    assert!(!r.stderr.contains("emulated router"), "{}", r.stderr);
+}

@@ -140,9 +140,10 @@ fn tunnel_roundtrip(runtime: &str) {
             .to_string();
         wait_line(&lines, "tunnel ready", deadline, &mut seen);
 
-        // Two connections, one after the other, each moving 512 KiB both ways.
+        // Two connections, one after the other, each moving 2 MiB both ways (more than the tube's
+        // high-water mark, so backpressure and the EOF after held data are exercised).
         for round in 0..2u64 {
-            let data = payload(512 * 1024, 0x9E37_79B9_7F4A_7C15 ^ round);
+            let data = payload(2 << 20, 0x9E37_79B9_7F4A_7C15 ^ round);
             let mut s = TcpStream::connect(&addr).expect("connect to the tunnel");
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             let mut w = s.try_clone().unwrap();
