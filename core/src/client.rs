@@ -132,6 +132,8 @@ enum Timer {
     PollTick,
     OpenDelay,
     OpenRetry,
+    /// Event-driven profiles: the bound on waiting for the data channel after `connected`.
+    ChannelOpen,
     GuacReady,
     CloseFlush,
 }
@@ -949,6 +951,12 @@ impl Client {
         if self.open_step == Step::Running && self.due(Timer::OpenRetry) {
             self.try_open();
         }
+        if self.open_step == Step::Running && self.due(Timer::ChannelOpen) && !self.channel_open {
+            return self.finish(Err(LaunchError::Timeout {
+                what: "the data channel to open",
+                waited: p.connect_timeout,
+            }));
+        }
         if self.due(Timer::GuacReady) && !self.guac_ready {
             // Commander only warns here; so do we (the session may still come up).
             self.checkpoint(CLI_SESSION, names::GUACAMOLE_WAIT_FOR_READY_TIMEOUT);
@@ -978,6 +986,14 @@ impl Client {
             return;
         }
         let p = self.profile().clone();
+        if p.poll_interval.is_none() {
+            // Event-driven: `ChannelOpen` calls us again; no retry ladder, just a bound (SCTP may need
+            // retransmissions on a lossy path, which Commander's 1.5 s ladder does not allow for).
+            if !self.timers.contains_key(&Timer::ChannelOpen) {
+                self.arm(Timer::ChannelOpen, p.connect_timeout);
+            }
+            return;
+        }
         if self.open_attempt + 1 >= p.open_connection_attempts {
             return self.finish(Err(LaunchError::Timeout {
                 what: "the data channel to open",
@@ -1023,6 +1039,7 @@ impl Client {
                         && !self.timers.contains_key(&Timer::OpenDelay)
                     {
                         self.timers.remove(&Timer::OpenRetry);
+                        self.timers.remove(&Timer::ChannelOpen);
                         self.try_open();
                     }
                 }
@@ -1343,13 +1360,12 @@ impl Client {
                     t.end_input(now);
                     self.pump_terminal();
                 } else if let Some(c) = self.conns.as_mut() {
-                    let _ = c.send_eof(conn);
+                    let _ = self.outbox.send_eof(c, conn);
                 }
             }
             Command::CloseConnection { conn, reason } => {
-                self.outbox.forget(conn);
                 if let Some(c) = self.conns.as_mut() {
-                    let _ = c.close(conn, reason);
+                    let _ = self.outbox.close(c, conn, reason);
                 }
             }
             Command::TargetConnected { .. } => {}

@@ -532,11 +532,10 @@ impl Gateway {
                     }
                 }
                 Command::SendEof { .. } => {
-                    let _ = conns.send_eof(local);
+                    let _ = tube.outbox.send_eof(conns, local);
                 }
                 Command::CloseConnection { reason, .. } => {
-                    tube.outbox.forget(local);
-                    let _ = conns.close(local, reason);
+                    let _ = tube.outbox.close(conns, local, reason);
                     self.conns.remove(&conn);
                     tube.global.remove(&local);
                 }

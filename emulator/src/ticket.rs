@@ -48,6 +48,38 @@ impl std::fmt::Debug for DemoTicket {
 }
 
 impl DemoTicket {
+    /// A client configuration for a **tunnel** launch against this emulator (`conversationType` tunnel, no
+    /// terminal), with `profile` and `trickle_ice` as given: what tests and benchmarks use to drive the real
+    /// client without going through the CLI's ticket parser. `unix_ms_at_start` only stamps tube frames.
+    pub fn tunnel_client_config(
+        &self,
+        profile: pam_lite_core::profile::Profile,
+        trickle_ice: bool,
+        unix_ms_at_start: u64,
+    ) -> Result<pam_lite_core::client::ClientConfig, String> {
+        let server_key = pam_lite_core::router::envelope::ServerPublicKey::from_sec1(
+            self.server_key_id,
+            &self.server_public_key(),
+        )
+        .map_err(|e| format!("the emulator's server key: {e}"))?;
+        Ok(pam_lite_core::client::ClientConfig {
+            router_url: self.router_url.clone(),
+            session_token: self.session_token(),
+            server_key,
+            gateway_uid: self.gateway_uid.clone(),
+            record_uid: self.record_uid.clone(),
+            traffic_seed: self.traffic_seed(),
+            conversation_type: "tunnel".to_string(),
+            session: pam_lite_core::client::Session::Tunnel,
+            offer_data: serde_json::Map::new(),
+            offer_inputs: serde_json::Map::new(),
+            trickle_ice,
+            ephemeral: false,
+            profile,
+            unix_ms_at_start,
+        })
+    }
+
     /// The session token bytes.
     pub fn session_token(&self) -> Vec<u8> {
         URL_SAFE_NO_PAD

@@ -372,12 +372,10 @@ impl Sim {
                         now,
                     );
                 }
-                Output::ConnectionData { conn, data } => {
-                    if self.echo_target {
-                        let now = self.now;
-                        self.gateway
-                            .handle_input(Input::Command(Command::Send { conn, data }), now);
-                    }
+                Output::ConnectionData { conn, data } if self.echo_target => {
+                    let now = self.now;
+                    self.gateway
+                        .handle_input(Input::Command(Command::Send { conn, data }), now);
                 }
                 _ => {}
             }

@@ -104,7 +104,8 @@ fn commander_1984_catch_up_is_2_95_seconds() {
 /// every Commander schedule in every scenario.
 #[test]
 fn fast_beats_every_commander_profile() {
-    let scenarios: Vec<(&str, fn(Profile) -> Scenario)> = vec![
+    type MakeScenario = fn(Profile) -> Scenario;
+    let scenarios: Vec<(&str, MakeScenario)> = vec![
         ("trickle", Scenario::new),
         ("no-trickle", |p| {
             let mut s = Scenario::new(p);

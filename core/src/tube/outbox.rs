@@ -9,16 +9,34 @@
 
 use std::collections::VecDeque;
 
-use super::{Connections, TubeError};
+use super::{CloseReason, Connections, TubeError};
 use crate::ConnNo;
 
 /// Hard cap on bytes held for a driver that keeps sending while paused.
 pub const MAX_OUTBOX: usize = 16 * 1024 * 1024;
 
+/// One held item. EOF and close wait behind the data of their connection: a half-close that overtook
+/// held bytes would make the far side drop them.
+#[derive(Debug)]
+enum Held {
+    Data(Vec<u8>),
+    Eof,
+    Close(CloseReason),
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        match self {
+            Held::Data(d) => d.len(),
+            Held::Eof | Held::Close(_) => 0,
+        }
+    }
+}
+
 /// Bytes accepted from the local side but not yet framed into the tube.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    queue: VecDeque<(ConnNo, Vec<u8>)>,
+    queue: VecDeque<(ConnNo, Held)>,
     bytes: usize,
     paused: bool,
 }
@@ -54,23 +72,57 @@ impl Outbox {
             });
         }
         self.bytes += data.len();
-        self.queue.push_back((conn, data));
+        self.queue.push_back((conn, Held::Data(data)));
         Ok(())
+    }
+
+    /// Half-close `conn` after everything held for it.
+    pub fn send_eof(&mut self, conns: &mut Connections, conn: ConnNo) -> Result<(), TubeError> {
+        if self.holds(conn) {
+            self.queue.push_back((conn, Held::Eof));
+            Ok(())
+        } else {
+            conns.send_eof(conn)
+        }
+    }
+
+    /// Close `conn` after everything held for it.
+    pub fn close(
+        &mut self,
+        conns: &mut Connections,
+        conn: ConnNo,
+        reason: CloseReason,
+    ) -> Result<(), TubeError> {
+        if self.holds(conn) {
+            self.queue.push_back((conn, Held::Close(reason)));
+            Ok(())
+        } else {
+            conns.close(conn, reason)
+        }
+    }
+
+    fn holds(&self, conn: ConnNo) -> bool {
+        self.queue.iter().any(|(c, _)| *c == conn)
     }
 
     /// Move held bytes into the tube while it has room. Bytes for a connection that closed meanwhile are
     /// dropped (there is nobody left to deliver them to).
     pub fn flush(&mut self, conns: &mut Connections) {
-        while let Some((conn, data)) = self.queue.pop_front() {
-            match conns.send(conn, &data) {
-                Ok(()) => self.bytes -= data.len(),
+        while let Some((conn, held)) = self.queue.pop_front() {
+            let result = match &held {
+                Held::Data(data) => conns.send(conn, data),
+                Held::Eof => conns.send_eof(conn),
+                Held::Close(reason) => conns.close(conn, *reason),
+            };
+            match result {
+                Ok(()) => self.bytes -= held.len(),
                 Err(TubeError::Backpressure { .. }) => {
-                    self.queue.push_front((conn, data));
+                    self.queue.push_front((conn, held));
                     return;
                 }
                 Err(e) => {
-                    tracing::debug!(conn, error = %e, "held bytes for a finished connection dropped");
-                    self.bytes -= data.len();
+                    tracing::debug!(conn, error = %e, "held item for a finished connection dropped");
+                    self.bytes -= held.len();
                 }
             }
         }
@@ -150,6 +202,44 @@ mod tests {
             }
         }
         assert_eq!(got, sent);
+    }
+
+    #[test]
+    fn eof_and_close_wait_behind_held_data() {
+        let mut conns = client(10_000, 2_000);
+        let mut out = Outbox::new();
+        for _ in 0..30 {
+            out.send(&mut conns, 1, vec![7; 1000])
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(out.bytes() > 0, "the burst must be held");
+        out.send_eof(&mut conns, 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut wire = Vec::new();
+        for _ in 0..1000 {
+            while let Some(w) = conns.poll_write() {
+                wire.extend_from_slice(&w);
+            }
+            out.flush(&mut conns);
+            if out.bytes() == 0 && conns.pending_bytes() == 0 {
+                break;
+            }
+        }
+        let mut dec = crate::tube::FrameDecoder::new();
+        dec.push(&wire);
+        let mut data = 0usize;
+        let mut eof_after = None;
+        while let Some(f) = dec.next() {
+            let f = f.unwrap_or_else(|e| panic!("{e}"));
+            if f.conn_no == 1 {
+                data += f.payload.len();
+            } else if let Ok(crate::tube::ControlMessage::SendEof { .. }) =
+                crate::tube::ControlMessage::decode(&f.payload)
+            {
+                eof_after = Some(data);
+            }
+        }
+        assert_eq!(eof_after, Some(30_000), "EOF must follow every held byte");
     }
 
     #[test]

@@ -1,0 +1,346 @@
+//! The driver conformance suite: the same tests, run against both runtimes (`pam-lite-blocking` and
+//! `pam-lite-smol`), each launching the real client core through the embedded emulator on real 127.0.0.1
+//! sockets (HTTP, WebSocket, UDP). A driver that moves bytes differently, times out differently or reports
+//! a fault differently fails here.
+//!
+//! Every wait is bounded; the emulator's faults are the ones users meet (spec §2.8, §9).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use pam_lite_core::client::Client;
+use pam_lite_core::profile::Profile;
+use pam_lite_core::router::proto::RouterResponseCode;
+use pam_lite_core::{Command, ConnNo, LaunchError, Output};
+use pam_lite_emulator::{Emulator, EmulatorConfig, TargetConfig, UdpImpairment};
+use sha2::{Digest, Sha256};
+
+/// A TCP echo server on 127.0.0.1 (the tunnel target behind the emulated gateway).
+fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = stream;
+                let mut r = match s.try_clone() {
+                    Ok(r) => r,
+                    Err(_) => return,
+                };
+                let _ = std::io::copy(&mut r, &mut s);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+fn emulator(mut cfg: EmulatorConfig) -> Emulator {
+    cfg.target = TargetConfig::Tunnel {
+        forward_to: echo_server(),
+    };
+    Emulator::start(cfg).unwrap_or_else(|e| panic!("emulator: {e}"))
+}
+
+fn client(emu: &Emulator, profile: Profile, trickle: bool) -> Client {
+    let cfg = emu
+        .ticket()
+        .tunnel_client_config(profile, trickle, 0)
+        .unwrap_or_else(|e| panic!("{e}"));
+    Client::new(cfg, [5; 32], Instant::now()).unwrap_or_else(|e| panic!("client: {e}"))
+}
+
+/// What a launch ended with: ready (and when), or the error.
+#[derive(Debug)]
+enum Outcome {
+    Ready(Duration),
+    Failed(LaunchError, Duration),
+}
+
+macro_rules! conformance_suite {
+    ($name:ident, $rt:ident) => {
+        mod $name {
+            use super::*;
+            use $rt as rt;
+
+            fn spawn(client: Client) -> rt::Handle {
+                rt::spawn(client, rt::DriverConfig::default())
+                    .unwrap_or_else(|e| panic!("spawn: {e}"))
+            }
+
+            /// Drive until the tube is ready or the launch fails, within `bound`.
+            fn launch(handle: &rt::Handle, bound: Duration) -> Outcome {
+                let start = Instant::now();
+                loop {
+                    let left = bound
+                        .checked_sub(start.elapsed())
+                        .unwrap_or_else(|| panic!("no outcome within {bound:?}"));
+                    match handle.recv_timeout(left) {
+                        Ok(Some(Output::TubeReady)) => return Outcome::Ready(start.elapsed()),
+                        Ok(Some(Output::Finished(Err(e)))) => {
+                            return Outcome::Failed(e, start.elapsed())
+                        }
+                        Ok(Some(Output::Finished(Ok(())))) => panic!("finished before ready"),
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => {
+                            panic!("driver stopped or no outcome within {bound:?}")
+                        }
+                    }
+                }
+            }
+
+            /// The time to a ready tube (panics on a failed launch).
+            fn ready(handle: &rt::Handle) -> Duration {
+                match launch(handle, Duration::from_secs(30)) {
+                    Outcome::Ready(took) => took,
+                    other => panic!("expected a ready tube: {other:?}"),
+                }
+            }
+
+            /// Collect `want` bytes of connection data for `conn` (other outputs are ignored).
+            fn collect(handle: &rt::Handle, conn: ConnNo, want: usize, bound: Duration) -> Vec<u8> {
+                let start = Instant::now();
+                let mut got = Vec::new();
+                while got.len() < want {
+                    let left = bound
+                        .checked_sub(start.elapsed())
+                        .unwrap_or_else(|| panic!("{} of {want} bytes after {bound:?}", got.len()));
+                    match handle.recv_timeout(left) {
+                        Ok(Some(Output::ConnectionData { conn: c, data })) if c == conn => {
+                            got.extend_from_slice(&data)
+                        }
+                        Ok(Some(Output::Finished(r))) => panic!("launch ended: {r:?}"),
+                        Ok(_) => {}
+                        Err(_) => panic!("driver stopped"),
+                    }
+                }
+                got
+            }
+
+            #[test]
+            fn launches_and_echoes_through_the_tunnel() {
+                for trickle in [true, false] {
+                    let emu = emulator(EmulatorConfig::default());
+                    let h = spawn(client(&emu, Profile::fast(), trickle));
+                    ready(&h);
+                    h.input(pam_lite_core::Input::Command(Command::OpenConnection {
+                        conn: 1,
+                    }));
+                    h.input(pam_lite_core::Input::Command(Command::Send {
+                        conn: 1,
+                        data: b"conformance".to_vec(),
+                    }));
+                    let got = collect(&h, 1, 11, Duration::from_secs(10));
+                    assert_eq!(got, b"conformance");
+                    h.input(pam_lite_core::Input::Command(Command::Close));
+                }
+            }
+
+            #[test]
+            fn twenty_concurrent_connections() {
+                let emu = emulator(EmulatorConfig::default());
+                let h = spawn(client(&emu, Profile::fast(), true));
+                ready(&h);
+                for conn in 1..=20u32 {
+                    h.input(pam_lite_core::Input::Command(Command::OpenConnection {
+                        conn,
+                    }));
+                    h.input(pam_lite_core::Input::Command(Command::Send {
+                        conn,
+                        data: format!("conn-{conn:02}").into_bytes(),
+                    }));
+                }
+                let start = Instant::now();
+                let mut got: std::collections::HashMap<ConnNo, Vec<u8>> = Default::default();
+                while got.values().map(Vec::len).sum::<usize>() < 20 * 7 {
+                    assert!(start.elapsed() < Duration::from_secs(20), "got {got:?}");
+                    if let Ok(Some(Output::ConnectionData { conn, data })) =
+                        h.recv_timeout(Duration::from_secs(20))
+                    {
+                        got.entry(conn).or_default().extend_from_slice(&data);
+                    }
+                }
+                for conn in 1..=20u32 {
+                    assert_eq!(
+                        got.get(&conn).map(Vec::as_slice),
+                        Some(format!("conn-{conn:02}").as_bytes())
+                    );
+                }
+            }
+
+            /// 16 MiB through `forward::serve_tunnel` on a real local TCP port, with a SHA-256 check.
+            /// (64 MiB runs in the CLI tests and the benchmark; this keeps the suite quick on 2 cores.)
+            #[test]
+            fn bulk_through_a_forwarded_tcp_port_with_sha256() {
+                let emu = emulator(EmulatorConfig::default());
+                let h = spawn(client(&emu, Profile::fast(), true));
+                ready(&h);
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+                let port = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+                let fwd = rt::forward::serve_tunnel(listener, &h).unwrap_or_else(|e| panic!("{e}"));
+                let pump = std::thread::spawn(move || {
+                    while let Ok(Some(out)) = h.recv_timeout(Duration::from_secs(60)) {
+                        if let Some(Output::Finished(r)) = fwd.dispatch(out) {
+                            return r;
+                        }
+                    }
+                    Ok(())
+                });
+                let data: Vec<u8> = (0..16 * 1024 * 1024u32)
+                    .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                    .collect();
+                let mut s = TcpStream::connect(port).unwrap_or_else(|e| panic!("{e}"));
+                s.set_read_timeout(Some(Duration::from_secs(60)))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let mut w = s.try_clone().unwrap_or_else(|e| panic!("{e}"));
+                let expected = Sha256::digest(&data);
+                let writer = std::thread::spawn(move || {
+                    w.write_all(&data).unwrap_or_else(|e| panic!("write: {e}"));
+                    let _ = w.shutdown(std::net::Shutdown::Write);
+                });
+                let mut got = Vec::new();
+                s.read_to_end(&mut got)
+                    .unwrap_or_else(|e| panic!("read after {} bytes: {e}", got.len()));
+                writer.join().unwrap_or_else(|_| panic!("writer"));
+                assert_eq!(got.len(), 16 * 1024 * 1024);
+                assert_eq!(Sha256::digest(&got), expected);
+                drop(pump);
+            }
+
+            #[test]
+            fn five_percent_udp_loss_still_delivers_every_byte() {
+                let emu = emulator(EmulatorConfig::default().with_udp(UdpImpairment {
+                    latency: Duration::from_millis(5),
+                    jitter: Duration::from_millis(5),
+                    loss: 0.05,
+                    duplicate: 0.01,
+                }));
+                let h = spawn(client(&emu, Profile::fast(), true));
+                ready(&h);
+                h.input(pam_lite_core::Input::Command(Command::OpenConnection {
+                    conn: 1,
+                }));
+                let data: Vec<u8> = (0..512 * 1024u32).map(|i| (i % 253) as u8).collect();
+                for chunk in data.chunks(16 * 1024) {
+                    h.input(pam_lite_core::Input::Command(Command::Send {
+                        conn: 1,
+                        data: chunk.to_vec(),
+                    }));
+                }
+                let got = collect(&h, 1, data.len(), Duration::from_secs(60));
+                assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
+            }
+
+            #[test]
+            fn cold_router_is_retried_and_succeeds() {
+                let emu = emulator(EmulatorConfig {
+                    registration_lag: Duration::from_millis(300),
+                    ..EmulatorConfig::default()
+                });
+                let h = spawn(client(&emu, Profile::fast(), true));
+                // At least one 0.55 s catch-up happened (the lag refuses the first offer).
+                assert!(ready(&h) >= Duration::from_millis(300));
+            }
+
+            #[test]
+            fn transient_http_failures_are_retried() {
+                for status in [502u16, 503, 504] {
+                    let emu = emulator(EmulatorConfig {
+                        fail_http: vec![status],
+                        ..EmulatorConfig::default()
+                    });
+                    let h = spawn(client(&emu, Profile::fast(), true));
+                    ready(&h);
+                }
+            }
+
+            /// Each fault that retries cannot fix ends the launch with its own clear error and exit code,
+            /// well within the bound (Commander would wait 24 s for some of them).
+            #[test]
+            fn unrecoverable_faults_give_clear_errors_within_bounds() {
+                let cases: Vec<(&str, EmulatorConfig, i32)> = vec![
+                    (
+                        "gateway offline",
+                        EmulatorConfig {
+                            gateway_offline: true,
+                            ..Default::default()
+                        },
+                        6,
+                    ),
+                    (
+                        "RRC_TIMEOUT every time",
+                        EmulatorConfig {
+                            fail_rrc: vec![RouterResponseCode::RrcTimeout; 8],
+                            ..Default::default()
+                        },
+                        5,
+                    ),
+                    (
+                        "RRC_CONTROLLER_DOWN every time",
+                        EmulatorConfig {
+                            fail_rrc: vec![RouterResponseCode::RrcControllerDown; 8],
+                            ..Default::default()
+                        },
+                        5,
+                    ),
+                    (
+                        "HTTP 503 every time",
+                        EmulatorConfig {
+                            fail_http: vec![503; 8],
+                            ..Default::default()
+                        },
+                        5,
+                    ),
+                    (
+                        "WebSocket dropped before the answer",
+                        EmulatorConfig {
+                            ws_drop_after: Some(Duration::from_millis(1)),
+                            answer_delay: Duration::from_millis(500),
+                            ..Default::default()
+                        },
+                        9,
+                    ),
+                ];
+                for (what, cfg, code) in cases {
+                    let emu = emulator(cfg);
+                    let h = spawn(client(&emu, Profile::fast(), true));
+                    match launch(&h, Duration::from_secs(30)) {
+                        Outcome::Failed(e, took) => {
+                            assert_eq!(e.exit_code(), code, "{what}: {e}");
+                            assert!(took < Duration::from_secs(10), "{what}: took {took:?}");
+                            assert!(!e.to_string().is_empty());
+                        }
+                        other => panic!("{what}: expected a clear error, got {other:?}"),
+                    }
+                }
+            }
+
+            #[test]
+            fn unreachable_router_fails_fast_with_exit_code_4() {
+                // A port nobody listens on: connection refused, retried per the profile, then a clear error.
+                let dead = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+                let addr = dead.local_addr().unwrap_or_else(|e| panic!("{e}"));
+                drop(dead);
+                let emu = emulator(EmulatorConfig::default());
+                let mut cfg = emu
+                    .ticket()
+                    .tunnel_client_config(Profile::fast(), true, 0)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                cfg.router_url = format!("http://{addr}");
+                let c = Client::new(cfg, [5; 32], Instant::now()).unwrap_or_else(|e| panic!("{e}"));
+                let h = spawn(c);
+                match launch(&h, Duration::from_secs(30)) {
+                    Outcome::Failed(e, took) => {
+                        assert!(matches!(e.exit_code(), 4 | 9), "{e}");
+                        assert!(took < Duration::from_secs(20), "took {took:?}");
+                    }
+                    other => panic!("expected an error, got {other:?}"),
+                }
+            }
+        }
+    };
+}
+
+conformance_suite!(blocking, pam_lite_blocking);
+conformance_suite!(smol, pam_lite_smol);
