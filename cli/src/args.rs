@@ -22,10 +22,15 @@ Exit codes:
   10  protocol error
   11  WebRTC session disconnected
 
-Environment (Commander's names): KROUTER_URL overrides the ticket's router URL; PAM_CONNECT_TIMING=1 is
---timing; VERIFY_SSL=false skips router certificate checks; WEBSOCKET_BACKEND_DELAY, PAM_PRE_OFFER_SEC,
-PAM_PRE_OFFER_LEGACY, PAM_OFFER_RETRY_EXTRA_SEC, PAM_GATEWAY_OFFER_MAX_ATTEMPTS, PAM_OPEN_CONNECTION_DELAY,
-PAM_WEBRTC_POLL_MS, PAM_WEBRTC_CONNECT_TIMEOUT_SEC, ... adjust the timing profile; RUST_LOG sets log filters.";
+Environment (Commander's names):
+  KROUTER_URL           replaces the ticket's router URL
+  PAM_CONNECT_TIMING=1  same as --timing
+  VERIFY_SSL=false      do not verify the router's TLS certificate
+  WEBSOCKET_BACKEND_DELAY, PAM_PRE_OFFER_SEC, PAM_PRE_OFFER_LEGACY, PAM_OFFER_RETRY_EXTRA_SEC,
+  PAM_GATEWAY_OFFER_MAX_ATTEMPTS, PAM_OPEN_CONNECTION_DELAY, PAM_WEBRTC_POLL_MS,
+  PAM_WEBRTC_CONNECT_TIMEOUT_SEC, GATEWAY_TIMEOUT, ...
+                        adjust the timing profile (see --profile)
+  RUST_LOG              log filter (overrides -v)";
 
 #[derive(Debug, Parser)]
 #[command(

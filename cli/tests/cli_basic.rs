@@ -206,3 +206,22 @@ fn interactive_launch_without_a_terminal_is_a_local_error() {
     assert!(r.stderr.contains("--stdin"), "{}", r.stderr);
     assert!(!r.stderr.contains("emulated router"), "{}", r.stderr);
 }
+
+#[test]
+fn bad_environment_is_a_configuration_error_naming_the_variable() {
+    let path = write_temp("env.json", &valid_ticket().to_string());
+    let p = path.to_str().unwrap();
+    for (var, value) in [
+        ("KROUTER_URL", "ftp://router"),
+        ("PAM_WEBRTC_POLL_MS", "soon"),
+    ] {
+        let r = run(
+            &["launch", "--ticket", p, "--stdin"],
+            &[(var, value)],
+            b"",
+            DEADLINE,
+        );
+        assert_eq!(r.code, Some(3), "{var}: {}", r.stderr);
+        assert!(r.stderr.contains(var), "{var}: {}", r.stderr);
+    }
+}

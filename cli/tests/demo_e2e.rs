@@ -15,20 +15,27 @@ use sha2::{Digest, Sha256};
 
 const LAUNCH_DEADLINE: Duration = Duration::from_secs(60);
 
+/// `echo hi` through the demo shell. The smol run asks for the waterfall with `--timing`, the blocking
+/// one with Commander's `PAM_CONNECT_TIMING=1`; both write `--timing-json`.
 fn launch_echo_hi(runtime: &str) {
-    let r = common::run(
-        &[
-            "launch",
-            "--demo",
-            "--stdin",
-            "--runtime",
-            runtime,
-            "--timing",
-        ],
-        &[("SHELL", "/bin/sh")],
-        b"echo hi\nexit\n",
-        LAUNCH_DEADLINE,
-    );
+    let json = common::temp_path("timing.json");
+    let json_arg = json.to_str().unwrap();
+    let mut args = vec![
+        "launch",
+        "--demo",
+        "--stdin",
+        "--runtime",
+        runtime,
+        "--timing-json",
+        json_arg,
+    ];
+    let mut env = vec![("SHELL", "/bin/sh")];
+    if runtime == "smol" {
+        args.push("--timing");
+    } else {
+        env.push(("PAM_CONNECT_TIMING", "1"));
+    }
+    let r = common::run(&args, &env, b"echo hi\nexit\n", LAUNCH_DEADLINE);
     assert!(
         !r.timed_out,
         "{runtime}: timed out\nstdout:\n{}\nstderr:\n{}",
@@ -51,9 +58,22 @@ fn launch_echo_hi(runtime: &str) {
         r.stdout
     );
     assert!(
-        r.stderr.contains("ready_for_prompt"),
-        "{runtime}: --timing waterfall missing:\n{}",
+        r.stderr.contains("pam-launch:total | ready_for_prompt"),
+        "{runtime}: timing waterfall missing:\n{}",
         r.stderr
+    );
+    let timing: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("timing JSON written"))
+            .expect("valid JSON");
+    let names: Vec<&str> = timing["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"enter") && names.contains(&"ready_for_prompt"),
+        "{names:?}"
     );
 }
 
