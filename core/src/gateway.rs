@@ -584,7 +584,12 @@ fn drain_terminal(
                 conn: global,
                 data: bytes,
             }),
-            ServerEvent::Resize { .. } | ServerEvent::Connected { .. } => {}
+            ServerEvent::Resize { cols, rows, .. } => outs.push(Output::TargetResize {
+                conn: global,
+                cols,
+                rows,
+            }),
+            ServerEvent::Connected { .. } => {}
             ServerEvent::Ended(_) => {
                 let _ = conns.close(1, CloseReason::Normal);
                 outs.push(Output::ConnectionClosed {

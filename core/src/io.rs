@@ -182,6 +182,13 @@ pub enum Output {
     ConnectTarget {
         conn: ConnNo,
     },
+    /// Gateway role, terminal mode: the user's terminal for `conn` is now `cols`×`rows` characters
+    /// (resize the PTY behind it).
+    TargetResize {
+        conn: ConnNo,
+        cols: u16,
+        rows: u16,
+    },
     /// Terminal session output, for the user's screen.
     TerminalOutput(Vec<u8>),
     /// Gateway role: a reply to [`Input::ControllerMessage`] `reply_to`. `payload` is the gateway's JSON

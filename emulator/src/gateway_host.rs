@@ -442,6 +442,11 @@ impl<N: GatewayNode> Loop<N> {
                     sink.shutdown_write();
                 }
             }
+            Output::TargetResize { conn, cols, rows } => {
+                if let Some(sink) = self.sinks.get(&conn) {
+                    sink.resize(cols, rows);
+                }
+            }
             Output::ConnectionClosed { conn, reason } => {
                 tracing::debug!(conn, %reason, "gateway connection closed");
                 match self.sinks.remove(&conn) {

@@ -114,6 +114,8 @@ impl Credit {
 enum SinkMsg {
     Data(Vec<u8>),
     ShutdownWrite,
+    /// A terminal target's new size (cols, rows); TCP targets ignore it.
+    Resize(u16, u16),
     Close,
 }
 
@@ -129,6 +131,7 @@ impl std::fmt::Debug for SinkMsg {
         match self {
             SinkMsg::Data(d) => write!(f, "Data({} bytes)", d.len()),
             SinkMsg::ShutdownWrite => f.write_str("ShutdownWrite"),
+            SinkMsg::Resize(c, r) => write!(f, "Resize({c}x{r})"),
             SinkMsg::Close => f.write_str("Close"),
         }
     }
@@ -142,6 +145,11 @@ impl TargetSink {
 
     pub fn shutdown_write(&self) {
         let _ = self.tx.send(SinkMsg::ShutdownWrite);
+    }
+
+    /// Resize a terminal target (no effect on a TCP target).
+    pub fn resize(&self, cols: u16, rows: u16) {
+        let _ = self.tx.send(SinkMsg::Resize(cols, rows));
     }
 
     /// Close the target (kills a terminal command). Also happens when the sink is dropped.
@@ -217,6 +225,7 @@ fn open_tcp<E: From<TargetEvent> + Send + 'static>(
                     SinkMsg::ShutdownWrite => {
                         let _ = stream.shutdown(Shutdown::Write);
                     }
+                    SinkMsg::Resize(..) => {}
                     SinkMsg::Close => break,
                 }
             }
@@ -330,6 +339,17 @@ fn open_pty<E: From<TargetEvent> + Send + 'static>(
                     }
                     // A terminal has no half-close; the session ends when the command exits or is closed.
                     SinkMsg::ShutdownWrite => {}
+                    SinkMsg::Resize(cols, rows) => {
+                        let size = portable_pty::PtySize {
+                            rows,
+                            cols,
+                            pixel_width: 0,
+                            pixel_height: 0,
+                        };
+                        if let Err(e) = master.resize(size) {
+                            tracing::debug!(conn, error = %e, "PTY resize failed");
+                        }
+                    }
                     SinkMsg::Close => break,
                 }
             }

@@ -119,6 +119,8 @@ pub struct Record {
     /// Latest flow-control state per connection, and how often the client paused a local side.
     pub paused: HashMap<ConnNo, bool>,
     pub pauses: u64,
+    /// Terminal sizes the gateway asked its PTY for.
+    pub target_resizes: Vec<(u16, u16)>,
 }
 
 /// A whole simulated launch.
@@ -327,7 +329,9 @@ impl Sim {
                         self.record.finished = Some(r);
                     }
                 }
-                Output::ConnectTarget { .. } | Output::ControllerReply { .. } => {}
+                Output::ConnectTarget { .. }
+                | Output::ControllerReply { .. }
+                | Output::TargetResize { .. } => {}
             }
         }
     }
@@ -371,6 +375,9 @@ impl Sim {
                         Input::Command(Command::TargetConnected { conn, ok: true }),
                         now,
                     );
+                }
+                Output::TargetResize { cols, rows, .. } => {
+                    self.record.target_resizes.push((cols, rows))
                 }
                 Output::ConnectionData { conn, data } if self.echo_target => {
                     let now = self.now;

@@ -71,6 +71,19 @@ fn terminal_launch_runs_a_guacamole_session_end_to_end() {
     });
     let out = String::from_utf8_lossy(&sim.record.terminal_output).to_string();
     assert!(out.contains("echo hi"), "terminal output: {out:?}");
+    // A resize travels as a Guacamole `size` and reaches the gateway's PTY.
+    let now = sim.now;
+    sim.command_at(
+        now,
+        Command::TerminalResize {
+            cols: 120,
+            rows: 40,
+        },
+    );
+    sim.run_until(Duration::from_secs(45), |s| {
+        s.record.target_resizes.last() == Some(&(120, 40))
+    });
+    assert_eq!(sim.record.target_resizes.last(), Some(&(120, 40)));
     // Closing ends the launch cleanly.
     let now = sim.now;
     sim.command_at(now, Command::Close);
