@@ -505,27 +505,21 @@ impl Ticket {
                 u32::try_from(id).map_err(|_| TicketError::field(&key_id_field, "out of range"))?
             }
         };
-        match key_id {
-            1..=6 => {
-                return Err(TicketError::field(
-                    key_id_field,
-                    format!(
-                    "unsupported key id {key_id}: Keeper server keys 1-6 are RSA keys, pam-lite \
-                         supports only the EC keys 7-18"
-                ),
-                ))
-            }
-            7..=18 => {}
-            _ => {
-                return Err(TicketError::field(
-                    key_id_field,
-                    format!("unknown key id {key_id} (Keeper EC server keys are 7-18)"),
-                ))
-            }
+        if !(1..=18).contains(&key_id) {
+            return Err(TicketError::field(
+                key_id_field,
+                format!("unknown key id {key_id} (Keeper server keys are 1-6 RSA, 7-18 EC P-256)"),
+            ));
         }
         let pk_field = auth.name("server_public_key_b64url");
         let (server_key, server_key_from_ticket) =
             match auth.opt_str("server_public_key_b64url", MAX_SHORT)? {
+                Some(text) if key_id <= 6 => {
+                    let der = decode_b64(&pk_field, text, true)?;
+                    let key = ServerPublicKey::from_rsa_der(key_id, &der)
+                        .map_err(|e| TicketError::field(&pk_field, e.to_string()))?;
+                    (key, true)
+                }
                 Some(text) => {
                     let point = decode_b64(&pk_field, text, true)?;
                     if point.len() != EC_POINT_LEN {
@@ -1133,8 +1127,8 @@ mod tests {
             ),
             (
                 Box::new(|v| v["auth"]["server_key_id"] = json!(3)),
-                "auth.server_key_id",
-                "RSA",
+                "auth.server_public_key_b64url",
+                "PKCS#1 RSA",
             ),
             (
                 Box::new(|v| v["auth"]["server_key_id"] = json!(42)),

@@ -112,7 +112,7 @@ fn invalid_tickets_exit_3_and_name_the_field() {
         ),
         (
             "auth.server_key_id",
-            Box::new(|v| v["auth"]["server_key_id"] = 2.into()),
+            Box::new(|v| v["auth"]["server_key_id"] = 19.into()),
         ),
         (
             "auth.server_public_key_b64url",

@@ -34,10 +34,10 @@ const MAX_HEADER_LEN: usize = 4096;
 /// Why an envelope could not be built or opened. Never contains key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
-    /// Keeper server keys 1–6 are RSA; pam-lite only implements the EC (P-256) envelope.
-    #[error("server key id {key_id} is an RSA key; only EC server keys (ids 7-18) are supported")]
-    RsaKeyUnsupported { key_id: u32 },
-    #[error("unknown server key id {0} (EC keys are 7-18)")]
+    /// The key material does not fit the key id: ids 1–6 are RSA keys, 7–18 are EC (P-256) points.
+    #[error("server key id {key_id} is an {expected} key")]
+    WrongKeyType { key_id: u32, expected: &'static str },
+    #[error("unknown server key id {0} (RSA keys are 1-6, EC keys 7-18)")]
     UnknownKeyId(u32),
     #[error("invalid server public key: {0}")]
     BadPublicKey(&'static str),
@@ -59,12 +59,30 @@ pub enum EnvelopeError {
     BadTransmissionKeyLength(usize),
 }
 
-/// A Keeper server public key that pam-lite can encrypt transmission keys to (EC P-256 only).
+/// A Keeper server public key the transmission key is encrypted to: RSA for key ids 1–6 (PKCS#1 v1.5,
+/// Commander's `crypto.encrypt_rsa`), EC P-256 for 7–18 (ECIES, `crypto.encrypt_ec`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ServerPublicKey {
     key_id: u32,
-    key: p256::PublicKey,
+    key: KeyKind,
 }
+
+#[derive(Clone, PartialEq, Eq)]
+enum KeyKind {
+    Ec(p256::PublicKey),
+    Rsa(Box<rsa::RsaPublicKey>),
+}
+
+/// The RSA server keys 1–6 hard-coded in Commander 18.1.8 (`rest_api.SERVER_PUBLIC_KEYS`): PKCS#1
+/// `RSAPublicKey` DER, URL-safe base64.
+const KEEPER_RSA_KEYS: [&str; 6] = [
+    "MIIBCgKCAQEA9Z_CZzxiNUz8-npqI4V10-zW3AL7-M4UQDdd_17759Xzm0MOEfHOOsOgZxxNK1DEsbyCTCE05fd3Hz1mn1uGjXvm5HnN2mL_3TOVxyLU6VwH9EDInnj4DNMFifs69il3KlviT3llRgPCcjF4xrF8d4SR0_N3eqS1f9CBJPNEKEH-am5Xb_FqAlOUoXkILF0UYxA_jNLoWBSq-1W58e4xDI0p0GuP0lN8f97HBtfB7ijbtF-VxIXtxRy-4jA49zK-CQrGmWqIm5DzZcBvUtVGZ3UXd6LeMXMJOifvuCneGC2T2uB6G2g5yD54-onmKIETyNX0LtpR1MsZmKLgru5ugwIDAQAB",
+    "MIIBCgKCAQEAkOpym7xC3sSysw5DAidLoVF7JUgnvXejbieDWmEiD-DQOKxzfQqYHoFfeeix__bx3wMW3I8cAc8zwZ1JO8hyB2ON732JE2Zp301GAUMnAK_rBhQWmYKP_-uXSKeTJPiuaW9PVG0oRJ4MEdS-t1vIA4eDPhI1EexHaY3P2wHKoV8twcGvdWUZB5gxEpMbx5CuvEXptnXEJlxKou3TZu9uwJIo0pgqVLUgRpW1RSRipgutpUslBnQ72Bdbsry0KKVTlcPsudAnnWUtsMJNgmyQbESPm-aVv-GzdVUFvWKpKkAxDpNArPMf0xt8VL2frw2LDe5_n9IMFogUiSYt156_mQIDAQAB",
+    "MIIBCgKCAQEAyvxCWbLvtMRmq57oFg3mY4DWfkb1dir7b29E8UcwcKDcCsGTqoIhubU2pO46TVUXmFgC4E-Zlxt-9F-YA-MY7i_5GrDvySwAy4nbDhRL6Z0kz-rqUirgm9WWsP9v-X_BwzARqq83HNBuzAjf3UHgYDsKmCCarVAzRplZdT3Q5rnNiYPYSHzwfUhKEAyXk71UdtleD-bsMAmwnuYHLhDHiT279An_Ta93c9MTqa_Tq2Eirl_NXn1RdtbNohmMXldAH-C8uIh3Sz8erS4hZFSdUG1WlDsKpyRouNPQ3diorbO88wEAgpHjXkOLj63d1fYJBFG0yfu73U80aEZehQkSawIDAQAB",
+    "MIIBCgKCAQEA0TVoXLpgluaqw3P011zFPSIzWhUMBqXT-Ocjy8NKjJbdrbs53eRFKk1waeB3hNn5JEKNVSNbUIe-MjacB9P34iCfKtdnrdDB8JXx0nIbIPzLtcJC4HCYASpjX_TVXrU9BgeCE3NUtnIxjHDy8PCbJyAS_Pv299Q_wpLWnkkjq70ZJ2_fX-ObbQaZHwsWKbRZ_5sD6rLfxNACTGI_jo9-vVug6AdNq96J7nUdYV1cG-INQwJJKMcAbKQcLrml8CMPc2mmf0KQ5MbS_KSbLXHUF-81AsZVHfQRSuigOStQKxgSGL5osY4NrEcODbEXtkuDrKNMsZYhijKiUHBj9vvgKwIDAQAB",
+    "MIIBCgKCAQEAueOWC26w-HlOLW7s88WeWkXpjxK4mkjqngIzwbjnsU9145R51HvsILvjXJNdAuueVDHj3OOtQjfUM6eMMLr-3kaPv68y4FNusvB49uKc5ETI0HtHmHFSn9qAZvC7dQHSpYqC2TeCus-xKeUciQ5AmSfwpNtwzM6Oh2TO45zAqSA-QBSk_uv9TJu0e1W1AlNmizQtHX6je-mvqZCVHkzGFSQWQ8DBL9dHjviI2mmWfL_egAVVhBgTFXRHg5OmJbbPoHj217Yh-kHYA8IWEAHylboH6CVBdrNL4Na0fracQVTm-nOWdM95dKk3fH-KJYk_SmwB47ndWACLLi5epLl9vwIDAQAB",
+    "MIIBCgKCAQEA2PJRM7-4R97rHwY_zCkFA8B3llawb6gF7oAZCpxprl6KB5z2cqLAvUfEOBtnr7RIturX04p3ThnwaFnAR7ADVZWBGOYuAyaLzGHDI5mvs8D-NewG9vw8qRkTT7Mb8fuOHC6-_lTp9AF2OA2H4QYiT1vt43KbuD0Y2CCVrOTKzDMXG8msl_JvAKt4axY9RGUtBbv0NmpkBCjLZri5AaTMgjLdu8XBXCqoLx7qZL-Bwiv4njw-ZAI4jIszJTdGzMtoQ0zL7LBj_TDUBI4Qhf2bZTZlUSL3xeDWOKmd8Frksw3oKyJ17oCQK-EGau6EaJRGyasBXl8uOEWmYYgqOWirNwIDAQAB",
+];
 
 /// The EC server keys 7–18 hard-coded in Commander 18.1.8 (`rest_api.SERVER_PUBLIC_KEYS`), URL-safe base64.
 const KEEPER_EC_KEYS: [&str; 12] = [
@@ -84,7 +102,10 @@ const KEEPER_EC_KEYS: [&str; 12] = [
 
 fn check_key_id(key_id: u32) -> Result<(), EnvelopeError> {
     match key_id {
-        1..=6 => Err(EnvelopeError::RsaKeyUnsupported { key_id }),
+        1..=6 => Err(EnvelopeError::WrongKeyType {
+            key_id,
+            expected: "RSA",
+        }),
         7..=18 => Ok(()),
         _ => Err(EnvelopeError::UnknownKeyId(key_id)),
     }
@@ -101,7 +122,55 @@ impl ServerPublicKey {
         }
         let key = p256::PublicKey::from_sec1_bytes(point)
             .map_err(|_| EnvelopeError::BadPublicKey("not a point on P-256"))?;
-        Ok(ServerPublicKey { key_id, key })
+        Ok(ServerPublicKey {
+            key_id,
+            key: KeyKind::Ec(key),
+        })
+    }
+
+    /// An RSA server key (ids 1–6) from its PKCS#1 `RSAPublicKey` DER.
+    pub fn from_rsa_der(key_id: u32, der: &[u8]) -> Result<Self, EnvelopeError> {
+        use rsa::pkcs1::DecodeRsaPublicKey as _;
+        match key_id {
+            1..=6 => {}
+            7..=18 => {
+                return Err(EnvelopeError::WrongKeyType {
+                    key_id,
+                    expected: "EC (P-256)",
+                })
+            }
+            _ => return Err(EnvelopeError::UnknownKeyId(key_id)),
+        }
+        if der.len() > MAX_HEADER_LEN {
+            return Err(EnvelopeError::BadPublicKey("RSA key too long"));
+        }
+        let key = rsa::RsaPublicKey::from_pkcs1_der(der)
+            .map_err(|_| EnvelopeError::BadPublicKey("not a PKCS#1 RSA public key"))?;
+        Ok(ServerPublicKey {
+            key_id,
+            key: KeyKind::Rsa(Box::new(key)),
+        })
+    }
+
+    /// Whether this is one of the RSA keys (ids 1–6).
+    pub fn is_rsa(&self) -> bool {
+        matches!(self.key, KeyKind::Rsa(_))
+    }
+
+    /// Encrypt the transmission key as Commander's `rest_api.encrypt_with_keeper_key` does: PKCS#1 v1.5
+    /// for RSA keys, [`encrypt_ec`] for EC keys.
+    pub fn encrypt_transmission_key(
+        &self,
+        data: &[u8],
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Vec<u8> {
+        match &self.key {
+            KeyKind::Ec(_) => encrypt_ec(data, self, rng),
+            // A 2048-bit key takes up to 245 bytes: a 32-byte transmission key always fits.
+            KeyKind::Rsa(key) => key
+                .encrypt(rng, rsa::Pkcs1v15Encrypt, data)
+                .unwrap_or_default(),
+        }
     }
 
     /// Like [`ServerPublicKey::from_sec1`] with the point in URL-safe base64 (padding optional).
@@ -116,8 +185,17 @@ impl ServerPublicKey {
         Self::from_sec1(key_id, &bytes)
     }
 
-    /// The real Keeper server key `key_id` (7–18) as shipped in Commander 18.1.8.
+    /// The real Keeper server key `key_id` (RSA 1–6, EC 7–18) as shipped in Commander 18.1.8.
     pub fn keeper(key_id: u32) -> Result<Self, EnvelopeError> {
+        if let Some(b64) = key_id
+            .checked_sub(1)
+            .and_then(|i| KEEPER_RSA_KEYS.get(i as usize))
+        {
+            let der = URL_SAFE_NO_PAD
+                .decode(b64)
+                .map_err(|_| EnvelopeError::BadPublicKey("not URL-safe base64"))?;
+            return Self::from_rsa_der(key_id, &der);
+        }
         check_key_id(key_id)?;
         let idx = key_id
             .checked_sub(7)
@@ -132,9 +210,17 @@ impl ServerPublicKey {
         self.key_id
     }
 
-    /// The 65-byte uncompressed SEC1 point.
+    /// The 65-byte uncompressed SEC1 point of an EC key; for an RSA key, its PKCS#1 DER.
     pub fn to_sec1(&self) -> Vec<u8> {
-        self.key.to_encoded_point(false).as_bytes().to_vec()
+        match &self.key {
+            KeyKind::Ec(k) => k.to_encoded_point(false).as_bytes().to_vec(),
+            KeyKind::Rsa(k) => {
+                use rsa::pkcs1::EncodeRsaPublicKey as _;
+                k.to_pkcs1_der()
+                    .map(|d| d.as_bytes().to_vec())
+                    .unwrap_or_default()
+            }
+        }
     }
 }
 
@@ -177,7 +263,7 @@ impl ServerSecretKey {
         check_key_id(key_id)?;
         Ok(ServerPublicKey {
             key_id,
-            key: self.key.public_key(),
+            key: KeyKind::Ec(self.key.public_key()),
         })
     }
 }
@@ -240,8 +326,11 @@ pub fn encrypt_ec(
     key: &ServerPublicKey,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Vec<u8> {
+    let KeyKind::Ec(public) = &key.key else {
+        return key.encrypt_transmission_key(data, rng);
+    };
     let ephemeral = p256::ecdh::EphemeralSecret::random(rng);
-    let shared = ephemeral.diffie_hellman(&key.key);
+    let shared = ephemeral.diffie_hellman(public);
     let aes_key = sha256(shared.raw_secret_bytes());
     let mut out = ephemeral
         .public_key()
@@ -292,7 +381,7 @@ impl Tokens {
     ) -> Self {
         let mut transmission_key = [0u8; 32];
         rng.fill_bytes(&mut transmission_key);
-        let encrypted_transmission_key = encrypt_ec(&transmission_key, key, rng);
+        let encrypted_transmission_key = key.encrypt_transmission_key(&transmission_key, rng);
         let encrypted_session_token = encrypt_aes_v2(session_token, &transmission_key, rng);
         Tokens {
             transmission_key,
@@ -423,16 +512,46 @@ mod tests {
         ChaCha20Rng::from_seed([7; 32])
     }
 
+    /// Key ids 1–6: the transmission key is RSA PKCS#1 v1.5 encrypted (Commander's `encrypt_rsa`), so the
+    /// holder of the private key gets it back, and `Tokens` built on an RSA key open router answers.
+    #[test]
+    fn rsa_transmission_key_round_trip() {
+        use rsa::pkcs1::EncodeRsaPublicKey as _;
+        let mut r = rng();
+        let private = rsa::RsaPrivateKey::new(&mut r, 1024).unwrap();
+        let der = private.to_public_key().to_pkcs1_der().unwrap();
+        let public = ServerPublicKey::from_rsa_der(4, der.as_bytes()).unwrap();
+        let tokens = Tokens::new(b"session-token", &public, &mut r);
+        assert_eq!(tokens.encrypted_transmission_key.len(), 128);
+        let tk = private
+            .decrypt(rsa::Pkcs1v15Encrypt, &tokens.encrypted_transmission_key)
+            .unwrap();
+        assert_eq!(tk, tokens.transmission_key);
+        let sealed = encrypt_aes_v2(b"answer", &tokens.transmission_key, &mut r);
+        assert_eq!(tokens.open(&sealed).unwrap(), b"answer");
+    }
+
     #[test]
     fn key_ids() {
+        for id in 1..=6 {
+            let k = ServerPublicKey::keeper(id).unwrap();
+            assert!(k.is_rsa(), "key {id} is RSA in Commander's table");
+            assert_eq!(k.key_id(), id);
+        }
+        let ec_point = ServerPublicKey::keeper(7).unwrap().to_sec1();
         assert_eq!(
-            ServerPublicKey::keeper(3).unwrap_err(),
-            EnvelopeError::RsaKeyUnsupported { key_id: 3 }
+            ServerPublicKey::from_sec1(3, &ec_point).unwrap_err(),
+            EnvelopeError::WrongKeyType {
+                key_id: 3,
+                expected: "RSA"
+            }
         );
-        assert!(ServerPublicKey::keeper(3)
-            .unwrap_err()
-            .to_string()
-            .contains("RSA"));
+        let rsa_der = ServerPublicKey::keeper(1).unwrap().to_sec1();
+        assert!(matches!(
+            ServerPublicKey::from_rsa_der(7, &rsa_der),
+            Err(EnvelopeError::WrongKeyType { key_id: 7, .. })
+        ));
+        assert!(ServerPublicKey::from_rsa_der(2, b"not der").is_err());
         assert_eq!(
             ServerPublicKey::keeper(19).unwrap_err(),
             EnvelopeError::UnknownKeyId(19)
