@@ -379,7 +379,7 @@ mod tests {
     use crate::guac::client::{ClientEvent, EndReason, InputMode, TerminalClient, TerminalConfig};
     use crate::guac::instruction::encode;
     use proptest::prelude::*;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     fn events(s: &mut TerminalServer) -> Vec<ServerEvent> {
         std::iter::from_fn(|| s.poll_event()).collect()
