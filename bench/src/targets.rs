@@ -146,18 +146,6 @@ pub struct Transfer {
     pub complete: bool,
 }
 
-impl Transfer {
-    /// Payload megabytes (10^6 bytes) per second.
-    pub fn mb_per_s(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.bytes as f64 / 1e6 / secs
-        } else {
-            0.0
-        }
-    }
-}
-
 /// Push `bytes` through `addr` to a sink, within `deadline`. Errors only when nothing could be sent.
 pub fn push(addr: SocketAddr, bytes: u64, deadline: Instant) -> io::Result<Transfer> {
     let start = Instant::now();
@@ -228,9 +216,7 @@ pub fn push(addr: SocketAddr, bytes: u64, deadline: Instant) -> io::Result<Trans
     // The rate counts what provably arrived: bytes acknowledged by the time of the last acknowledgement.
     let ended = last_ack.lock().map(|t| *t).unwrap_or(start);
     if sent == 0 {
-        if let Err(e) = write_result {
-            return Err(e);
-        }
+        write_result?;
     }
     Ok(Transfer {
         bytes: (acks.saturating_mul(ACK_UNIT)).min(bytes),

@@ -1,0 +1,484 @@
+//! The run's results: one JSON document and one markdown page with the same numbers.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::footprint::FootprintItem;
+use crate::plan::Plan;
+use crate::ready::ReadyItem;
+use crate::scale::ScaleResult;
+use crate::throughput::ThroughputItem;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    pub date_utc: String,
+    pub machine: String,
+    pub cores: usize,
+    pub kernel: String,
+    pub git_commit: Option<String>,
+    /// The Python rows ran inside the private network namespace.
+    pub netns: bool,
+    pub command: String,
+    pub wall_secs: f64,
+}
+
+/// An item that could not run at all.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Item<T> {
+    Done(T),
+    Failed { error: String },
+    Skipped { skipped: String },
+}
+
+impl<T> Item<T> {
+    pub fn from_result(r: Result<T, String>) -> Self {
+        match r {
+            Ok(t) => Item::Done(t),
+            Err(error) => Item::Failed { error },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub meta: Meta,
+    pub plan: Plan,
+    pub time_to_ready: Item<ReadyItem>,
+    pub cold_router: Item<ReadyItem>,
+    pub throughput: Item<ThroughputItem>,
+    pub footprint: Item<FootprintItem>,
+    pub scale: Item<Vec<ScaleResult>>,
+}
+
+/// `YYYY-MM-DD HH:MM UTC` of a Unix time (days-from-civil inverse, Howard Hinnant's algorithm).
+pub fn utc(unix_secs: u64) -> String {
+    let days = unix_secs / 86_400;
+    let secs = unix_secs % 86_400;
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs / 3600,
+        (secs % 3600) / 60
+    )
+}
+
+pub fn now_utc() -> String {
+    utc(SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0))
+}
+
+/// CPU model and memory, from /proc.
+pub fn machine() -> (String, usize, String) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kib| kib as f64 / (1024.0 * 1024.0))
+        .unwrap_or(0.0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    (
+        format!("{cpu}, {cores} cores, {mem_gib:.0} GiB RAM"),
+        cores,
+        kernel,
+    )
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into())
+}
+
+fn x(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.2}×")).unwrap_or_else(|| "–".into())
+}
+
+fn mb(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "–".into())
+}
+
+fn mib_of_kib(v: Option<u64>) -> String {
+    v.map(|k| format!("{:.1}", k as f64 / 1024.0))
+        .unwrap_or_else(|| "–".into())
+}
+
+/// Table cells must not contain `|` or newlines.
+fn cell(s: &str) -> String {
+    let mut t: String = s.replace('|', "/").replace('\n', " ");
+    if t.len() > 160 {
+        let mut cut = 157;
+        while !t.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        t.truncate(cut);
+        t.push('…');
+    }
+    t
+}
+
+fn ready_section(md: &mut String, title: &str, item: &Item<ReadyItem>) {
+    let _ = writeln!(md, "## {title}\n");
+    let it = match item {
+        Item::Done(it) => it,
+        Item::Failed { error } => {
+            let _ = writeln!(md, "Not measured: {error}\n");
+            return;
+        }
+        Item::Skipped { skipped } => {
+            let _ = writeln!(md, "Skipped: {skipped}\n");
+            return;
+        }
+    };
+    let n = it.network;
+    let _ = writeln!(
+        md,
+        "Emulator: router RTT {} ms (fresh connection +{} ms, WebSocket auth {} ms), router ↔ gateway {} ms, \
+         gateway answer delay {} ms, peer RTT {} ms{}. {} launches per system, {} in flight, all systems \
+         interleaved; time = launch start → first byte echoed through the tunnel ({:.0} s wall).\n",
+        n.router_rtt_ms,
+        n.fresh_connection_ms,
+        n.ws_auth_ms,
+        n.gateway_rtt_ms,
+        n.answer_delay_ms,
+        n.peer_rtt_ms,
+        if n.registration_lag_ms > 0 {
+            format!(
+                ", router registration lag {} ms (an offer sooner after the WebSocket opened gets RRC_BAD_STATE)",
+                n.registration_lag_ms
+            )
+        } else {
+            String::new()
+        },
+        it.launches_per_system,
+        it.concurrency,
+        it.wall_secs
+    );
+    let _ = writeln!(
+        md,
+        "| system | ok / failed | p50 ms | p95 ms | p50 × fast | p95 × fast | TubeReady p50 ms |\n|---|---|---|---|---|---|---|"
+    );
+    for r in &it.rows {
+        if let Some(why) = &r.not_measured {
+            let _ = writeln!(
+                md,
+                "| {} | not measured: {} | – | – | – | – | – |",
+                r.system.label,
+                cell(why)
+            );
+            continue;
+        }
+        let mut status = format!("{} / {}", r.ok, r.failed);
+        if r.skipped > 0 {
+            let _ = write!(status, " (+{} skipped)", r.skipped);
+        }
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.system.label,
+            status,
+            ms(r.first_echo.map(|s| s.p50_ms)),
+            ms(r.first_echo.map(|s| s.p95_ms)),
+            x(r.p50_vs_fast),
+            x(r.p95_vs_fast),
+            ms(r.tube_ready.map(|s| s.p50_ms)),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nRound-trip floor (spec §8: 1 router RTT for the offer + ICE 1 + DTLS 2 + SCTP 2 + open 1 peer RTTs) \
+         = **{} ms**; with the router ↔ gateway RTT and the gateway's answer delay the offer must also wait for = \
+         **{} ms**. pam-lite `fast · smol` p50 = **{}** the floor, **{}** the floor with the gateway's work.",
+        it.floor_ms,
+        it.floor_with_gateway_ms,
+        x(it.fast_p50_vs_floor),
+        x(it.fast_p50_vs_floor_with_gateway)
+    );
+    let errors: Vec<String> = it
+        .rows
+        .iter()
+        .filter_map(|r| {
+            r.first_error
+                .as_ref()
+                .map(|e| format!("* {}: {}", r.system.label, cell(e)))
+        })
+        .collect();
+    if !errors.is_empty() {
+        let _ = writeln!(md, "\nFirst error per system:\n{}", errors.join("\n"));
+    }
+    let _ = writeln!(md);
+}
+
+/// The markdown page.
+pub fn markdown(r: &Report) -> String {
+    let mut md = String::new();
+    let m = &r.meta;
+    let _ = writeln!(
+        md,
+        "# pam-lite benchmark\n\n{} · {} · Linux {} · commit {} · mode `{:?}` · {:.0} s wall\n\n`{}`\n\n\
+         Every number below comes from this one run; ratios compare systems measured side by side.{}\n",
+        m.date_utc,
+        m.machine,
+        m.kernel,
+        m.git_commit.as_deref().unwrap_or("?"),
+        r.plan.mode,
+        m.wall_secs,
+        m.command,
+        if m.netns {
+            " Everything ran inside one private network namespace (tests/interop/netns_run.sh) so that \
+             Keeper's tube, which never uses a loopback candidate, could take part."
+        } else {
+            ""
+        }
+    );
+    ready_section(&mut md, "1. Time to ready", &r.time_to_ready);
+    ready_section(&mut md, "2. Cold router (one offer retry)", &r.cold_router);
+
+    let _ = writeln!(md, "## 3. Tunnel throughput (loopback)\n");
+    match &r.throughput {
+        Item::Done(t) => {
+            let _ = writeln!(
+                md,
+                "{} MiB through one tunneled TCP connection, and the same total over {} connections at once; \
+                 one-way to a counting sink (MB = 10^6 bytes).\n",
+                t.bytes >> 20,
+                t.parallel_conns
+            );
+            let _ = writeln!(md, "| system | 1 conn MB/s | × Keeper | × raw TCP | {} conns MB/s | × Keeper | × raw TCP |\n|---|---|---|---|---|---|---|", t.parallel_conns);
+            for row in &t.rows {
+                if let Some(why) = &row.not_measured {
+                    let _ = writeln!(
+                        md,
+                        "| {} | not measured: {} | | | | | |",
+                        row.system,
+                        cell(why)
+                    );
+                    continue;
+                }
+                let partial = |t: &Option<crate::keeper::TransferResult>| match t {
+                    Some(t) if !t.complete => format!(" (partial: {} MiB)", t.bytes >> 20),
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} | {}{} | {} | {} | {}{} | {} | {} |",
+                    row.system,
+                    mb(row.single_mb_s),
+                    partial(&row.single),
+                    x(row.single_vs_keeper),
+                    x(row.single_vs_raw),
+                    mb(row.parallel_mb_s),
+                    partial(&row.parallel),
+                    x(row.parallel_vs_keeper),
+                    x(row.parallel_vs_raw),
+                );
+            }
+            let _ = writeln!(md);
+        }
+        Item::Failed { error } => {
+            let _ = writeln!(md, "Not measured: {error}\n");
+        }
+        Item::Skipped { skipped } => {
+            let _ = writeln!(md, "Skipped: {skipped}\n");
+        }
+    }
+
+    let _ = writeln!(md, "## 4. Footprint\n");
+    match &r.footprint {
+        Item::Done(f) => {
+            let release = f
+                .pam_lite_binary
+                .as_deref()
+                .is_some_and(|p| p.contains("/release/"));
+            let _ = writeln!(
+                md,
+                "* `pam-lite` binary ({}): **{}**\n\
+                 * Keeper's tube native module as installed (what Commander loads for WebRTC): {}\n\
+                 * Commander's venv (keepercommander 18.1.8 + keeper-pam-webrtc-rs 2.2.9 and their dependencies, \
+                 without the Python interpreter): {}\n",
+                if release {
+                    "release profile: stripped, Rust dependencies linked in, needs only libc"
+                } else {
+                    "NOT a release build: size and memory are not representative"
+                },
+                f.pam_lite_binary_bytes
+                    .map(|b| format!("{:.1} MiB ({b} bytes)", b as f64 / 1048576.0))
+                    .unwrap_or_else(|| "–".into()),
+                f.keeper_native_module_bytes
+                    .map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
+                    .unwrap_or_else(|| "–".into()),
+                f.commander_venv_bytes
+                    .map(|b| format!("{:.0} MiB", b as f64 / 1048576.0))
+                    .unwrap_or_else(|| "–".into()),
+            );
+            let _ = writeln!(
+                md,
+                "| process | RSS, one idle tunnel (MiB) | peak RSS while moving {} MiB (MiB) |\n|---|---|---|",
+                f.moving_bytes >> 20
+            );
+            for row in &f.memory {
+                match &row.not_measured {
+                    Some(why) if row.idle.is_none() => {
+                        let _ = writeln!(md, "| {} | not measured: {} | |", row.system, cell(why));
+                    }
+                    _ => {
+                        let _ = writeln!(
+                            md,
+                            "| {} | {} | {} |",
+                            row.system,
+                            mib_of_kib(row.idle.map(|m| m.rss_kib)),
+                            mib_of_kib(row.moving.map(|m| m.hwm_kib.max(m.rss_kib))),
+                        );
+                    }
+                }
+            }
+            let _ = writeln!(
+                md,
+                "\n| process start → first router request | p50 ms | p95 ms | × pam-lite | peak RSS then (MiB) |\n|---|---|---|---|---|"
+            );
+            for row in &f.start {
+                if let Some(why) = &row.not_measured {
+                    let _ = writeln!(md, "| {} | not measured: {} | | | |", row.system, cell(why));
+                    continue;
+                }
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} |",
+                    row.system,
+                    ms(row.to_first_request.map(|s| s.p50_ms)),
+                    ms(row.to_first_request.map(|s| s.p95_ms)),
+                    x(row.p50_vs_pam_lite),
+                    mib_of_kib(row.hwm_at_request_kib),
+                );
+            }
+            let _ = writeln!(md);
+        }
+        Item::Failed { error } => {
+            let _ = writeln!(md, "Not measured: {error}\n");
+        }
+        Item::Skipped { skipped } => {
+            let _ = writeln!(md, "Skipped: {skipped}\n");
+        }
+    }
+
+    let _ = writeln!(
+        md,
+        "## 5. Scale: N concurrent launches in one smol process\n"
+    );
+    match &r.scale {
+        Item::Done(rows) => {
+            let _ = writeln!(
+                md,
+                "All N launches start at once (pam-lite `fast`, one smol executor thread, same emulated network as \
+                 item 1); memory is the launching process's alone (the emulator runs in the parent).\n"
+            );
+            let _ = writeln!(md, "| N | ready | TubeReady p50 / p99 ms | first echo p50 / p99 ms | wall s | RSS with N tunnels open (MiB) | KiB per tunnel |\n|---|---|---|---|---|---|---|");
+            for s in rows {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} / {} | {} / {} | {} / {} | {:.1} | {} | {} |",
+                    s.n,
+                    s.echo_ok,
+                    s.n,
+                    ms(s.tube_ready.map(|v| v.p50_ms)),
+                    ms(s.tube_ready.map(|v| v.p99_ms)),
+                    ms(s.first_echo.map(|v| v.p50_ms)),
+                    ms(s.first_echo.map(|v| v.p99_ms)),
+                    s.wall_ms / 1000.0,
+                    mib_of_kib(Some(s.rss_open_kib)),
+                    s.kib_per_tunnel
+                        .map(|k| format!("{k:.0}"))
+                        .unwrap_or_else(|| "–".into()),
+                );
+            }
+            let ok: Vec<&ScaleResult> = rows.iter().filter(|s| s.echo_ok > 0).collect();
+            if let (Some(a), Some(b)) = (ok.first(), ok.last()) {
+                if b.echo_ok > a.echo_ok {
+                    let marginal = (b.rss_open_kib as f64 - a.rss_open_kib as f64)
+                        / (b.echo_ok - a.echo_ok) as f64;
+                    let _ = writeln!(
+                        md,
+                        "\nMarginal memory per tunnel between N = {} and N = {}: **{marginal:.0} KiB** (the per-tunnel \
+                         column also carries the process's fixed start-up allocations, spread over N).",
+                        a.n, b.n
+                    );
+                }
+            }
+            for s in rows {
+                if let Some(e) = &s.first_error {
+                    let _ = writeln!(md, "\nN = {}: first error: {}", s.n, cell(e));
+                }
+            }
+            let _ = writeln!(md);
+        }
+        Item::Failed { error } => {
+            let _ = writeln!(md, "Not measured: {error}\n");
+        }
+        Item::Skipped { skipped } => {
+            let _ = writeln!(md, "Skipped: {skipped}\n");
+        }
+    }
+
+    if let Item::Done(it) = &r.time_to_ready {
+        if let Some(fast) = it.rows.first().filter(|r| !r.waterfall_p50_ms.is_empty()) {
+            let _ = writeln!(
+                md,
+                "## Where `fast · smol`'s time goes (median checkpoint offsets, item 1)\n\n| checkpoint | ms |\n|---|---|"
+            );
+            for (name, at) in &fast.waterfall_p50_ms {
+                let _ = writeln!(md, "| {name} | {at:.0} |");
+            }
+            let _ = writeln!(
+                md,
+                "| first byte echoed (p50) | {} |\n",
+                ms(fast.first_echo.map(|s| s.p50_ms))
+            );
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(utc(1_764_165_600), "2025-11-26 14:00 UTC");
+    }
+
+    #[test]
+    fn cells_are_safe() {
+        assert_eq!(cell("a|b\nc"), "a/b c");
+        assert!(cell(&"é".repeat(200)).ends_with('…'));
+    }
+}
