@@ -22,3 +22,10 @@ fi
 
 step "tests (unit, simulation, properties, snapshots, drivers)"
 cargo test --workspace --locked
+
+# ---------------------------------------------------------------------------------------------------------
+# Keeper interop (issue 5): a Python venv with Keeper's own tube library and Commander (pinned, from PyPI),
+# then tests/tests/keeper_interop.rs inside a private network namespace. Bounded (~2 min here, hard cap
+# 270 s). The same test in the workspace step above only printed SKIPPED (it needs the namespace).
+step "keeper interop (keeper-pam-webrtc-rs 2.2.9 + keepercommander 18.1.8, private netns)"
+tests/interop/run.sh

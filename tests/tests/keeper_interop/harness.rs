@@ -538,6 +538,11 @@ pub struct EchoStats {
 /// A TCP echo server on 127.0.0.1. A connection whose first bytes are `ID:<tag>\n` is recorded under that
 /// tag; one whose first bytes are `CLOSE-NOW` is closed at once (a backend that goes away). Every
 /// connection thread is bounded by a 60 s read timeout; the accept loop stops on drop.
+///
+/// By default each connection reads and writes on separate threads, so it never stops reading while its
+/// writes wait. [`EchoServer::start_coupled`] echoes from one thread (read, then write): it stops reading
+/// while a write blocks, which is how many real servers behave and what exposes head-of-line blocking in
+/// a gateway's target forwarding (see docs/PROTOCOL-NOTES.md).
 pub struct EchoServer {
     pub addr: SocketAddr,
     pub stats: Arc<EchoStats>,
@@ -546,6 +551,14 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start() -> EchoServer {
+        EchoServer::start_mode(false)
+    }
+
+    pub fn start_coupled() -> EchoServer {
+        EchoServer::start_mode(true)
+    }
+
+    fn start_mode(coupled: bool) -> EchoServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
         let addr = listener.local_addr().expect("echo addr");
         listener
@@ -560,7 +573,7 @@ impl EchoServer {
                     Ok((stream, _)) => {
                         st.accepted.fetch_add(1, Ordering::Relaxed);
                         let st = st.clone();
-                        thread::spawn(move || echo_conn(stream, &st));
+                        thread::spawn(move || echo_conn(stream, &st, coupled));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(2)),
                 }
@@ -584,16 +597,66 @@ impl Drop for EchoServer {
     }
 }
 
-fn echo_conn(mut stream: TcpStream, stats: &EchoStats) {
+/// Where echoed bytes go: written in the reading thread (coupled) or handed to a writer thread.
+enum EchoOut {
+    Inline(TcpStream),
+    Writer(mpsc::Sender<Vec<u8>>, thread::JoinHandle<()>),
+}
+
+impl EchoOut {
+    fn new(stream: &TcpStream, coupled: bool) -> Option<EchoOut> {
+        let mut w = stream.try_clone().ok()?;
+        let _ = w.set_write_timeout(Some(Duration::from_secs(60)));
+        if coupled {
+            return Some(EchoOut::Inline(w));
+        }
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let h = thread::spawn(move || {
+            for d in rx {
+                if w.write_all(&d).is_err() {
+                    return;
+                }
+            }
+            let _ = w.shutdown(Shutdown::Write);
+        });
+        Some(EchoOut::Writer(tx, h))
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            EchoOut::Inline(w) => w.write_all(data),
+            EchoOut::Writer(tx, _) => tx
+                .send(data.to_vec())
+                .map_err(|_| std::io::Error::other("echo writer gone")),
+        }
+    }
+
+    /// Shut down the write side after everything queued was written.
+    fn finish(self) {
+        match self {
+            EchoOut::Inline(w) => {
+                let _ = w.shutdown(Shutdown::Write);
+            }
+            EchoOut::Writer(tx, h) => {
+                drop(tx);
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+fn echo_conn(mut stream: TcpStream, stats: &EchoStats, coupled: bool) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let Some(mut out) = EchoOut::new(&stream, coupled) else {
+        return;
+    };
     let mut buf = vec![0u8; 64 * 1024];
     let mut tag: Option<String> = None;
     let mut head: Vec<u8> = Vec::new();
     let end = loop {
         match stream.read(&mut buf) {
             Ok(0) => {
-                let _ = stream.shutdown(Shutdown::Write);
                 break EchoEnd::Eof;
             }
             Ok(n) => {
@@ -610,13 +673,18 @@ fn echo_conn(mut stream: TcpStream, stats: &EchoStats) {
                     }
                 }
                 stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                if let Err(e) = stream.write_all(&buf[..n]) {
+                if let Err(e) = out.write(&buf[..n]) {
                     break EchoEnd::Error(e.to_string());
                 }
             }
             Err(e) => break EchoEnd::Error(e.to_string()),
         }
     };
+    if end == EchoEnd::Eof {
+        out.finish();
+    } else {
+        drop(out);
+    }
     drop(stream);
     let tag = tag.unwrap_or_else(|| "?".into());
     stats.ended.lock().expect("lock").insert(tag, end);
