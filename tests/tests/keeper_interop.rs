@@ -272,7 +272,7 @@ fn pam_lite_client_against_keeper_gateway() {
         "keeper half-closed its backend"
     );
     let t_quiet = Instant::now();
-    s.run_until("1 s of quiet", S(3), |s| {
+    s.run_until("1 s of quiet", S(3), |_| {
         t_quiet.elapsed() >= Duration::from_secs(1)
     });
     let said: Vec<_> =
@@ -838,7 +838,6 @@ fn keeper_client_against_pam_lite_gateway_tube() {
 /// Outputs of the gateway node that are not about connections (the forwarder takes those).
 enum GwOut {
     Reply(String),
-    Closed(ConnNo, CloseReason),
     Finished,
 }
 
@@ -893,9 +892,6 @@ fn keeper_client_against_pam_lite_gateway_node() {
                     }
                     Some(Output::Finished(_)) => {
                         let _ = out_tx.send(GwOut::Finished);
-                    }
-                    Some(Output::ConnectionClosed { conn, reason }) => {
-                        let _ = out_tx.send(GwOut::Closed(conn, reason));
                     }
                     Some(_) => {}
                 },
@@ -1137,4 +1133,143 @@ fn keeper_client_against_pam_lite_gateway_node() {
         "[keeper client→gw node] whole test {:.1} s",
         t_start.elapsed().as_secs_f64()
     );
+}
+
+// ================================================================================================
+// 3. Real Commander (keepercommander 18.1.8, its own `start_rust_tunnel`, i.e. `pam tunnel start`) against
+//    pam-lite's emulator (router HTTP + WebSocket + gateway), no Keeper login: see
+//    tests/interop/commander_tunnel.py for exactly what is put in place by hand.
+// ================================================================================================
+
+/// A child process killed (and reaped) on every path.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn real_commander_against_pam_lite_emulator() {
+    use pam_lite_emulator::{Emulator, EmulatorConfig, TargetConfig};
+    use std::io::BufRead;
+
+    let Some(python) = interop_python("real_commander_against_pam_lite_emulator") else {
+        return;
+    };
+    let t_start = Instant::now();
+    let echo = EchoServer::start();
+    let emu = Emulator::start(EmulatorConfig {
+        target: TargetConfig::Tunnel {
+            forward_to: echo.addr,
+        },
+        ..EmulatorConfig::default()
+    })
+    .expect("emulator");
+    // The ticket holds the emulator's session token and seed: owner-only file, removed at the end.
+    let ticket_path = std::env::temp_dir().join(format!(
+        "pam-lite-interop-ticket-{}.json",
+        std::process::id()
+    ));
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&ticket_path)
+            .expect("ticket file");
+        f.write_all(emu.ticket().to_json_string().as_bytes())
+            .expect("write ticket");
+    }
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _ticket_guard = RemoveOnDrop(ticket_path.clone());
+
+    let mib = (bulk_bytes() >> 20).to_string();
+    let mut child = std::process::Command::new(&python)
+        .arg(interop_dir().join("commander_tunnel.py"))
+        .args(["--ticket", ticket_path.to_str().expect("utf-8 path")])
+        .args(["--conns", "50", "--mib", &mib, "--deadline", "100"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start commander_tunnel.py");
+    let stdout = child.stdout.take().expect("stdout");
+    let _child = ChildGuard(child);
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let v = serde_json::from_str(&line)
+                .unwrap_or_else(|_| json!({"type": "unparsed", "line": line}));
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let end = Instant::now() + S(110);
+    let result = loop {
+        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(v) => {
+                println!("[commander→emulator] {v}");
+                let done = v["type"] == "result" || v["type"] == "error";
+                lines.push(v.clone());
+                if done {
+                    break v;
+                }
+            }
+            Err(_) => panic!("commander_tunnel.py gave no result within 110 s; it said {lines:?}"),
+        }
+    };
+    assert_eq!(result["ok"], true, "Commander run failed: {lines:?}");
+    let of = |ty: &str| {
+        lines
+            .iter()
+            .find(|v| v["type"] == ty)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let connected = of("connected");
+    let started = of("started");
+    let echoes = of("echo");
+    let bulk = of("bulk");
+    assert!(
+        connected["ms_from_start"].is_number(),
+        "Commander reached connected"
+    );
+    assert_eq!(echoes["conns"], 50);
+    assert_eq!(echoes["failures"], json!([]));
+    if bulk_bytes() > 0 {
+        assert_eq!(bulk["bytes"], bulk_bytes());
+        assert_eq!(bulk["sha_sent"], bulk["sha_received"]);
+    }
+    // Every tunneled connection reached the echo server and was closed cleanly by the emulator's gateway.
+    for i in 0..50 {
+        let tag = format!("commander{i}");
+        assert_eq!(echo.ended(&tag), Some(EchoEnd::Eof), "{tag}");
+    }
+    println!(
+        "[commander→emulator] start_rust_tunnel returned after {} ms (includes Commander's fixed 2 s WebSocket \
+         wait), connected {} ms after the start; first echo {} ms; 50 connections {} ms; bulk {} MiB/s; whole test {:.1} s",
+        started["ms"],
+        connected["ms_from_start"],
+        echoes["first_roundtrip_ms"],
+        echoes["conns_ms"],
+        bulk["mib_per_s"],
+        t_start.elapsed().as_secs_f64()
+    );
+    drop(emu);
 }

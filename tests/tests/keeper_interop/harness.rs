@@ -223,7 +223,6 @@ impl Drop for KeeperPeer {
 #[derive(Debug, Clone)]
 pub struct Tapped {
     pub at: Instant,
-    pub timestamp_ms: u64,
     pub msg: ControlMessage,
 }
 
@@ -383,11 +382,7 @@ impl Endpoint {
             });
             if frame.conn_no == 0 {
                 if let Ok(msg) = ControlMessage::decode(&frame.payload) {
-                    self.controls.push(Tapped {
-                        at: now,
-                        timestamp_ms: frame.timestamp_ms,
-                        msg,
-                    });
+                    self.controls.push(Tapped { at: now, msg });
                 }
             } else {
                 self.data_frames += 1;
