@@ -10,7 +10,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Sender, SyncSender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -54,8 +54,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_UNDELIVERED: usize = 1 << 20;
 /// Chunk size of target reads.
 const READ_CHUNK: usize = 16 * 1024;
-/// Writes queued for one target before the gateway loop has to wait.
-const WRITE_QUEUE: usize = 256;
 /// Initial PTY size (the client resizes through Guacamole `size`, which the gateway core handles).
 const PTY_SIZE: PtySize = PtySize {
     rows: 24,
@@ -122,7 +120,10 @@ enum SinkMsg {
 /// The write side of an open target.
 #[derive(Debug)]
 pub struct TargetSink {
-    tx: SyncSender<SinkMsg>,
+    /// Unbounded on purpose: the gateway loop must never block on a target that only reads while it
+    /// can write (a single-threaded echo server) — that loop is also what drains the tube and resumes
+    /// the target's reader, so blocking here deadlocked at ~10-16 MiB (found by the Keeper interop suite).
+    tx: Sender<SinkMsg>,
     credit: Credit,
 }
 
@@ -138,7 +139,7 @@ impl std::fmt::Debug for SinkMsg {
 }
 
 impl TargetSink {
-    /// Queue bytes for the target (waits while its queue is full). `false`: the target is gone.
+    /// Queue bytes for the target (never blocks). `false`: the target is gone.
     pub fn write(&self, data: Vec<u8>) -> bool {
         self.tx.send(SinkMsg::Data(data)).is_ok()
     }
@@ -154,7 +155,7 @@ impl TargetSink {
 
     /// Close the target (kills a terminal command). Also happens when the sink is dropped.
     pub fn close(&self) {
-        let _ = self.tx.try_send(SinkMsg::Close);
+        let _ = self.tx.send(SinkMsg::Close);
     }
 
     /// The reader's credit counter, released by the loop as it delivers bytes.
@@ -202,7 +203,7 @@ fn open_tcp<E: From<TargetEvent> + Send + 'static>(
     tracing::debug!(conn, %addr, "tunnel target connected");
     let reader = stream.try_clone()?;
     let credit = Credit::default();
-    let (tx, rx) = mpsc::sync_channel::<SinkMsg>(WRITE_QUEUE);
+    let (tx, rx) = mpsc::channel::<SinkMsg>();
     {
         let events = events.clone();
         let credit = credit.clone();
@@ -306,7 +307,7 @@ fn open_pty<E: From<TargetEvent> + Send + 'static>(
     let mut writer = pair.master.take_writer().map_err(pty_error)?;
     let mut killer: Box<dyn ChildKiller + Send + Sync> = child.clone_killer();
     let credit = Credit::default();
-    let (tx, rx) = mpsc::sync_channel::<SinkMsg>(WRITE_QUEUE);
+    let (tx, rx) = mpsc::channel::<SinkMsg>();
     {
         let events = events.clone();
         let credit = credit.clone();

@@ -81,6 +81,7 @@ impl InputSender {
 #[derive(Debug)]
 pub struct Handle {
     inputs: InputSender,
+    flow: Arc<crate::flow::FlowControl>,
     outputs: Receiver<Output>,
     local_addr: SocketAddr,
     abandoned: Arc<AtomicBool>,
@@ -96,6 +97,11 @@ impl Handle {
     /// A cloneable input side, for other threads (forwarders, terminal readers).
     pub fn sender(&self) -> InputSender {
         self.inputs.clone()
+    }
+
+    /// The node's flow control for local sockets, kept current by the driver (see [`crate::flow`]).
+    pub fn flow(&self) -> Arc<crate::flow::FlowControl> {
+        self.flow.clone()
     }
 
     /// The next output meant for the application; `None` once the driver stopped and all were received.
@@ -156,7 +162,9 @@ where
         stop.clone(),
     )?;
     let local_addr = addressing.local;
+    let flow = Arc::new(crate::flow::FlowControl::new());
     let driver = Driver {
+        flow: flow.clone(),
         node,
         socket,
         addressing,
@@ -184,6 +192,7 @@ where
         })?;
     Ok(Handle {
         inputs: InputSender(events_tx),
+        flow,
         outputs: outputs_rx,
         local_addr,
         abandoned,
@@ -237,6 +246,7 @@ fn spawn_udp_reader(
 
 struct Driver<N> {
     node: N,
+    flow: Arc<crate::flow::FlowControl>,
     socket: UdpSocket,
     addressing: Addressing,
     http: HttpClient,
@@ -336,6 +346,12 @@ impl<N: Node> Driver<N> {
                 self.finish_deadline =
                     Some(self.finish_deadline.map_or(flush_end, |d| d.min(flush_end)));
                 self.deliver(Output::Finished(result));
+            }
+            // Applied here, not by the application: see `crate::flow`.
+            Output::Backpressure { conn, paused } => self.flow.set(conn, paused),
+            Output::ConnectionClosed { conn, reason } => {
+                self.flow.forget(conn);
+                self.deliver(Output::ConnectionClosed { conn, reason });
             }
             other => self.deliver(other),
         }

@@ -8,15 +8,17 @@
 //! connections and gives the others back.
 //!
 //! Backpressure: the node says when a connection's local side must pause (`Output::Backpressure`: the
-//! tube is full) and resume; a paused reader waits before its next read. A writer has a bounded queue, so
-//! a slow local peer stalls `dispatch` (and with it the consumer of `recv`) instead of growing memory.
+//! tube is full) and resume; the driver applies that to its [`crate::flow::FlowControl`] directly, and a
+//! paused reader waits there before its next read. A writer has a bounded queue, so a slow local peer
+//! stalls `dispatch` (and with it the consumer of `recv`); the driver still resumes readers meanwhile, so
+//! a peer that only reads while it can write does not deadlock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -46,9 +48,8 @@ struct Shared {
     stop: AtomicBool,
     /// Gateway side: where `ConnectTarget` connects.
     target: Option<SocketAddr>,
-    /// Connections whose reader must wait (the node said `Backpressure { paused: true }`).
-    paused: Mutex<HashSet<ConnNo>>,
-    resumed: Condvar,
+    /// The driver's flow control: readers wait here while their connection is paused.
+    flow: Arc<crate::flow::FlowControl>,
 }
 
 impl Shared {
@@ -60,30 +61,11 @@ impl Shared {
         self.conns().get(&conn).cloned()
     }
 
-    fn set_paused(&self, conn: ConnNo, paused: bool) {
-        let mut set = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
-        if paused {
-            set.insert(conn);
-        } else {
-            set.remove(&conn);
-            self.resumed.notify_all();
-        }
-    }
-
     /// Block while `conn` is paused; `false` when the connection or the forwarder is gone meanwhile.
     fn wait_unpaused(&self, conn: ConnNo) -> bool {
-        let mut set = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
-        while set.contains(&conn) {
-            if self.stop.load(Ordering::Relaxed) || self.writer(conn).is_none() {
-                return false;
-            }
-            set = self
-                .resumed
-                .wait_timeout(set, Duration::from_millis(100))
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        true
+        self.flow.wait(conn, || {
+            !self.stop.load(Ordering::Relaxed) && self.writer(conn).is_some()
+        })
     }
 
     /// The local side of `conn` failed: tell the node and forget the connection.
@@ -115,8 +97,7 @@ impl Forwarder {
                 next_conn: AtomicU32::new(1),
                 stop: AtomicBool::new(false),
                 target,
-                paused: Mutex::new(HashSet::new()),
-                resumed: Condvar::new(),
+                flow: handle.flow(),
             }),
             listening: None,
         }
@@ -140,7 +121,6 @@ impl Forwarder {
             }
             Output::ConnectionClosed { conn, reason } => {
                 tracing::debug!(conn, ?reason, "connection closed by the tunnel");
-                self.shared.set_paused(conn, false);
                 if let Some(writer) = self.shared.conns().remove(&conn) {
                     let _ = writer.send(ToSocket::Close);
                 }
@@ -148,10 +128,6 @@ impl Forwarder {
             }
             Output::ConnectTarget { conn } => {
                 self.connect_target(conn);
-                None
-            }
-            Output::Backpressure { conn, paused } => {
-                self.shared.set_paused(conn, paused);
                 None
             }
             other => Some(other),

@@ -40,6 +40,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod flow;
 pub mod forward;
 pub mod http;
 #[cfg(any(test, feature = "testing"))]

@@ -6,6 +6,7 @@
 //! hit a full send buffer wait in a short queue for writability. Only HTTP requests (ureq is blocking) use
 //! threads, from smol's blocking pool, and only while a request runs.
 
+use pam_lite_blocking::flow::FlowControl;
 use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -39,6 +40,7 @@ pub struct Prepared {
     http: HttpClient,
     tls: Arc<rustls::ClientConfig>,
     config: DriverConfig,
+    flow: Arc<FlowControl>,
 }
 
 impl Prepared {
@@ -53,7 +55,14 @@ impl Prepared {
             http,
             tls,
             config,
+            flow: Arc::new(FlowControl::new()),
         })
+    }
+
+    /// The node's flow control for local sockets (kept current by the driver; see
+    /// `pam_lite_blocking::flow`).
+    pub fn flow(&self) -> Arc<FlowControl> {
+        self.flow.clone()
     }
 
     /// The address the node's UDP socket is bound to.
@@ -72,6 +81,7 @@ impl Prepared {
         let (internal_tx, internal_rx) = channel::unbounded();
         let mut driver = Driver {
             node,
+            flow: self.flow,
             socket: self.socket,
             addressing: self.addressing,
             http: self.http,
@@ -129,6 +139,7 @@ impl InputSender {
 /// The application's side of a running node; the same methods as the blocking driver's `Handle`.
 pub struct Handle {
     inputs: InputSender,
+    flow: Arc<FlowControl>,
     outputs: Receiver<Output>,
     local_addr: SocketAddr,
     task: Option<Task<io::Result<()>>>,
@@ -151,6 +162,11 @@ impl Handle {
     /// A cloneable input side, for other threads or tasks.
     pub fn sender(&self) -> InputSender {
         self.inputs.clone()
+    }
+
+    /// The node's flow control for local sockets, kept current by the driver.
+    pub fn flow(&self) -> Arc<FlowControl> {
+        self.flow.clone()
     }
 
     /// The next output meant for the application; `None` once the driver stopped and all were received.
@@ -232,11 +248,13 @@ where
 {
     let prepared = Prepared::new(config)?;
     let local_addr = prepared.local_addr();
+    let flow = prepared.flow();
     let (inputs_tx, inputs_rx) = channel::bounded(INPUT_QUEUE);
     let (outputs_tx, outputs_rx) = channel::unbounded();
     let task = spawner(Box::pin(prepared.run(node, inputs_rx, outputs_tx)));
     Ok(Handle {
         inputs: InputSender(inputs_tx),
+        flow,
         outputs: outputs_rx,
         local_addr,
         task: Some(task),
@@ -255,6 +273,7 @@ enum Wake {
 
 struct Driver<N> {
     node: N,
+    flow: Arc<FlowControl>,
     socket: Async<UdpSocket>,
     addressing: Addressing,
     http: HttpClient,
@@ -404,6 +423,12 @@ impl<N: Node> Driver<N> {
                 self.finish_deadline =
                     Some(self.finish_deadline.map_or(flush_end, |d| d.min(flush_end)));
                 self.deliver(Output::Finished(result));
+            }
+            // Applied here, not by the application: see `pam_lite_blocking::flow`.
+            Output::Backpressure { conn, paused } => self.flow.set(conn, paused),
+            Output::ConnectionClosed { conn, reason } => {
+                self.flow.forget(conn);
+                self.deliver(Output::ConnectionClosed { conn, reason });
             }
             other => self.deliver(other),
         }

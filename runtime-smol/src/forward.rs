@@ -9,10 +9,12 @@
 //! others back.
 //!
 //! Backpressure: the node says when a connection's local side must pause (`Output::Backpressure`: the
-//! tube is full) and resume; a paused reader task waits before its next read. A writer has a bounded
-//! queue, so a slow local peer stalls `dispatch` instead of growing memory.
+//! tube is full) and resume; the driver applies that to its flow control directly and a paused reader task
+//! waits there before its next read. A writer has a bounded queue, so a slow local peer stalls `dispatch`
+//! instead of growing memory, while the driver keeps resuming readers (no deadlock with peers that only
+//! read while they can write).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -49,33 +51,16 @@ struct Shared {
     next_conn: AtomicU32,
     /// Gateway side: where `ConnectTarget` connects.
     target: Option<SocketAddr>,
-    /// Connections whose reader must wait (the node said `Backpressure { paused: true }`).
-    paused: Mutex<HashSet<ConnNo>>,
-    resumed: event_listener::Event,
+    /// The driver's flow control: readers wait here while their connection is paused.
+    flow: Arc<pam_lite_blocking::flow::FlowControl>,
 }
 
 impl Shared {
-    fn is_paused(&self, conn: ConnNo) -> bool {
-        self.paused
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(&conn)
-    }
-
-    fn set_paused(&self, conn: ConnNo, paused: bool) {
-        let mut set = self.paused.lock().unwrap_or_else(PoisonError::into_inner);
-        if paused {
-            set.insert(conn);
-        } else if set.remove(&conn) {
-            self.resumed.notify(usize::MAX);
-        }
-    }
-
     /// Wait while `conn` is paused; `false` when the connection is gone meanwhile.
     async fn wait_unpaused(&self, conn: ConnNo) -> bool {
         loop {
-            let listener = self.resumed.listen();
-            if !self.is_paused(conn) {
+            let listener = self.flow.listen();
+            if !self.flow.is_paused(conn) {
                 return true;
             }
             if self.writer(conn).is_none() {
@@ -138,8 +123,7 @@ impl Forwarder {
                 conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU32::new(1),
                 target,
-                paused: Mutex::new(HashSet::new()),
-                resumed: event_listener::Event::new(),
+                flow: handle.flow(),
             }),
             _accept: None,
         }
@@ -193,7 +177,6 @@ impl Forwarder {
             Output::ConnectionEof { conn } => write(conn, ToSocket::Eof),
             Output::ConnectionClosed { conn, reason } => {
                 tracing::debug!(conn, ?reason, "connection closed by the tunnel");
-                self.shared.set_paused(conn, false);
                 match self.shared.conns().remove(&conn) {
                     Some(writer) => Route::Write(writer, ToSocket::Close),
                     None => Route::Done,
@@ -201,10 +184,6 @@ impl Forwarder {
             }
             Output::ConnectTarget { conn } => {
                 self.connect_target(conn);
-                Route::Done
-            }
-            Output::Backpressure { conn, paused } => {
-                self.shared.set_paused(conn, paused);
                 Route::Done
             }
             other => Route::Back(other),

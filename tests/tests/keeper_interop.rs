@@ -861,13 +861,13 @@ fn keeper_client_against_pam_lite_gateway_node() {
         return;
     };
     let t_start = Instant::now();
-    // The default echo server never stops reading. PAM_LITE_INTEROP_COUPLED_ECHO=1 uses one that only reads
-    // while it can write: that stalls the bulk echo through pam-lite's blocking forwarder (head-of-line
-    // blocking in Forwarder::dispatch, see docs/PROTOCOL-NOTES.md), a pam-lite driver bug, not a wire issue.
-    let echo = if std::env::var_os("PAM_LITE_INTEROP_COUPLED_ECHO").is_some() {
-        EchoServer::start_coupled()
-    } else {
+    // The echo server only reads while it can write (single-threaded, like many request/response servers):
+    // the case that once deadlocked the forwarders (docs/PROTOCOL-NOTES.md, bug 3, fixed).
+    // PAM_LITE_INTEROP_DECOUPLED_ECHO=1 uses one that never stops reading instead.
+    let echo = if std::env::var_os("PAM_LITE_INTEROP_DECOUPLED_ECHO").is_some() {
         EchoServer::start()
+    } else {
+        EchoServer::start_coupled()
     };
     let mut rng = ChaCha20Rng::from_seed([11; 32]);
     let conv = ConversationId::random(&mut rng);
