@@ -42,6 +42,23 @@ pub fn memory(pid: &str) -> Option<Memory> {
     parse_status(&text)
 }
 
+/// User + system CPU time of process `pid` (all its threads) from `/proc/<pid>/stat`. The kernel reports
+/// it in USER_HZ ticks, which Linux fixes at 100 per second for this interface.
+pub fn cpu_time(pid: &str) -> Option<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu(&text)
+}
+
+/// Parse utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line.
+pub fn parse_cpu(stat: &str) -> Option<Duration> {
+    // The command name (field 2) may contain spaces; everything after its closing parenthesis is fixed.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 /// A child process, killed (by its own pid) and reaped on drop.
 pub struct Proc {
     pub child: Child,
@@ -238,6 +255,14 @@ mod tests {
         );
         assert_eq!(parse_status("VmRSS: lots"), None);
         assert!(memory("self").is_some_and(|m| m.hwm_kib >= m.rss_kib && m.rss_kib > 0));
+    }
+
+    #[test]
+    fn cpu_fields_are_parsed() {
+        let stat = "4242 (pam lite) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 75 0 0 20 0 3 0 0";
+        assert_eq!(parse_cpu(stat), Some(Duration::from_millis(3250)));
+        assert_eq!(parse_cpu("garbage"), None);
+        assert!(cpu_time("self").is_some());
     }
 
     #[test]

@@ -399,11 +399,11 @@ pub fn markdown(r: &Report) -> String {
                 "All N launches start at once (pam-lite `fast`, one smol executor thread, same emulated network as \
                  item 1); memory is the launching process's alone (the emulator runs in the parent).\n"
             );
-            let _ = writeln!(md, "| N | ready | TubeReady p50 / p99 ms | first echo p50 / p99 ms | wall s | RSS with N tunnels open (MiB) | KiB per tunnel |\n|---|---|---|---|---|---|---|");
+            let _ = writeln!(md, "| N | ready | TubeReady p50 / p99 ms | first echo p50 / p99 ms | wall s | CPU ms per launch | RSS with N tunnels open (MiB) | KiB per tunnel |\n|---|---|---|---|---|---|---|---|");
             for s in rows {
                 let _ = writeln!(
                     md,
-                    "| {} | {} / {} | {} / {} | {} / {} | {:.1} | {} | {} |",
+                    "| {} | {} / {} | {} / {} | {} / {} | {:.1} | {} | {} | {} |",
                     s.n,
                     s.echo_ok,
                     s.n,
@@ -412,6 +412,9 @@ pub fn markdown(r: &Report) -> String {
                     ms(s.first_echo.map(|v| v.p50_ms)),
                     ms(s.first_echo.map(|v| v.p99_ms)),
                     s.wall_ms / 1000.0,
+                    s.cpu_ms_per_launch
+                        .map(|c| format!("{c:.1}"))
+                        .unwrap_or_else(|| "–".into()),
                     mib_of_kib(Some(s.rss_open_kib)),
                     s.kib_per_tunnel
                         .map(|k| format!("{k:.0}"))

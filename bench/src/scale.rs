@@ -41,6 +41,9 @@ pub struct ScaleResult {
     pub hwm_kib: u64,
     /// `(rss_open − rss_before) / ready tunnels`.
     pub kib_per_tunnel: Option<f64>,
+    /// CPU time (user + system, all threads) the process spent from the first launch to the last echo,
+    /// per launch.
+    pub cpu_ms_per_launch: Option<f64>,
     pub first_error: Option<String>,
 }
 
@@ -100,6 +103,7 @@ pub fn run_child(ticket: &DemoTicket, n: usize, limit: Duration) -> ScaleResult 
     smol::block_on(smol::spawn(async {}));
     let before = procs::memory("self").unwrap_or_default();
     result.rss_before_kib = before.rss_kib;
+    let cpu_before = procs::cpu_time("self");
     let start = Instant::now();
     let deadline = start + limit;
     let ticket = Arc::new(ticket.clone());
@@ -117,6 +121,10 @@ pub fn run_child(ticket: &DemoTicket, n: usize, limit: Duration) -> ScaleResult 
         (outcomes, closers)
     });
     result.wall_ms = start.elapsed().as_secs_f64() * 1000.0;
+    if let (Some(a), Some(b)) = (cpu_before, procs::cpu_time("self")) {
+        result.cpu_ms_per_launch =
+            Some(b.saturating_sub(a).as_secs_f64() * 1000.0 / n.max(1) as f64);
+    }
     // Every tunnel that came up is still open (its closer holds it): this is the memory of N tunnels.
     std::thread::sleep(Duration::from_millis(500));
     let open = procs::memory("self").unwrap_or_default();
