@@ -22,7 +22,7 @@ use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 
 /// Which driver runs the core.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     Smol,

@@ -99,6 +99,24 @@ enum Sub {
         #[arg(long)]
         limit_secs: u64,
     },
+    /// Profiling aid (bench/PROFILE.md): one pam-lite pair moving MIB MiB through one connection, nothing
+    /// else, so `perf record -g -- pam-lite-bench profile-throughput` sees only the tunnel.
+    #[command(hide = true)]
+    ProfileThroughput {
+        #[arg(long, value_enum, default_value = "smol")]
+        runtime: launch::Runtime,
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+    },
+    /// Profiling aid: LAUNCHES sequential `fast` launches on the reference network (item 1's), each to
+    /// its first echoed byte.
+    #[command(hide = true)]
+    ProfileLaunch {
+        #[arg(long, value_enum, default_value = "smol")]
+        runtime: launch::Runtime,
+        #[arg(long, default_value_t = 10)]
+        launches: usize,
+    },
 }
 
 fn init_logging(verbose: u8) {
@@ -126,8 +144,30 @@ fn main() -> ExitCode {
     {
         return scale_child(ticket, *n, Duration::from_secs(*limit_secs));
     }
+    match &args.command {
+        Some(Sub::ProfileThroughput { runtime, mib }) => {
+            return report_aid(throughput::profile(*runtime, mib << 20))
+        }
+        Some(Sub::ProfileLaunch { runtime, launches }) => {
+            return report_aid(ready::profile(*runtime, *launches))
+        }
+        _ => {}
+    }
     match run(&args) {
         Ok(code) => code,
+        Err(e) => {
+            eprintln!("pam-lite-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report_aid(r: Result<String, String>) -> ExitCode {
+    match r {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("pam-lite-bench: {e}");
             ExitCode::FAILURE

@@ -270,6 +270,28 @@ pub fn run(
     })
 }
 
+/// `profile-launch`: `launches` sequential `fast` launches on the reference network; a one-line summary.
+pub fn profile(runtime: Runtime, launches: usize) -> Result<String, String> {
+    let net = Network::REFERENCE;
+    let echo =
+        targets::echo_server(([127, 0, 0, 1], 0).into()).map_err(|e| format!("echo: {e}"))?;
+    let emulator = Emulator::start(net.emulator_config(echo.addr())).map_err(|e| e.to_string())?;
+    let ticket = emulator.ticket();
+    let mut echo_times = Vec::new();
+    for _ in 0..launches.max(1) {
+        let s = launch::measure(&ticket, runtime, Profile::fast(), Duration::from_secs(30))?;
+        echo_times.push(s.first_echo);
+    }
+    let s = stats::summarize(&echo_times).ok_or("no launch")?;
+    Ok(format!(
+        "{} fast launches on {}: first echo p50 {:.0} ms, max {:.0} ms",
+        s.n,
+        runtime.name(),
+        s.p50_ms,
+        s.max_ms
+    ))
+}
+
 fn row(
     system: System,
     results: &[&Result<Sample, String>],
