@@ -9,9 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use pam_lite_blocking::config::{DriverConfig, TlsConfig};
-use pam_lite_core::client::{Client, ClientConfig, Session};
+use pam_lite_core::client::{Client, ClientConfig};
 use pam_lite_core::profile::Profile;
-use pam_lite_core::router::envelope::ServerPublicKey;
 use pam_lite_core::Output;
 use pam_lite_emulator::{DemoTicket, Emulator, EmulatorConfig, TargetConfig, UdpImpairment};
 
@@ -42,23 +41,8 @@ fn echo_server() -> SocketAddr {
 }
 
 fn client_config(t: &DemoTicket, trickle_ice: bool) -> ClientConfig {
-    ClientConfig {
-        router_url: t.router_url.clone(),
-        session_token: t.session_token(),
-        server_key: ServerPublicKey::from_b64url(t.server_key_id, &t.server_public_key_b64url)
-            .expect("key"),
-        gateway_uid: t.gateway_uid.clone(),
-        record_uid: t.record_uid.clone(),
-        traffic_seed: t.traffic_seed(),
-        conversation_type: "tunnel".into(),
-        session: Session::Tunnel,
-        offer_data: Default::default(),
-        offer_inputs: Default::default(),
-        trickle_ice,
-        ephemeral: false,
-        profile: Profile::fast(),
-        unix_ms_at_start: 0,
-    }
+    t.tunnel_client_config(Profile::fast(), trickle_ice, 0)
+        .expect("client config")
 }
 
 /// Launch a tunnel through an emulator built from `config`; send `payload` through one tunneled TCP
