@@ -300,6 +300,18 @@ pub fn markdown(r: &Report) -> String {
                     x(row.parallel_vs_raw),
                 );
             }
+            let partial = t.rows.iter().any(|r| {
+                [&r.single, &r.parallel]
+                    .iter()
+                    .any(|t| t.is_some_and(|t| !t.complete))
+            });
+            if partial {
+                let _ = writeln!(
+                    md,
+                    "\n\"partial\": some connections ended before all their bytes were acknowledged (or the time bound \
+                     hit); the rate counts acknowledged bytes only."
+                );
+            }
             let _ = writeln!(md);
         }
         Item::Failed { error } => {
