@@ -2,9 +2,9 @@
 //! local TCP listener piped through the tube exactly as `pam-lite tunnel` does it (a pump thread is the
 //! single consumer of the driver's outputs; connections are accepted only after `TubeReady`).
 //!
-//! The [`ClientConfig`] is built from the emulator's ticket the way `cli/src/launch.rs::client_config`
-//! builds it for `SessionKind::Tunnel` (conversation type `tunnel`, no target host in the offer, no
-//! credential inputs); the CLI process rows of the benchmark run the real binary on the same ticket.
+//! The [`ClientConfig`] comes from `DemoTicket::tunnel_client_config` (conversation type `tunnel`, no
+//! target host in the offer, no credential inputs, as `cli/src/launch.rs` builds it for a tunnel); the
+//! CLI process rows of the benchmark run the real binary on the same ticket instead.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use pam_lite_core::client::{Client, ClientConfig, Session};
+use pam_lite_core::client::{Client, ClientConfig};
 use pam_lite_core::profile::Profile;
-use pam_lite_core::router::envelope::ServerPublicKey;
 use pam_lite_core::timing::Checkpoint;
 use pam_lite_core::{Command, Input, LaunchError, Output};
 use pam_lite_emulator::DemoTicket;
@@ -41,27 +40,11 @@ impl Runtime {
 /// How long closing a tunnel may take before the benchmark stops waiting for its driver.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
-/// The launch configuration for `ticket` (see the module docs), with `profile` as is (the process
-/// environment is deliberately not applied: every row runs the schedule its name says).
+/// The launch configuration for `ticket` (the emulator's own ticket → `ClientConfig` path, shared with
+/// the emulator's tests), trickle ICE, with `profile` as is (the process environment is deliberately not
+/// applied: every row runs the schedule its name says).
 pub fn client_config(ticket: &DemoTicket, profile: Profile) -> Result<ClientConfig, String> {
-    let server_key = ServerPublicKey::from_sec1(ticket.server_key_id, &ticket.server_public_key())
-        .map_err(|e| format!("the emulator's server key: {e}"))?;
-    Ok(ClientConfig {
-        router_url: ticket.router_url.clone(),
-        session_token: ticket.session_token(),
-        server_key,
-        gateway_uid: ticket.gateway_uid.clone(),
-        record_uid: ticket.record_uid.clone(),
-        traffic_seed: ticket.traffic_seed(),
-        conversation_type: "tunnel".to_string(),
-        session: Session::Tunnel,
-        offer_data: serde_json::Map::new(),
-        offer_inputs: serde_json::Map::new(),
-        trickle_ice: true,
-        ephemeral: false,
-        profile,
-        unix_ms_at_start: unix_ms(),
-    })
+    ticket.tunnel_client_config(profile, true, unix_ms())
 }
 
 fn unix_ms() -> u64 {
