@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Items (issue 6): 1 time to ready, 2 cold router, 3 throughput, 4 footprint, 5 scale. Results go to
-//! `<out>/latest.{md,json}` (and a dated copy); the markdown is also printed.
+//! `<out>/report.{md,json}` (and a dated copy); the markdown is also printed.
 //!
 //! The Python systems (Keeper's tube, Commander) need the interop venv (`tests/interop/setup.sh`, created
 //! on first use) and a private network namespace (`tests/interop/netns_run.sh`): the benchmark re-runs
@@ -59,7 +59,7 @@ struct Args {
     /// A tiny run (seconds): 1 launch per system, 1 MiB, N = 2. What the test suite runs.
     #[arg(long, conflicts_with = "quick")]
     tiny: bool,
-    /// Directory for latest.md / latest.json and dated copies.
+    /// Directory for report.md / report.json and dated copies.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
     /// The `pam-lite` binary (default: next to this executable, built with cargo when missing).
@@ -342,7 +342,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     write_results(&args.out, &report.meta.date_utc, &md, &json)?;
     println!("{md}");
     eprintln!(
-        "pam-lite-bench: wrote {}/latest.md and latest.json ({:.0} s)",
+        "pam-lite-bench: wrote {}/report.md and report.json ({:.0} s)",
         args.out.display(),
         report.meta.wall_secs
     );
@@ -427,8 +427,8 @@ fn write_results(out: &Path, date: &str, md: &str, json: &str) -> Result<(), Str
         })
         .collect();
     for (name, body) in [
-        ("latest.md".to_string(), md),
-        ("latest.json".to_string(), json),
+        ("report.md".to_string(), md),
+        ("report.json".to_string(), json),
         (format!("bench-{stamp}.md"), md),
         (format!("bench-{stamp}.json"), json),
     ] {

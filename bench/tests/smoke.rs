@@ -29,7 +29,7 @@ fn tiny_run_writes_every_item() {
         "the tiny run must stay tiny"
     );
 
-    let md = std::fs::read_to_string(out.join("latest.md")).expect("latest.md");
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
     for heading in [
         "## 1. Time to ready",
         "## 2. Cold router",
@@ -40,7 +40,7 @@ fn tiny_run_writes_every_item() {
         assert!(md.contains(heading), "{heading} missing from:\n{md}");
     }
     let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("latest.json")).expect("latest.json"),
+        &std::fs::read_to_string(out.join("report.json")).expect("report.json"),
     )
     .expect("valid JSON");
 
