@@ -208,6 +208,55 @@ macro_rules! conformance_suite {
                 drop(pump);
             }
 
+            /// 16 connections pushing at once through the forwarded port: every reader gets paused and
+            /// resumed, no connection is closed for overflow, every byte comes back.
+            #[test]
+            fn sixteen_parallel_bulk_connections_lose_nothing() {
+                let emu = emulator(EmulatorConfig::default());
+                let h = spawn(client(&emu, Profile::fast(), true));
+                ready(&h);
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+                let port = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+                let fwd = rt::forward::serve_tunnel(listener, &h).unwrap_or_else(|e| panic!("{e}"));
+                let _pump = std::thread::spawn(move || {
+                    while let Ok(Some(out)) = h.recv_timeout(Duration::from_secs(120)) {
+                        if let Some(Output::Finished(r)) = fwd.dispatch(out) {
+                            return r;
+                        }
+                    }
+                    Ok(())
+                });
+                let workers: Vec<_> = (0..16u8)
+                    .map(|k| {
+                        std::thread::spawn(move || {
+                            let data: Vec<u8> = (0..3 * 1024 * 1024u32)
+                                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(k))
+                                .collect();
+                            let mut s = TcpStream::connect(port).unwrap_or_else(|e| panic!("{e}"));
+                            s.set_read_timeout(Some(Duration::from_secs(120)))
+                                .unwrap_or_else(|e| panic!("{e}"));
+                            let mut w = s.try_clone().unwrap_or_else(|e| panic!("{e}"));
+                            let expected = Sha256::digest(&data);
+                            let writer = std::thread::spawn(move || {
+                                w.write_all(&data).unwrap_or_else(|e| panic!("write: {e}"));
+                                let _ = w.shutdown(std::net::Shutdown::Write);
+                            });
+                            let mut got = Vec::new();
+                            s.read_to_end(&mut got).unwrap_or_else(|e| {
+                                panic!("conn {k}: read after {} bytes: {e}", got.len())
+                            });
+                            writer.join().unwrap_or_else(|_| panic!("writer"));
+                            assert_eq!(got.len(), 3 * 1024 * 1024, "conn {k}");
+                            assert_eq!(Sha256::digest(&got), expected, "conn {k}");
+                        })
+                    })
+                    .collect();
+                for w in workers {
+                    w.join()
+                        .unwrap_or_else(|_| panic!("a connection lost data"));
+                }
+            }
+
             #[test]
             fn five_percent_udp_loss_still_delivers_every_byte() {
                 let emu = emulator(EmulatorConfig::default().with_udp(UdpImpairment {
