@@ -1329,6 +1329,12 @@ impl Client {
             }
             Command::OpenConnection { conn } => match self.conns.as_mut() {
                 Some(c) if self.tube_ready => {
+                    // A connection opened while the tube is paused starts paused: the tube-wide
+                    // pause was announced before it existed (found by the 16-connection benchmark).
+                    if self.outbox.is_paused() {
+                        self.outputs
+                            .push_back(Output::Backpressure { conn, paused: true });
+                    }
                     if let Err(e) = c.open(conn) {
                         self.outputs.push_back(Output::ConnectionClosed {
                             conn,

@@ -465,6 +465,13 @@ impl Gateway {
                 t.global.insert(conn, g);
             }
             outs.push(Output::ConnectTarget { conn: g });
+            // Opened while its tube is paused: it starts paused (the pause was announced before it existed).
+            if self.tubes.get(idx).is_some_and(|t| t.outbox.is_paused()) {
+                outs.push(Output::Backpressure {
+                    conn: g,
+                    paused: true,
+                });
+            }
         }
         self.outputs.extend(outs);
     }

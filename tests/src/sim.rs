@@ -119,6 +119,8 @@ pub struct Record {
     /// Latest flow-control state per connection, and how often the client paused a local side.
     pub paused: HashMap<ConnNo, bool>,
     pub pauses: u64,
+    /// Connections that were told to pause at least once.
+    pub paused_ever: std::collections::HashSet<ConnNo>,
     /// Terminal sizes the gateway asked its PTY for.
     pub target_resizes: Vec<(u16, u16)>,
 }
@@ -321,6 +323,9 @@ impl Sim {
                 Output::ConnectionClosed { conn, .. } => self.record.closed.push(conn),
                 Output::Backpressure { conn, paused } => {
                     self.record.pauses += u64::from(paused);
+                    if paused {
+                        self.record.paused_ever.insert(conn);
+                    }
                     self.record.paused.insert(conn, paused);
                 }
                 Output::TerminalOutput(b) => self.record.terminal_output.extend_from_slice(&b),

@@ -168,6 +168,8 @@ fn a_large_burst_pauses_the_local_side_and_loses_nothing() {
             },
         );
     }
+    // A connection opened while the tube is paused starts paused (and is resumed with the rest).
+    sim.command_at(now, Command::OpenConnection { conn: 2 });
     sim.run_until(Duration::from_secs(600), |s| {
         s.record
             .received
@@ -179,6 +181,11 @@ fn a_large_burst_pauses_the_local_side_and_loses_nothing() {
         "a 6 MiB burst must pause the local side"
     );
     assert_eq!(sim.record.paused.get(&1), Some(&false), "and resume it");
+    assert!(
+        sim.record.paused_ever.contains(&2),
+        "a connection opened during the pause must start paused"
+    );
+    assert_eq!(sim.record.paused.get(&2), Some(&false), "and be resumed");
     let got = sim.record.received.get(&1).cloned().unwrap_or_default();
     assert_eq!(got.len(), data.len());
     assert!(got == data, "bytes differ");
