@@ -13,8 +13,8 @@
 //! Which steps wait for which — and every fixed sleep — comes from the [`Profile`], so the same code runs
 //! Commander's historical schedules and pam-lite's own `fast` one.
 
+use core::net::SocketAddr;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;

@@ -18,8 +18,8 @@
 //!    [`Output::ConnectTarget`] → [`Command::TargetConnected`] → ConnectionOpened, data both ways, EOF, close.
 //!    In terminal mode connection 1 speaks Guacamole in front of a raw byte stream (the driver's PTY).
 
+use core::net::SocketAddr;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;

@@ -2,7 +2,7 @@
 //!
 //! Every type here is plain owned data, so a driver may move it across threads or tasks freely.
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::time::Duration;
 
 use crate::timing::Checkpoint;

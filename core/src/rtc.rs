@@ -7,8 +7,8 @@
 //!
 //! str0m obeys the same rules as this crate: time is passed in, and it never touches a socket.
 
+use core::net::SocketAddr;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
