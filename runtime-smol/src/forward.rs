@@ -31,12 +31,9 @@ use smol::{Async, Task, Timer};
 
 use crate::driver::{Handle, InputSender};
 
-/// Bytes read from a local socket per `Command::Send`.
-pub const READ_CHUNK: usize = 16 * 1024;
-/// Chunks queued towards one local socket before `dispatch` waits for it.
-pub const WRITE_QUEUE: usize = 64;
-/// How long a gateway waits for its target's TCP handshake.
-pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same read size, write queue and connect bound as the blocking driver: both runtimes must behave
+/// alike (the conformance suite runs against both).
+pub use pam_lite_blocking::forward::{READ_CHUNK, TARGET_CONNECT_TIMEOUT, WRITE_QUEUE};
 
 /// What the writer of one connection must do next.
 enum ToSocket {
