@@ -479,6 +479,9 @@ impl Client {
             self.start_ws();
         }
         if tube_allowed && self.peer.is_none() {
+            // The gathering bound is over either way; a deadline left behind would make
+            // `poll_timeout` report a past instant forever (a busy loop; found by proptest).
+            self.timers.remove(&Timer::Gather);
             if let Err(e) = self.create_tube() {
                 return self.finish(Err(e));
             }

@@ -433,6 +433,7 @@ impl Sim {
     /// Run until `stop` says so, the launch finished, or `limit` of virtual time passed.
     pub fn run_until(&mut self, limit: Duration, mut stop: impl FnMut(&Sim) -> bool) {
         let deadline = self.start + limit;
+        let mut stale_wakeups = 0u32;
         for _ in 0..5_000_000u64 {
             if stop(self) || self.record.finished.is_some() {
                 return;
@@ -466,6 +467,17 @@ impl Sim {
                 let now = self.now;
                 if self.client.poll_timeout().is_some_and(|t| t <= now) {
                     self.client_input(Input::Timeout);
+                    // A node that still wants to be woken in the past after a Timeout would make a real
+                    // driver spin: fail loudly instead of looping.
+                    if self.client.poll_timeout().is_some_and(|t| t < now) {
+                        stale_wakeups += 1;
+                        assert!(
+                            stale_wakeups < 1000,
+                            "the client keeps asking to be woken at a past instant (busy loop)"
+                        );
+                    } else {
+                        stale_wakeups = 0;
+                    }
                 }
                 if self.gateway.poll_timeout().is_some_and(|t| t <= now) {
                     self.gateway_input(Input::Timeout);
