@@ -51,6 +51,27 @@ fn client(emu: &Emulator, profile: Profile, trickle: bool) -> Client {
     Client::new(cfg, [5; 32], Instant::now()).unwrap_or_else(|e| panic!("client: {e}"))
 }
 
+/// Send `data` through one TCP connection to `port` (an echo through the tunnel), half-close, read
+/// everything back, and check length and SHA-256.
+fn echo_through(port: SocketAddr, data: Vec<u8>, what: &str) {
+    let len = data.len();
+    let expected = Sha256::digest(&data);
+    let mut s = TcpStream::connect(port).unwrap_or_else(|e| panic!("{what}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut w = s.try_clone().unwrap_or_else(|e| panic!("{e}"));
+    let writer = std::thread::spawn(move || {
+        w.write_all(&data).unwrap_or_else(|e| panic!("write: {e}"));
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    });
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .unwrap_or_else(|e| panic!("{what}: read after {} bytes: {e}", got.len()));
+    writer.join().unwrap_or_else(|_| panic!("{what}: writer"));
+    assert_eq!(got.len(), len, "{what}");
+    assert_eq!(Sha256::digest(&got), expected, "{what}");
+}
+
 /// What a launch ended with: ready (and when), or the error.
 #[derive(Debug)]
 enum Outcome {
@@ -169,17 +190,13 @@ macro_rules! conformance_suite {
                 }
             }
 
-            /// 64 MiB through `forward::serve_tunnel` on a real local TCP port to a single-threaded echo
-            /// target (it only reads while it can write), with a SHA-256 check.
-            #[test]
-            fn bulk_through_a_forwarded_tcp_port_with_sha256() {
-                let emu = emulator(EmulatorConfig::default());
-                let h = spawn(client(&emu, Profile::fast(), true));
-                ready(&h);
+            /// Serve the tube on a fresh local TCP port (`forward::serve_tunnel`, what `pam-lite tunnel`
+            /// runs) with a thread dispatching the node's outputs; returns the port.
+            fn forwarded_port(h: rt::Handle) -> SocketAddr {
                 let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
                 let port = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
                 let fwd = rt::forward::serve_tunnel(listener, &h).unwrap_or_else(|e| panic!("{e}"));
-                let pump = std::thread::spawn(move || {
+                std::thread::spawn(move || {
                     while let Ok(Some(out)) = h.recv_timeout(Duration::from_secs(120)) {
                         if let Some(Output::Finished(r)) = fwd.dispatch(out) {
                             return r;
@@ -187,25 +204,21 @@ macro_rules! conformance_suite {
                     }
                     Ok(())
                 });
+                port
+            }
+
+            /// 64 MiB through `forward::serve_tunnel` on a real local TCP port to a single-threaded echo
+            /// target (it only reads while it can write), with a SHA-256 check.
+            #[test]
+            fn bulk_through_a_forwarded_tcp_port_with_sha256() {
+                let emu = emulator(EmulatorConfig::default());
+                let h = spawn(client(&emu, Profile::fast(), true));
+                ready(&h);
+                let port = forwarded_port(h);
                 let data: Vec<u8> = (0..64 * 1024 * 1024u32)
                     .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
                     .collect();
-                let mut s = TcpStream::connect(port).unwrap_or_else(|e| panic!("{e}"));
-                s.set_read_timeout(Some(Duration::from_secs(120)))
-                    .unwrap_or_else(|e| panic!("{e}"));
-                let mut w = s.try_clone().unwrap_or_else(|e| panic!("{e}"));
-                let expected = Sha256::digest(&data);
-                let writer = std::thread::spawn(move || {
-                    w.write_all(&data).unwrap_or_else(|e| panic!("write: {e}"));
-                    let _ = w.shutdown(std::net::Shutdown::Write);
-                });
-                let mut got = Vec::new();
-                s.read_to_end(&mut got)
-                    .unwrap_or_else(|e| panic!("read after {} bytes: {e}", got.len()));
-                writer.join().unwrap_or_else(|_| panic!("writer"));
-                assert_eq!(got.len(), 64 * 1024 * 1024);
-                assert_eq!(Sha256::digest(&got), expected);
-                drop(pump);
+                echo_through(port, data, "one connection");
             }
 
             /// 16 connections pushing at once through the forwarded port: every reader gets paused and
@@ -215,39 +228,14 @@ macro_rules! conformance_suite {
                 let emu = emulator(EmulatorConfig::default());
                 let h = spawn(client(&emu, Profile::fast(), true));
                 ready(&h);
-                let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-                let port = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-                let fwd = rt::forward::serve_tunnel(listener, &h).unwrap_or_else(|e| panic!("{e}"));
-                let _pump = std::thread::spawn(move || {
-                    while let Ok(Some(out)) = h.recv_timeout(Duration::from_secs(120)) {
-                        if let Some(Output::Finished(r)) = fwd.dispatch(out) {
-                            return r;
-                        }
-                    }
-                    Ok(())
-                });
+                let port = forwarded_port(h);
                 let workers: Vec<_> = (0..16u8)
                     .map(|k| {
                         std::thread::spawn(move || {
                             let data: Vec<u8> = (0..3 * 1024 * 1024u32)
                                 .map(|i| (i as u8).wrapping_mul(31).wrapping_add(k))
                                 .collect();
-                            let mut s = TcpStream::connect(port).unwrap_or_else(|e| panic!("{e}"));
-                            s.set_read_timeout(Some(Duration::from_secs(120)))
-                                .unwrap_or_else(|e| panic!("{e}"));
-                            let mut w = s.try_clone().unwrap_or_else(|e| panic!("{e}"));
-                            let expected = Sha256::digest(&data);
-                            let writer = std::thread::spawn(move || {
-                                w.write_all(&data).unwrap_or_else(|e| panic!("write: {e}"));
-                                let _ = w.shutdown(std::net::Shutdown::Write);
-                            });
-                            let mut got = Vec::new();
-                            s.read_to_end(&mut got).unwrap_or_else(|e| {
-                                panic!("conn {k}: read after {} bytes: {e}", got.len())
-                            });
-                            writer.join().unwrap_or_else(|_| panic!("writer"));
-                            assert_eq!(got.len(), 3 * 1024 * 1024, "conn {k}");
-                            assert_eq!(Sha256::digest(&got), expected, "conn {k}");
+                            echo_through(port, data, &format!("conn {k}"));
                         })
                     })
                     .collect();
