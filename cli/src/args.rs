@@ -21,6 +21,7 @@ Exit codes:
   9   router WebSocket failed
   10  protocol error
   11  WebRTC session disconnected
+  12  tunneled connection failed (tunnel --stdio / ssh: the gateway could not reach the target)
 
 Environment (Commander's names):
   KROUTER_URL           replaces the ticket's router URL
@@ -64,7 +65,41 @@ pub enum Command {
     /// Work with launch tickets.
     #[command(subcommand)]
     Ticket(TicketCommand),
+    /// Run the system's `ssh` through the tunnel: `ssh -o ProxyCommand='pam-lite tunnel --ticket T
+    /// --stdio' [SSH ARGS]` (as `tsh ssh` / `boundary connect ssh` do).
+    #[command(after_help = SSH_HELP)]
+    Ssh(SshArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    ///
+    /// E.g. `pam-lite completions bash > ~/.local/share/bash-completion/completions/pam-lite`, or for zsh
+    /// `pam-lite completions zsh > ~/.zfunc/_pam-lite`, for fish `pam-lite completions fish >
+    /// ~/.config/fish/completions/pam-lite.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (roff): `pam-lite.1` on stdout, or with --dir one page per command
+    /// (`pam-lite.1`, `pam-lite-launch.1`, ...) into DIR.
+    Man {
+        /// Write every page into this directory instead of `pam-lite.1` to stdout.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
+
+/// After `pam-lite ssh --help`.
+pub const SSH_HELP: &str = "\
+Everything after the pam-lite flags goes to ssh unchanged; put `--` before them when they start with a
+dash. Without any ssh argument the destination is the ticket's target (with its guacd `username` when
+there is one). The ssh program is `ssh` from PATH, or $PAM_LITE_SSH.
+
+Examples:
+  pam-lite ssh --ticket t.json admin@db-1
+  pam-lite ssh --ticket t.json -- -L 5432:localhost:5432 admin@db-1
+  scp -o ProxyCommand='pam-lite tunnel --ticket t.json --stdio' file admin@db-1:/tmp/
+
+Exit codes: ssh's own (255 for connection errors), or pam-lite's when ssh cannot be started.";
 
 /// Which I/O driver runs the protocol core. Both behave the same; `blocking` uses plain threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -137,11 +172,37 @@ pub struct TunnelArgs {
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "ticket")]
     pub target: Option<String>,
     /// Local address to accept connections on; each accepted connection is one tunneled connection. Port 0
-    /// picks a free port (printed on stderr).
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: SocketAddr,
+    /// picks a free port. Once the tunnel is ready, `{"listening": "ADDR:PORT"}` is printed as one JSON
+    /// line on stdout (for scripts).
+    #[arg(long, value_name = "ADDR:PORT", required_unless_present = "stdio")]
+    pub listen: Option<SocketAddr>,
+    /// Carry exactly one tunneled connection on stdin/stdout and exit when it ends, for
+    /// `ssh -o ProxyCommand='pam-lite tunnel --ticket t.json --stdio' user@host`. If the gateway cannot
+    /// reach the target the exit code is 12.
+    #[arg(long, conflicts_with_all = ["listen", "ready_file"])]
+    pub stdio: bool,
+    /// Once the tunnel is ready, write `{"listening": "ADDR:PORT"}` to FILE (atomically: a script can
+    /// wait for the file to appear instead of polling the port).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SshArgs {
+    /// The launch ticket (JSON, see cli/TICKET.md), e.g. from `pam-lite-export --tunnel`.
+    #[arg(long, value_name = "FILE")]
+    pub ticket: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Arguments for ssh (options and `[user@]host [command]`).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "SSH ARGS"
+    )]
+    pub ssh_args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -11,6 +11,9 @@ pub const LOCAL: i32 = 1;
 pub const USAGE: i32 = 2;
 /// The configuration cannot work (same value as `LaunchError::Config`).
 pub const CONFIG: i32 = 3;
+/// The tunnel was up but its one connection could not be opened (`tunnel --stdio`: the gateway could
+/// not reach the target). Above the core's range so it never collides with a `LaunchError` code.
+pub const TUNNEL_CONNECTION: i32 = 12;
 
 /// Everything that ends a run unsuccessfully. `Display` is what the user reads after `pam-lite: `.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,9 @@ pub enum CliError {
     Config(String),
     #[error("{0}")]
     Launch(#[from] LaunchError),
+    /// The tunneled connection of `tunnel --stdio` could not be opened.
+    #[error("{0}")]
+    Connection(String),
 }
 
 impl CliError {
@@ -46,6 +52,7 @@ impl CliError {
             CliError::Ticket(TicketLoadError::Invalid { .. }) => CONFIG,
             CliError::TicketContent(_) | CliError::Config(_) => CONFIG,
             CliError::Launch(e) => e.exit_code(),
+            CliError::Connection(_) => TUNNEL_CONNECTION,
         }
     }
 }
@@ -79,7 +86,8 @@ mod tests {
             11
         );
         let docs = include_str!("../EXIT_CODES.md");
-        for code in 0..=11 {
+        assert_eq!(CliError::Connection("x".into()).exit_code(), 12);
+        for code in 0..=12 {
             assert!(
                 docs.contains(&format!("| {code} ")),
                 "EXIT_CODES.md lacks {code}"

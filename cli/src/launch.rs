@@ -6,7 +6,8 @@
 //! session locally, and the remote side ending the session ends the process.
 
 use std::io::{IsTerminal, Write};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::args::{CommonArgs, LaunchArgs, TunnelArgs};
 use crate::exit::CliError;
 use crate::runner::{self, DriverConfig, Event, InputFn};
 use crate::settings::{self, EnvSettings};
+use crate::signals::Shutdown;
 use crate::spinner::Spinner;
 use crate::terminal::{self, CtrlCDetector, LocalEvent, RawModeGuard};
 use crate::ticket::Ticket;
@@ -32,7 +34,7 @@ pub const STDIN_SETTLE: Duration = Duration::from_millis(1500);
 /// After asking the session to close, exit anyway if it has not finished within this bound.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// The session loop wakes at least this often (settle and close deadlines).
-const TICK: Duration = Duration::from_millis(50);
+pub(crate) const TICK: Duration = Duration::from_millis(50);
 
 /// What kind of session a [`ClientConfig`] is built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,14 +110,17 @@ fn unix_ms() -> u64 {
 }
 
 /// 32 bytes from the OS for the core's RNG (the core never draws randomness itself).
-fn seed() -> [u8; 32] {
+pub(crate) fn seed() -> [u8; 32] {
     let mut s = [0u8; 32];
     OsRng.fill_bytes(&mut s);
     s
 }
 
 /// The environment, the ticket (with `KROUTER_URL` applied) and its warnings printed.
-fn prepare(common: &CommonArgs, mut ticket: Ticket) -> Result<(EnvSettings, Ticket), CliError> {
+pub(crate) fn prepare(
+    common: &CommonArgs,
+    mut ticket: Ticket,
+) -> Result<(EnvSettings, Ticket), CliError> {
     let env = settings::from_env(&common.profile, common.timing, |k| std::env::var(k).ok())?;
     if let Some(url) = &env.router_url {
         ticket.override_router_url(url, settings::KROUTER_URL)?;
@@ -411,7 +416,12 @@ impl TerminalLoop {
 // ------------------------------------------------------------------------------------------------ tunnel
 
 /// `pam-lite tunnel` with an already loaded ticket and a bound listener.
+///
+/// Scripts learn that the tunnel is up from one JSON line on stdout (`{"listening": "ADDR:PORT"}`) or
+/// from `--ready-file`; SIGINT/SIGTERM close every connection with a reason (the core's `Command::Close`:
+/// `CloseReason::Normal`, after what is queued has been handed to the tube) and exit 0.
 pub fn tunnel(args: &TunnelArgs, ticket: Ticket, listener: TcpListener) -> Result<(), CliError> {
+    let shutdown = Shutdown::install()?;
     let (env, ticket) = prepare(&args.common, ticket)?;
     let local = listener
         .local_addr()
@@ -429,7 +439,7 @@ pub fn tunnel(args: &TunnelArgs, ticket: Ticket, listener: TcpListener) -> Resul
     eprintln!("pam-lite: listening on {local} (connections wait until the tunnel is ready)");
 
     let (tx, rx) = mpsc::channel();
-    let _inputs = runner::start(
+    let inputs = runner::start(
         args.common.runtime,
         client,
         driver_config(&ticket, &env),
@@ -438,7 +448,28 @@ pub fn tunnel(args: &TunnelArgs, ticket: Ticket, listener: TcpListener) -> Resul
     )?;
     let mut spinner = Spinner::start("connecting", true);
     let mut result = None;
-    for event in rx.iter() {
+    let mut closing_since: Option<Instant> = None;
+    loop {
+        if closing_since.is_none() && shutdown.requested() {
+            spinner.stop();
+            eprintln!(
+                "pam-lite: {}: closing the tunnel's connections",
+                shutdown.signal_name()
+            );
+            closing_since = Some(Instant::now());
+            let _ = inputs(Input::Command(Command::Close));
+        }
+        if let Some(since) = closing_since {
+            if since.elapsed() >= CLOSE_GRACE {
+                tracing::warn!("the tunnel did not close in time; exiting");
+                break;
+            }
+        }
+        let event = match rx.recv_timeout(TICK) {
+            Ok(ev) => ev,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         match event {
             Event::NodeStopped => break,
             Event::Node(Output::Checkpoint(cp)) => {
@@ -453,6 +484,7 @@ pub fn tunnel(args: &TunnelArgs, ticket: Ticket, listener: TcpListener) -> Resul
                     .map(|t| format!(" -> {}:{}", t.host, t.port))
                     .unwrap_or_default();
                 eprintln!("pam-lite: tunnel ready: {local} -> gateway{target}");
+                announce_ready(local, args.ready_file.as_deref())?;
                 timing.report(false)?;
             }
             Event::Node(Output::Finished(r)) => {
@@ -464,6 +496,11 @@ pub fn tunnel(args: &TunnelArgs, ticket: Ticket, listener: TcpListener) -> Resul
     }
     spinner.stop();
     timing.report(false)?;
+    if closing_since.is_some() {
+        // Asked to stop: whatever the node reported while closing, this is the clean end the user wanted.
+        eprintln!("pam-lite: tunnel closed");
+        return Ok(());
+    }
     match result {
         Some(Ok(())) => {
             eprintln!("pam-lite: tunnel closed");
@@ -474,4 +511,23 @@ pub fn tunnel(args: &TunnelArgs, ticket: Ticket, listener: TcpListener) -> Resul
             "the driver stopped without a result".into(),
         ))),
     }
+}
+
+/// The readiness line for scripts: `{"listening": "127.0.0.1:PORT"}` on stdout, and in `ready_file`
+/// (written to a temporary name and renamed, so a watcher never reads half a line).
+pub fn announce_ready(local: SocketAddr, ready_file: Option<&Path>) -> Result<(), CliError> {
+    let line = serde_json::json!({ "listening": local.to_string() }).to_string();
+    // The file first: whoever reads the stdout line may look for the file right away.
+    if let Some(path) = ready_file {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
+        std::fs::write(&tmp, format!("{line}\n"))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| CliError::local(format!("cannot write {}", path.display()), e))?;
+    }
+    let mut out = std::io::stdout();
+    // stdout may be closed by a script that only wanted the file: not an error.
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    Ok(())
 }

@@ -6,13 +6,17 @@
 
 mod args;
 mod demo;
+mod docs;
 mod exit;
 mod launch;
 mod logging;
 mod runner;
 mod secret;
 mod settings;
+mod signals;
 mod spinner;
+mod ssh;
+mod stdio;
 mod terminal;
 mod ticket;
 mod timing_report;
@@ -32,7 +36,8 @@ fn main() -> ExitCode {
         Command::Launch(a) => a.common.verbose,
         Command::Tunnel(a) => a.common.verbose,
         Command::Emulator(a) => a.verbose,
-        Command::Ticket(_) => 0,
+        Command::Ssh(a) => a.common.verbose,
+        Command::Ticket(_) | Command::Completions { .. } | Command::Man { .. } => 0,
     };
     logging::init(verbose);
     let result = run(cli);
@@ -64,9 +69,24 @@ fn run(cli: Cli) -> Result<(), CliError> {
             leave_running(demo);
             result
         }
+        Command::Tunnel(args) if args.stdio => {
+            let (ticket, demo) = match &args.source.ticket {
+                Some(path) => (Ticket::load(path)?, None),
+                None => {
+                    let d = demo::tunnel(args.target.as_deref())?;
+                    (d.ticket.clone(), Some(d))
+                }
+            };
+            let result = stdio::tunnel_stdio(&args, ticket);
+            leave_running(demo);
+            result
+        }
         Command::Tunnel(args) => {
-            let listener = std::net::TcpListener::bind(args.listen)
-                .map_err(|e| CliError::local(format!("cannot listen on {}", args.listen), e))?;
+            let Some(addr) = args.listen else {
+                return Err(CliError::Usage("--listen or --stdio is required".into()));
+            };
+            let listener = std::net::TcpListener::bind(addr)
+                .map_err(|e| CliError::local(format!("cannot listen on {addr}"), e))?;
             let (ticket, demo) = match &args.source.ticket {
                 Some(path) => (Ticket::load(path)?, None),
                 None => {
@@ -79,6 +99,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
             result
         }
         Command::Emulator(args) => demo::run_emulator(&args),
+        Command::Ssh(args) => ssh::run(&args),
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man { dir } => docs::man(dir.as_deref()),
     }
 }
 

@@ -30,8 +30,17 @@ pub enum Event {
 /// Feeds inputs to the running node from any thread; `false` once the driver has stopped.
 pub type InputFn = Arc<dyn Fn(Input) -> bool + Send + Sync>;
 
+/// The driver's flow control (both runtimes share the type): a local reader waits here while its
+/// connection is paused.
+pub use pam_lite_blocking::flow::FlowControl;
 /// Driver settings the CLI chooses (shared by both runtimes).
 pub use pam_lite_blocking::DriverConfig;
+
+/// A started node: how to feed it, and its flow control for readers the CLI runs itself (`--stdio`).
+pub struct Started {
+    pub inputs: InputFn,
+    pub flow: Arc<FlowControl>,
+}
 
 /// Start `client` on `runtime`. Outputs arrive on `events` as [`Event::Node`], then one
 /// [`Event::NodeStopped`]. With `listener`, every connection accepted on it after `TubeReady` becomes a
@@ -43,6 +52,17 @@ pub fn start(
     listener: Option<TcpListener>,
     events: Sender<Event>,
 ) -> Result<InputFn, CliError> {
+    start_with_flow(runtime, client, config, listener, events).map(|s| s.inputs)
+}
+
+/// [`start`], also handing out the driver's flow control.
+pub fn start_with_flow(
+    runtime: Runtime,
+    client: Client,
+    config: DriverConfig,
+    listener: Option<TcpListener>,
+    events: Sender<Event>,
+) -> Result<Started, CliError> {
     match runtime {
         Runtime::Blocking => start_blocking(client, config, listener, events),
         Runtime::Smol => start_smol(client, config, listener, events),
@@ -96,13 +116,14 @@ fn start_blocking(
     config: DriverConfig,
     listener: Option<TcpListener>,
     events: Sender<Event>,
-) -> Result<InputFn, CliError> {
+) -> Result<Started, CliError> {
     let handle = pam_lite_blocking::spawn(client, config)
         .map_err(|e| CliError::local("cannot start the blocking driver", e))?;
     let sender = handle.sender();
     let inputs: InputFn = Arc::new(move |input| sender.send(input));
+    let flow = handle.flow();
     pump!(handle, pam_lite_blocking::forward, listener, events)?;
-    Ok(inputs)
+    Ok(Started { inputs, flow })
 }
 
 fn start_smol(
@@ -110,11 +131,12 @@ fn start_smol(
     config: DriverConfig,
     listener: Option<TcpListener>,
     events: Sender<Event>,
-) -> Result<InputFn, CliError> {
+) -> Result<Started, CliError> {
     let handle = pam_lite_smol::spawn(client, config)
         .map_err(|e| CliError::local("cannot start the smol driver", e))?;
     let sender = handle.sender();
     let inputs: InputFn = Arc::new(move |input| sender.send(input));
+    let flow = handle.flow();
     pump!(handle, pam_lite_smol::forward, listener, events)?;
-    Ok(inputs)
+    Ok(Started { inputs, flow })
 }

@@ -674,6 +674,7 @@ impl Ticket {
             Some(t) => {
                 t.opt_str("username", MAX_SHORT)?;
                 t.opt_str("password", MAX_SHORT)?;
+                t.opt_u64("expires_unix")?;
                 true
             }
         };
@@ -791,7 +792,9 @@ impl Ticket {
         let mut params = Map::new();
         params.insert("enable-pipe".into(), Value::String("true".into()));
         for (k, v) in &self.guacd_params.0 {
-            if !k.starts_with("disable-") {
+            // The clipboard policy comes from `clipboard` only (added below, as Commander does); other
+            // `disable-*` options (`disable-csv-export`, ...) are the record's and go through.
+            if k != "disable-copy" && k != "disable-paste" {
                 params.insert(k.clone(), v.clone());
             }
         }
@@ -809,6 +812,12 @@ impl Ticket {
         params.insert("width".into(), Value::String(w.to_string()));
         params.insert("height".into(), Value::String(h.to_string()));
         params.insert("dpi".into(), Value::String(dpi.to_string()));
+        if self.disable_paste {
+            params.insert("disable-paste".into(), Value::String("true".into()));
+        }
+        if self.disable_copy {
+            params.insert("disable-copy".into(), Value::String("true".into()));
+        }
 
         let clipboard =
             json!({"disableCopy": self.disable_copy, "disablePaste": self.disable_paste});
@@ -1265,7 +1274,8 @@ mod tests {
         let p = d["guacd_params"].as_object().unwrap();
         assert_eq!(p["enable-pipe"], "true");
         assert_eq!(p["password"], "TopSecretPw");
-        assert!(!p.contains_key("disable-copy"));
+        assert!(!p.contains_key("disable-copy")); // in guacd_params, but the clipboard policy says no
+        assert_eq!(p["disable-paste"], "true"); // from `clipboard`, as Commander adds it
         assert_eq!(p["width"], "830");
         assert_eq!(
             d["clipboard"],
