@@ -20,7 +20,18 @@ if grep -rnE 'std::net|std::thread|Instant::now|SystemTime::now|thread::sleep|th
   exit 1
 fi
 
-step "tests (unit, simulation, properties, snapshots, drivers)"
+# Real OpenSSH for cli/tests/ssh_proxy.rs (issue 10: ssh/scp through `pam-lite tunnel --stdio`). Installed
+# with apt-get when missing (idempotent, skipped when present); PAM_LITE_REQUIRE_SSH=1 then makes a missing
+# program a test failure instead of a SKIPPED line. PAM_LITE_SKIP_SSH=1 skips (and says so).
+if [ "${PAM_LITE_SKIP_SSH:-0}" = 1 ]; then
+  echo "SKIPPED ssh/scp through the tunnel: PAM_LITE_SKIP_SSH=1"
+else
+  step "openssh for the ssh/scp tests (apt-get only when missing)"
+  scripts/ensure-openssh.sh
+  export PAM_LITE_REQUIRE_SSH=1
+fi
+
+step "tests (unit, simulation, properties, snapshots, drivers, CLI incl. ssh/scp through the tunnel)"
 cargo test --workspace --locked
 
 # ---------------------------------------------------------------------------------------------------------
@@ -29,3 +40,10 @@ cargo test --workspace --locked
 # 270 s). The same test in the workspace step above only printed SKIPPED (it needs the namespace).
 step "keeper interop (keeper-pam-webrtc-rs 2.2.9 + keepercommander 18.1.8, private netns)"
 tests/interop/run.sh
+
+# ---------------------------------------------------------------------------------------------------------
+# The ticket exporter (issue 10): its own venv with keepercommander 18.1.8, Commander's own objects as
+# fixtures (no Keeper server), the ticket compared with Commander's own `pam launch` offer field by field,
+# and checked by the pam-lite binary the test step above built. ~1 min (venv cached after the first run).
+step "ticket exporter (keepercommander 18.1.8 as a library, fixtures)"
+PAM_LITE_BIN="${CARGO_TARGET_DIR:-target}/debug/pam-lite" PAM_LITE_REQUIRE_BIN=1 exporter/run_tests.sh
