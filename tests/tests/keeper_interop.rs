@@ -1276,3 +1276,112 @@ fn real_commander_against_pam_lite_emulator() {
     );
     drop(emu);
 }
+
+// ================================================================================================
+// 4. Real Commander's terminal client (keepercommander 18.1.8: `launch_terminal_connection`, its
+//    `GuacamoleHandler` in PythonHandler mode, the steps of `_start_cli_session`) against pam-lite's emulator
+//    in terminal mode (a real /bin/sh under a PTY behind the emulated gateway). See
+//    tests/interop/commander_terminal.py for what is put in place by hand (fixtures like the exporter's).
+// ================================================================================================
+
+#[test]
+fn real_commander_terminal_against_pam_lite_emulator() {
+    use pam_lite_emulator::{Emulator, EmulatorConfig, TargetConfig};
+    use std::io::BufRead;
+
+    let Some(python) = interop_python("real_commander_terminal_against_pam_lite_emulator") else {
+        return;
+    };
+    let emu = Emulator::start(EmulatorConfig {
+        target: TargetConfig::Terminal {
+            command: vec!["/bin/sh".to_string()],
+        },
+        ..EmulatorConfig::default()
+    })
+    .expect("emulator");
+    let ticket_path = std::env::temp_dir().join(format!(
+        "pam-lite-interop-terminal-ticket-{}.json",
+        std::process::id()
+    ));
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&ticket_path)
+            .expect("ticket file");
+        f.write_all(emu.ticket().to_json_string().as_bytes())
+            .expect("write ticket");
+    }
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _ticket_guard = RemoveOnDrop(ticket_path.clone());
+
+    let mut child = std::process::Command::new(&python)
+        .arg(interop_dir().join("commander_terminal.py"))
+        .args(["--ticket", ticket_path.to_str().expect("utf-8 path")])
+        .args(["--deadline", "80"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start commander_terminal.py");
+    let stdout = child.stdout.take().expect("stdout");
+    let _child = ChildGuard(child);
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let v = serde_json::from_str(&line)
+                .unwrap_or_else(|_| json!({"type": "unparsed", "line": line}));
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let end = Instant::now() + S(90);
+    let result = loop {
+        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok(v) => {
+                println!("[commander terminal→emulator] {v}");
+                let done = v["type"] == "result" || v["type"] == "error";
+                lines.push(v.clone());
+                if done {
+                    break v;
+                }
+            }
+            Err(_) => panic!("commander_terminal.py gave no result within 90 s; it said {lines:?}"),
+        }
+    };
+    assert_eq!(
+        result["ok"], true,
+        "Commander terminal run failed: {lines:?}"
+    );
+    let of = |ty: &str| {
+        lines
+            .iter()
+            .find(|v| v["type"] == ty)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(of("ready")["ok"], true, "wait_for_ready");
+    assert_eq!(of("ready")["stdout_pipe"], true, "STDOUT pipe opened");
+    assert_eq!(of("command")["ok"], true, "command output came back");
+    let resize = of("resize");
+    assert_eq!(resize["ok"], true, "stty size after send_size");
+    assert_ne!(resize["before"], "30x100");
+    let ended = of("ended");
+    assert_eq!(ended["ok"], true, "end of session reached Commander");
+    assert_eq!(ended["handler_running"], false);
+    drop(emu);
+}
