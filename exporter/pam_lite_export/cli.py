@@ -11,7 +11,7 @@ import logging
 import sys
 
 from . import errors
-from .errors import ExportError
+from .errors import ExportError, clean
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,20 +47,20 @@ def login(config_file):
         from keepercommander.__main__ import get_params_from_config
         from keepercommander import api
     except ImportError as e:
-        raise ExportError(errors.LOCAL, f"keepercommander is not importable ({e}); run exporter/setup.sh")
+        raise ExportError(errors.LOCAL, f"keepercommander is not importable ({clean(e)}); run exporter/setup.sh")
     params = get_params_from_config(config_file)
     try:
         api.login(params)
     except KeyboardInterrupt:
         raise ExportError(errors.LOGIN_FAILED, "login cancelled")
     except Exception as e:
-        raise ExportError(errors.LOGIN_FAILED, f"login failed: {e}")
+        raise ExportError(errors.LOGIN_FAILED, f"login failed: {clean(e)}")
     if not params.session_token:
         raise ExportError(errors.LOGIN_FAILED, "login failed: no session (wrong password, 2FA or device approval)")
     try:
         api.sync_down(params)
     except Exception as e:
-        raise ExportError(errors.LOGIN_FAILED, f"vault sync failed: {e}")
+        raise ExportError(errors.LOGIN_FAILED, f"vault sync failed: {clean(e)}")
     return params
 
 

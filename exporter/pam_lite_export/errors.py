@@ -32,6 +32,16 @@ CODES = {
 }
 
 
+MAX_DETAIL = 300
+
+
+def clean(detail) -> str:
+    """Outside text (an exception from Commander or the network) made safe to print: control characters
+    replaced, length bounded."""
+    text = "".join(c if c.isprintable() else "?" for c in str(detail))
+    return text if len(text) <= MAX_DETAIL else text[:MAX_DETAIL] + "..."
+
+
 class ExportError(Exception):
     """A failure the user can act on. `code` is the process exit code."""
 

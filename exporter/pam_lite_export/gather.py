@@ -28,6 +28,7 @@ from .errors import (
     RECORD_NOT_FOUND,
     RECORD_UNUSABLE,
     WORKFLOW_DENIED,
+    clean,
 )
 
 # Commander's relay_access_creds expiry request (terminal_connection.py, tunnel_helpers.py).
@@ -129,7 +130,7 @@ def resolve_record(params, token: str) -> str:
     try:
         uid = cmd.find_record(params, token)
     except Exception as e:  # Commander raises CommandError for ambiguous names
-        raise ExportError(RECORD_NOT_FOUND, f"record {token!r}: {e}")
+        raise ExportError(RECORD_NOT_FOUND, f"record {token!r}: {clean(e)}")
     if not uid:
         raise ExportError(RECORD_NOT_FOUND, f"record not found: {token!r} (give its uid, path or title)")
     record = c["vault"].KeeperRecord.load(params, uid)
@@ -167,7 +168,7 @@ def resolve_gateway(params, api: CommanderApi, record_uid: str, tdag, allow_offl
     try:
         info = cmd.find_gateway(params, record_uid, tdag=tdag)
     except Exception as e:
-        raise ExportError(NO_GATEWAY, f"no gateway for record {record_uid}: {e}")
+        raise ExportError(NO_GATEWAY, f"no gateway for record {record_uid}: {clean(e)}")
     if not info or not info.get("gateway_uid"):
         raise ExportError(NO_GATEWAY, f"no gateway for record {record_uid}")
     online = api.online_gateway_uids(params)
@@ -332,7 +333,7 @@ def build_ticket(params, record_token: str, *, tunnel: bool = False, api: Option
         try:
             settings = tc.extract_terminal_settings(params, record_uid, protocol, dag_linked_uid=dag_linked_uid)
         except Exception as e:  # CommandError: no hostname, several host fields, ...
-            raise ExportError(RECORD_UNUSABLE, f"record {record_uid}: {e}")
+            raise ExportError(RECORD_UNUSABLE, f"record {record_uid}: {clean(e)}")
         context = tc.create_connection_context(params, record_uid, gw["gateway_uid"], protocol, settings)
         h_type, h_user = handler_credential_type(context)
         screen = c["terminal_size"]._build_screen_info(80, 24)
@@ -341,7 +342,7 @@ def build_ticket(params, record_token: str, *, tunnel: bool = False, api: Option
                                                          settings=settings, context=context, screen_info=screen,
                                                          user_record_uid=h_user, credential_type=h_type)
         except Exception as e:
-            raise ExportError(RECORD_UNUSABLE, f"record {record_uid}: {e}")
+            raise ExportError(RECORD_UNUSABLE, f"record {record_uid}: {clean(e)}")
         guacd = {k: v for k, v in cs["guacd_params"].items() if k not in RUNTIME_GUACD_KEYS + CLIPBOARD_GUACD_KEYS}
         g_type, g_user = gateway_credential_type(context)
         if g_type == "userSupplied":

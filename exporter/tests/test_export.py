@@ -41,7 +41,7 @@ from pam_lite_export import errors  # noqa: E402
 from pam_lite_export.cli import main as cli_main  # noqa: E402
 from pam_lite_export.errors import ExportError  # noqa: E402
 from pam_lite_export.gather import build_ticket  # noqa: E402
-from pam_lite_export.output import summary, ticket_json, write_ticket  # noqa: E402
+from pam_lite_export.output import summary, write_ticket  # noqa: E402
 
 COLS, ROWS = 80, 24
 SECRETS = [F.SESSION_TOKEN, "alice-Pw-1", "bob-passphrase", "admin-Pw", "machine-password", "turn-Pw",
