@@ -253,3 +253,69 @@ fn man_pages() {
         .unwrap()
         .contains("stdio"));
 }
+
+/// `pam-lite ssh` builds ssh's command line: the ProxyCommand (this binary, quoted for the shell and for
+/// ssh's `%` expansion, with the runtime and profile), and without ssh arguments the ticket's target as
+/// the destination, with the record's login. `PAM_LITE_SSH=echo` shows what ssh would get.
+#[test]
+fn pam_lite_ssh_command_line() {
+    let dir = common::temp_path("100% dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ticket = dir.join("t.json");
+    std::fs::write(
+        &ticket,
+        serde_json::json!({
+            "version": 1,
+            "router_url": "https://connect.example.test",
+            "auth": {"session_token_b64url": "U0VTU0lPTi1UT0tFTg", "server_key_id": 7},
+            "gateway_uid": "GwGwGwGwGwGwGwGwGwGw-_",
+            "record_uid": "RecRecRecRecRecRecRec_",
+            "traffic_encryption_seed_b64": "c2VlZA==",
+            "target": {"hostName": "db-1.internal", "port": 2222},
+            "guacd_params": {"username": "alice", "password": "Hunter2Password"},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let t = ticket.to_str().unwrap();
+    let r = common::run(
+        &["ssh", "--ticket", t, "--runtime", "blocking"],
+        &[("PAM_LITE_SSH", "echo")],
+        b"",
+        DEADLINE,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let want_proxy = format!(
+        "ProxyCommand='{}' tunnel --stdio --ticket '{}' --runtime blocking --profile 'fast'",
+        common::BIN,
+        t.replace('%', "%%")
+    );
+    assert_eq!(
+        r.stdout.trim(),
+        format!("-o {want_proxy} -p 2222 alice@db-1.internal")
+    );
+    assert!(!r.stdout.contains("Hunter2Password"));
+    // With ssh arguments they go through unchanged, after the ProxyCommand.
+    let r = common::run(
+        &["ssh", "--ticket", t, "--", "-l", "bob", "host", "uptime"],
+        &[("PAM_LITE_SSH", "echo")],
+        b"",
+        DEADLINE,
+    );
+    assert!(
+        r.stdout
+            .trim()
+            .ends_with("--profile 'fast' -l bob host uptime"),
+        "{}",
+        r.stdout
+    );
+    // A bad ticket is reported before ssh runs.
+    let r = common::run(
+        &["ssh", "--ticket", "/nonexistent/t.json"],
+        &[("PAM_LITE_SSH", "echo")],
+        b"",
+        DEADLINE,
+    );
+    assert_eq!(r.code, Some(1));
+    assert!(r.stdout.is_empty());
+}
