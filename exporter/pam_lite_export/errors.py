@@ -15,6 +15,7 @@ NO_TRAFFIC_SEED = 8
 RECORD_UNUSABLE = 9  # no hostname/port, settings Commander refuses to launch (readOnly, disableCopy, ...)
 UNSAFE_OUTPUT = 10  # the output file exists with permissions wider than 0600
 WORKFLOW_DENIED = 11  # Commander's workflow gate (approval, check-out, MFA) did not allow the launch
+POLICY_DENIED = 12  # enterprise enforcement or the PAM configuration disables connections / tunneling
 
 CODES = {
     OK: "ticket written",
@@ -29,6 +30,7 @@ CODES = {
     RECORD_UNUSABLE: "the record cannot be launched as configured",
     UNSAFE_OUTPUT: "output file has permissions wider than 0600",
     WORKFLOW_DENIED: "workflow gate refused",
+    POLICY_DENIED: "enterprise enforcement or PAM configuration disallows it",
 }
 
 

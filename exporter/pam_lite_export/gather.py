@@ -25,6 +25,7 @@ from .errors import (
     NO_GATEWAY,
     NO_TRAFFIC_SEED,
     NOT_PAM_RESOURCE,
+    POLICY_DENIED,
     RECORD_NOT_FOUND,
     RECORD_UNUSABLE,
     WORKFLOW_DENIED,
@@ -91,6 +92,15 @@ class CommanderApi:
         from keepercommander.commands.pam.router_helper import router_get_relay_access_creds
 
         return router_get_relay_access_creds(params=params, expire_sec=TURN_EXPIRE_SEC)
+
+    def config_allows(self, params, record_uid: str, action: str) -> bool:
+        """Commander's PAM-configuration gate (`allowedSettings` on the configuration's DAG vertex):
+        `connections` for launch, `tunneling` for tunnels. True when this Commander has no such gate."""
+        try:
+            from keepercommander.commands.workflow.helpers import is_pam_config_action_allowed_for_record
+        except ImportError:
+            return True
+        return is_pam_config_action_allowed_for_record(params, record_uid, action)
 
     def workflow_gate(self, params, record_uid: str, reason=None, ticket=None):
         """Commander's workflow gate (approval / check-out / MFA); None when this Commander has none."""
@@ -282,6 +292,19 @@ def build_ticket(params, record_token: str, *, tunnel: bool = False, api: Option
     record_uid = resolve_record(params, record_token)
     record = vault.KeeperRecord.load(params, record_uid)
     seed = traffic_seed(record)
+
+    # The gates `pam launch` / `pam tunnel start` apply before anything else (launch.py, tunnel_and_connections.py).
+    enforcement, action = ("allow_launch_pam_tunnels", "tunneling") if tunnel else \
+        ("allow_launch_pam_on_cloud_connection", "connections")
+    try:
+        from keepercommander.commands.workflow.helpers import is_pam_action_allowed_by_enforcement
+    except ImportError:
+        is_pam_action_allowed_by_enforcement = None
+    if is_pam_action_allowed_by_enforcement is not None and \
+            not is_pam_action_allowed_by_enforcement(params, enforcement):
+        raise ExportError(POLICY_DENIED, f"your enterprise enforcement does not allow this ({enforcement})")
+    if not api.config_allows(params, record_uid, action):
+        raise ExportError(POLICY_DENIED, f"{action} are disabled by the PAM configuration of record {record_uid}")
 
     two_factor_value = None
     gate = api.workflow_gate(params, record_uid, reason=workflow_reason, ticket=workflow_ticket)

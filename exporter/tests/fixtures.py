@@ -227,9 +227,11 @@ def controllers():
 class FixtureApi:
     """The exporter's server-facing calls, answered from the fixtures."""
 
-    def __init__(self, gate=None, turn=True):
+    def __init__(self, gate=None, turn=True, config_allows=True):
         self.gate = gate
         self.turn = turn
+        self.allows = config_allows
+        self.config_actions = []
 
     def tunnel_dag(self, params, record_uid):
         return dag_for(record_uid)
@@ -241,6 +243,10 @@ class FixtureApi:
         if not self.turn:
             return None
         return SimpleNamespace(username="turn-user", password="turn-Pw", serverTime=1_800_000_000_000)
+
+    def config_allows(self, params, record_uid, action):
+        self.config_actions.append(action)
+        return self.allows
 
     def workflow_gate(self, params, record_uid, reason=None, ticket=None):
         return self.gate

@@ -258,6 +258,14 @@ class ExporterTest(unittest.TestCase):
         self.assertEqual(self.ticket(F.OFFLINE, allow_offline=True)["gateway_uid"], F.OTHER_GATEWAY)
         self.assertIn("readOnly", self.assert_fails(errors.RECORD_UNUSABLE, F.READ_ONLY))
         self.assert_fails(errors.WORKFLOW_DENIED, F.SSH_DAG, api=F.FixtureApi(gate=gate(False)))
+        api = F.FixtureApi(config_allows=False)
+        self.assertIn("connections", self.assert_fails(errors.POLICY_DENIED, F.SSH_DAG, api=api))
+        api = F.FixtureApi(config_allows=False)
+        self.assertIn("tunneling", self.assert_fails(errors.POLICY_DENIED, F.SSH_DAG, api=api, tunnel=True))
+        self.params.enforcements = {"booleans": [{"key": "allow_launch_pam_on_cloud_connection", "value": False},
+                                                 {"key": "allow_launch_pam_tunnels", "value": True}]}
+        self.assertIn("enforcement", self.assert_fails(errors.POLICY_DENIED, F.SSH_DAG))
+        self.assertEqual(self.ticket(F.SSH_DAG, tunnel=True)["record_uid"], F.SSH_DAG)
         codes = [v for k, v in vars(errors).items() if k.isupper() and isinstance(v, int)]
         self.assertEqual(len(codes), len(set(codes)), "exit codes must be distinct")
 
