@@ -9,6 +9,6 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 "$HERE/setup.sh"
 cd "$HERE"
-# Commander prints a warning per ResourceWarning-free run; only the unittest verdict matters here.
+# -W ignore::ResourceWarning: the fixtures open files Commander never closes; the warnings are noise.
 exec timeout --kill-after=10 "${PAM_LITE_EXPORTER_TIMEOUT:-300}" \
   "$HERE/.venv/bin/python" -W ignore::ResourceWarning -m unittest -v tests.test_export
