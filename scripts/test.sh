@@ -29,3 +29,9 @@ cargo test --workspace --locked
 # 270 s). The same test in the workspace step above only printed SKIPPED (it needs the namespace).
 step "keeper interop (keeper-pam-webrtc-rs 2.2.9 + keepercommander 18.1.8, private netns)"
 tests/interop/run.sh
+
+# ---------------------------------------------------------------------------------------------------------
+# The NAT lab (issue 9): network namespaces, kernel NAT (nftables) and a real TURN server (coturn), all
+# inside a private namespace made by the script; one PASS/FAIL line per scenario (~30 s).
+step "NAT lab (tests/netlab/run.sh)"
+tests/netlab/run.sh
