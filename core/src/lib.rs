@@ -29,6 +29,7 @@ pub mod ice_batch;
 mod io;
 pub mod offer_retry;
 pub mod profile;
+pub mod relay;
 pub mod router;
 pub mod rtc;
 pub mod signaling;

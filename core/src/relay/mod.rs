@@ -1,0 +1,464 @@
+//! Candidates beyond the host's own addresses: server-reflexive (STUN) and relayed (TURN), sans-IO.
+//!
+//! str0m has no STUN/TURN client by design; it accepts relayed local candidates and then addresses its
+//! transmits *from* the relay address. [`Relays`] sits beside the ICE agent the way firezone's `snownet`
+//! puts its allocations beside str0m:
+//!
+//! ```text
+//!  node UDP socket ──datagram──► Relays::handle_datagram ──(from a STUN/TURN server)──► consumed
+//!                                        │ not a server's ─► str0m as before
+//!                                        └ relayed peer data ─► poll_peer_data ─► str0m (destination = relay addr)
+//!  str0m transmit from a relay addr ─► Relays::send ─► ChannelData / Send indication ─► poll_io
+//!  remote candidate trickled ───────► Relays::add_remote_candidate ─► channel binding on every allocation
+//!  poll_io:  Datagram{to} (the node's socket) | StreamOpen/Write/Close (TURN over TCP or TLS, one per allocation)
+//!  poll_event: Candidate{srflx|relay} | ServerFailed{server, why} | Gathered
+//! ```
+//!
+//! The protocol work is done by `stun-proto` 2 and `turn-client-proto` 0.7 (sans-IO, time passed in; see
+//! ARCHITECTURE.md for why these). Their clock is adapted at [`clock`]'s boundary. Their requests'
+//! transaction ids come from their own generator (like str0m's ICE ids): bytes may differ between runs,
+//! outcomes and schedules never do.
+
+mod clock;
+mod stun;
+mod turn;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clock::Clock;
+use stun::{Binding, BindingResult};
+pub use turn::TurnTransport;
+use turn::{Allocation, State};
+
+/// One TURN server with its long-term credentials (Keeper: `relay_access_creds`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TurnServer {
+    pub addr: SocketAddr,
+    pub transport: TurnTransport,
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for TurnServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurnServer")
+            .field("addr", &self.addr)
+            .field("transport", &self.transport)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Which servers to gather from, and how long gathering may hold up a launch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    pub stun: Vec<SocketAddr>,
+    pub turn: Vec<TurnServer>,
+    /// After this, gathering is reported done whatever is still pending (late candidates still trickle).
+    pub gather_timeout: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            stun: Vec::new(),
+            turn: Vec::new(),
+            gather_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a STUN or TURN server gave us nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayFailure {
+    /// No answer within the retransmission schedule (or the stream could not be opened).
+    Unreachable,
+    /// The TURN server refused the credentials (a 401 after they were offered).
+    Unauthorized,
+    /// The server answered with this error code.
+    Refused(u16),
+    /// An allocation that existed was lost (stream closed, refresh failed).
+    Closed,
+}
+
+impl fmt::Display for RelayFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unreachable => f.write_str("no answer (unreachable or blocked)"),
+            Self::Unauthorized => f.write_str("the TURN credentials were refused (401)"),
+            Self::Refused(code) => write!(f, "refused with error {code}"),
+            Self::Closed => f.write_str("the allocation was lost"),
+        }
+    }
+}
+
+/// A gathered local candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandidateKind {
+    ServerReflexive,
+    Relayed,
+}
+
+/// Something the application (the client or gateway node) must know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// A candidate to add to the ICE agent and trickle to the peer. `base` is the local socket it belongs
+    /// to (for relayed candidates: the socket that talks to the TURN server).
+    Candidate {
+        kind: CandidateKind,
+        addr: SocketAddr,
+        base: SocketAddr,
+        server: SocketAddr,
+    },
+    /// A server gave nothing (named in logs, the waterfall and the final error).
+    ServerFailed {
+        server: SocketAddr,
+        turn: bool,
+        failure: RelayFailure,
+    },
+    /// Every server has answered, failed, or the gathering bound passed. Emitted once.
+    Gathered,
+}
+
+/// A stream to a TURN server (one per TCP/TLS allocation), opened and owned by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId(pub u32);
+
+/// I/O the driver performs for the relay layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayIo {
+    /// A datagram from the node's UDP socket.
+    Datagram { to: SocketAddr, data: Vec<u8> },
+    /// Open a TCP (or TLS, `tls: true`) connection; answer with [`StreamEvent::Connected`] or `Closed`.
+    StreamOpen {
+        stream: StreamId,
+        to: SocketAddr,
+        tls: bool,
+    },
+    /// Write these bytes to the stream, in order.
+    StreamWrite { stream: StreamId, data: Vec<u8> },
+    /// Close the stream.
+    StreamClose { stream: StreamId },
+}
+
+/// What happened on a stream the driver opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    Connected { local: SocketAddr },
+    Data(Vec<u8>),
+    Closed,
+}
+
+/// Data a peer sent through one of our relays: hand it to the ICE agent as received on `relay`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerData {
+    pub relay: SocketAddr,
+    pub peer: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// Every STUN binding and TURN allocation of one node.
+#[derive(Debug)]
+pub struct Relays {
+    clock: Clock,
+    local: SocketAddr,
+    bindings: Vec<Binding>,
+    allocations: Vec<Allocation>,
+    /// Per allocation: whether its outcome (candidate(s) or failure) was reported, and whether its loss was.
+    reported: Vec<bool>,
+    lost: Vec<bool>,
+    binding_reported: Vec<bool>,
+    gather_deadline: Instant,
+    gathered: bool,
+    io: VecDeque<RelayIo>,
+    events: VecDeque<RelayEvent>,
+    peer_data: VecDeque<PeerData>,
+}
+
+impl Relays {
+    /// Start gathering from every configured server. `local` is the node's UDP socket; `seed` numbers the
+    /// STUN transactions (from the core's seeded RNG).
+    pub fn new(config: &RelayConfig, local: SocketAddr, seed: u64, now: Instant) -> Self {
+        let clock = Clock::new(now);
+        let bindings: Vec<Binding> = config
+            .stun
+            .iter()
+            .enumerate()
+            .map(|(i, &server)| {
+                let id = (u128::from(seed) << 32) | i as u128;
+                Binding::start(local, server, id, &clock, now)
+            })
+            .collect();
+        let mut io = VecDeque::new();
+        let allocations: Vec<Allocation> = config
+            .turn
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if s.transport != TurnTransport::Udp {
+                    io.push_back(RelayIo::StreamOpen {
+                        stream: StreamId(i as u32),
+                        to: s.addr,
+                        tls: s.transport == TurnTransport::Tls,
+                    });
+                }
+                Allocation::new(
+                    s.addr,
+                    s.transport,
+                    &s.username,
+                    &s.password,
+                    local,
+                    &clock,
+                    now,
+                )
+            })
+            .collect();
+        let mut this = Self {
+            clock,
+            local,
+            reported: vec![false; allocations.len()],
+            lost: vec![false; allocations.len()],
+            binding_reported: vec![false; bindings.len()],
+            bindings,
+            allocations,
+            gather_deadline: now + config.gather_timeout,
+            gathered: false,
+            io,
+            events: VecDeque::new(),
+            peer_data: VecDeque::new(),
+        };
+        this.handle_timeout(now);
+        this
+    }
+
+    /// Offer a datagram that arrived on the node's UDP socket. `true` when it came from one of our
+    /// STUN/TURN servers (consumed: do not give it to the ICE agent).
+    pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) -> bool {
+        let clock = self.clock;
+        let mut consumed = false;
+        for b in &mut self.bindings {
+            if b.handle(from, data, &clock, now) {
+                consumed = true;
+                break;
+            }
+        }
+        if !consumed {
+            for a in self
+                .allocations
+                .iter_mut()
+                .filter(|a| a.transport() == TurnTransport::Udp)
+            {
+                if a.handle(from, self.local, data, &clock, now) {
+                    consumed = true;
+                    break;
+                }
+            }
+        }
+        if consumed {
+            self.collect(now);
+        }
+        consumed
+    }
+
+    /// Something happened on a stream the driver opened for a TCP/TLS allocation.
+    pub fn handle_stream(&mut self, stream: StreamId, event: StreamEvent, now: Instant) {
+        let clock = self.clock;
+        let Some(a) = self.allocations.get_mut(stream.0 as usize) else {
+            return;
+        };
+        if a.transport() == TurnTransport::Udp {
+            return;
+        }
+        match event {
+            StreamEvent::Connected { local } => a.stream_connected(local, &clock, now),
+            StreamEvent::Data(bytes) => {
+                let server = a.server();
+                a.handle(server, self.local, &bytes, &clock, now);
+            }
+            StreamEvent::Closed => a.stream_closed(&clock, now),
+        }
+        self.collect(now);
+    }
+
+    /// A remote candidate of the peer: every allocation (now or once it exists) gets a channel to it.
+    pub fn add_remote_candidate(&mut self, peer: SocketAddr, now: Instant) {
+        let clock = self.clock;
+        for a in &mut self.allocations {
+            a.add_peer(peer, &clock, now);
+        }
+        self.collect(now);
+    }
+
+    /// Whether `addr` is one of our relay addresses (a transmit from it goes through [`Relays::send`]).
+    pub fn is_relay(&self, addr: SocketAddr) -> bool {
+        self.allocations.iter().any(|a| a.relayed() == Some(addr))
+    }
+
+    /// Send `data` to `peer` from our relay address `relay`. `false` when that relay cannot (yet).
+    pub fn send(&mut self, relay: SocketAddr, peer: SocketAddr, data: &[u8], now: Instant) -> bool {
+        let clock = self.clock;
+        let Some(a) = self
+            .allocations
+            .iter_mut()
+            .find(|a| a.relayed() == Some(relay))
+        else {
+            return false;
+        };
+        let sent = a.send(peer, data, &clock, now);
+        self.collect(now);
+        sent
+    }
+
+    /// Timers: retransmissions, refreshes, the gathering bound.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let clock = self.clock;
+        for b in &mut self.bindings {
+            if b.wake().is_some_and(|t| t <= now) {
+                b.handle_timeout(&clock, now);
+            }
+        }
+        for a in &mut self.allocations {
+            if a.wake().is_some_and(|t| t <= now) {
+                a.handle_timeout(&clock, now);
+            }
+        }
+        self.collect(now);
+    }
+
+    /// The latest moment [`Relays::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let bindings = self.bindings.iter().filter_map(Binding::wake);
+        let allocations = self.allocations.iter().filter_map(Allocation::wake);
+        let deadline = (!self.gathered).then_some(self.gather_deadline);
+        bindings.chain(allocations).chain(deadline).min()
+    }
+
+    pub fn poll_io(&mut self) -> Option<RelayIo> {
+        self.io.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<RelayEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_peer_data(&mut self) -> Option<PeerData> {
+        self.peer_data.pop_front()
+    }
+
+    /// Move what the bindings and allocations produced into the queues, and report outcomes once.
+    fn collect(&mut self, now: Instant) {
+        for (i, b) in self.bindings.iter_mut().enumerate() {
+            while let Some(data) = b.poll_datagram() {
+                self.io.push_back(RelayIo::Datagram {
+                    to: b.server(),
+                    data,
+                });
+            }
+            if self.binding_reported[i] {
+                continue;
+            }
+            let event = match b.result() {
+                None => continue,
+                Some(BindingResult::Mapped(addr)) => RelayEvent::Candidate {
+                    kind: CandidateKind::ServerReflexive,
+                    addr: *addr,
+                    base: self.local,
+                    server: b.server(),
+                },
+                Some(BindingResult::Refused(code)) => RelayEvent::ServerFailed {
+                    server: b.server(),
+                    turn: false,
+                    failure: RelayFailure::Refused(*code),
+                },
+                Some(BindingResult::TimedOut) => RelayEvent::ServerFailed {
+                    server: b.server(),
+                    turn: false,
+                    failure: RelayFailure::Unreachable,
+                },
+            };
+            self.binding_reported[i] = true;
+            self.events.push_back(event);
+        }
+        for (i, a) in self.allocations.iter_mut().enumerate() {
+            let udp = a.transport() == TurnTransport::Udp;
+            while let Some(data) = a.poll_bytes() {
+                self.io.push_back(if udp {
+                    RelayIo::Datagram {
+                        to: a.server(),
+                        data,
+                    }
+                } else {
+                    RelayIo::StreamWrite {
+                        stream: StreamId(i as u32),
+                        data,
+                    }
+                });
+            }
+            if let Some(relay) = a.relayed() {
+                while let Some((peer, data)) = a.poll_received() {
+                    self.peer_data.push_back(PeerData { relay, peer, data });
+                }
+            }
+            if self.reported[i] {
+                // An allocation that existed and is now gone: said once, as lost.
+                if !self.lost[i] && *a.state() == State::Failed(RelayFailure::Closed) {
+                    self.lost[i] = true;
+                    self.events.push_back(RelayEvent::ServerFailed {
+                        server: a.server(),
+                        turn: true,
+                        failure: RelayFailure::Closed,
+                    });
+                }
+                continue;
+            }
+            match a.state().clone() {
+                State::Connecting | State::Allocating => {}
+                State::Allocated(relayed) => {
+                    if let (Some(mapped), true) = (a.mapped(), udp) {
+                        self.events.push_back(RelayEvent::Candidate {
+                            kind: CandidateKind::ServerReflexive,
+                            addr: mapped,
+                            base: self.local,
+                            server: a.server(),
+                        });
+                    }
+                    self.events.push_back(RelayEvent::Candidate {
+                        kind: CandidateKind::Relayed,
+                        addr: relayed,
+                        base: self.local,
+                        server: a.server(),
+                    });
+                    self.reported[i] = true;
+                }
+                State::Failed(failure) => {
+                    self.events.push_back(RelayEvent::ServerFailed {
+                        server: a.server(),
+                        turn: true,
+                        failure,
+                    });
+                    self.reported[i] = true;
+                    if !udp {
+                        self.io.push_back(RelayIo::StreamClose {
+                            stream: StreamId(i as u32),
+                        });
+                    }
+                }
+            }
+        }
+        if !self.gathered {
+            let all_done =
+                self.binding_reported.iter().all(|&r| r) && self.reported.iter().all(|&r| r);
+            if all_done || now >= self.gather_deadline {
+                self.gathered = true;
+                self.events.push_back(RelayEvent::Gathered);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

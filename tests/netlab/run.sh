@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# The NAT lab: real Linux network namespaces, veth links, kernel NAT (nftables) and a real TURN server
+# (Debian's coturn), topology in tests/netlab/topo.sh.
+#
+#   tests/netlab/run.sh [SCENARIO...]      all scenarios, or the named ones (`--list` lists them)
+#
+# Prints one line per scenario, `PASS <name>` or `FAIL <name>: <why>`, then `N passed, M failed`, and exits
+# non-zero when any failed. Each scenario builds the topology afresh (no conntrack state survives from one
+# to the next) and is bounded by PAM_LITE_NETLAB_SCENARIO_TIMEOUT seconds (default 60).
+#
+# Needs root (or a user namespace that allows `unshare -n -m`), iproute2, nftables, coturn and python3; the
+# missing Debian packages are installed with apt-get. The whole run happens inside a private network and
+# mount namespace made here, so it touches none of the machine's interfaces and leaves nothing behind.
+# Where no namespace can be made, it prints `SKIPPED netlab: <why>` and exits 0 (CI machines can).
+#
+# Today the lab proves its own ground truth — the NAT kinds behave as named (checked with our probes and
+# with coturn's RFC 5780 NAT discovery), the open network routes, UDP blocking blocks, coturn allocates
+# relays with the right credentials and refuses wrong ones. The pam-lite launch scenarios (srflx and relay
+# paths, TURN over TCP, --relay-only, Keeper's tube behind NAT B) are added here as the STUN/TURN work
+# (issue 9) lands, in the same output format.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+if [ "${PAM_LITE_NETLAB_INSIDE:-}" != 1 ]; then
+  need=()
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  command -v nft >/dev/null 2>&1 || need+=(nftables)
+  command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  if [ "${#need[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "netlab: installing ${need[*]}" >&2
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; } >&2 \
+        || { echo "FAIL netlab: could not install ${need[*]}"; exit 1; }
+    else
+      echo "SKIPPED netlab: missing ${need[*]} and cannot install them (not root or no apt-get)"
+      exit 0
+    fi
+  fi
+  if ! unshare -n -m true 2>/dev/null; then
+    echo "SKIPPED netlab: cannot create a private network + mount namespace here (unshare -n -m refused)"
+    exit 0
+  fi
+  # A private mount namespace so `ip netns add` mounts under a /run/netns nobody else sees.
+  export PAM_LITE_NETLAB_INSIDE=1
+  exec unshare -n -m --propagation private bash -c \
+    'mount -t tmpfs lab /run 2>/dev/null || true; exec "$0" "$@"' "$0" "$@"
+fi
+
+# shellcheck source=tests/netlab/topo.sh
+source "$here/topo.sh"
+PROBE="$here/probe.py"
+SCENARIO_TIMEOUT=${PAM_LITE_NETLAB_SCENARIO_TIMEOUT:-60}
+WORK=$(mktemp -d /tmp/netlab.XXXXXX)
+TURN_USER=lab
+TURN_PASS=lab-secret-$$
+trap 'topo_down; rm -rf "$WORK"' EXIT
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+# bg NS NAME CMD...: start CMD in namespace NS in the background, output to $WORK/NAME.log.
+bg() {
+  local ns=$1 name=$2; shift 2
+  nsx "$ns" "$@" >"$WORK/$name.log" 2>&1 &
+}
+
+# wait_for SECONDS CMD...: retry CMD every 0.1 s until it succeeds or SECONDS pass.
+wait_for() {
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.1
+  done
+}
+
+# coturn_up: a real TURN server on srv (both addresses, so RFC 5780 discovery works), long-term
+# credentials, UDP and TCP on 3478.
+coturn_up() {
+  bg srv coturn turnserver -n --no-cli --no-tls --no-dtls --fingerprint --lt-cred-mech --realm lab \
+    --user "$TURN_USER:$TURN_PASS" --listening-ip "$SRV_IP" --listening-ip "$SRV_IP2" \
+    --relay-ip "$SRV_IP" --listening-port 3478 --min-port 50000 --max-port 50999 \
+    --pidfile "$WORK/turnserver.pid" --log-file stdout --simple-log --no-multicast-peers
+  wait_for 5 nsx srv sh -c "ss -lun | grep -q '$SRV_IP:3478'" || { echo "coturn did not start"; return 1; }
+}
+
+# mapping NS: how the two reflectors on srv see one socket of NS (two "ip:port" words).
+mapping() {
+  nsx "$1" "$PROBE" map "$SRV_IP:4001" "$SRV_IP2:4002"
+}
+
+reflectors_up() {
+  bg srv reflect "$PROBE" reflect "$SRV_IP" 4001 "$SRV_IP2" 4002 0.0.0.0 4003
+  wait_for 5 nsx cli "$PROBE" udp-reach "$SRV_IP:4001" || wait_for 5 nsx srv "$PROBE" udp-reach "$SRV_IP:4001"
+}
+
+# --- scenarios: each echoes nothing on success, or the reason on failure --------------------------------
+
+scenario_topology_open() {
+  nat a none; nat b none
+  bg gw reflect-gw "$PROBE" reflect "$GW_IP" 4003
+  wait_for 5 nsx cli "$PROBE" udp-reach "$GW_IP:4003" || echo "cli cannot reach gw's own address on the open network"
+}
+
+scenario_topology_eim_nat() {
+  nat a eim; nat b eim
+  reflectors_up
+  local m; m=$(mapping cli)
+  read -r one two <<<"$m"
+  [ "${one%:*}" = "$NATA_WAN" ] || { echo "cli is seen as $one, not behind NAT A ($NATA_WAN)"; return; }
+  [ "$one" = "$two" ] || { echo "mapping depends on the destination ($one vs $two): not endpoint-independent"; return; }
+  bg gw reflect-gw "$PROBE" reflect "$GW_IP" 4003
+  if nsx cli "$PROBE" udp-reach "$GW_IP:4003"; then echo "cli reached gw's private address through NAT"; return; fi
+  discovery cli "endpoint independent" || return 0
+}
+
+scenario_topology_symmetric_nat() {
+  nat a symmetric; nat b symmetric
+  reflectors_up
+  local m; m=$(mapping cli)
+  read -r one two <<<"$m"
+  [ "${one%:*}" = "$NATA_WAN" ] || { echo "cli is seen as $one, not behind NAT A"; return; }
+  [ "$one" != "$two" ] || { echo "both destinations see $one: the NAT is not symmetric"; return; }
+  discovery cli "address and port dependent" || return 0
+}
+
+scenario_topology_udp_blocked() {
+  nat a udp-block; nat b eim
+  reflectors_up 2>/dev/null || true
+  if nsx cli "$PROBE" udp-reach "$SRV_IP:4001"; then echo "UDP from cli got out"; return; fi
+  bg srv tcp "$PROBE" tcp-listen "$SRV_IP" 4443
+  wait_for 5 nsx cli "$PROBE" tcp-reach "$SRV_IP:4443" || echo "TCP from cli did not get out"
+}
+
+scenario_topology_port_forward() {
+  nat a eim; nat b eim
+  forward_tcp b 4443
+  bg gw tcp "$PROBE" tcp-listen "$GW_IP" 4443
+  wait_for 5 nsx cli "$PROBE" tcp-reach "$NATB_WAN:4443" || echo "NAT B's published port does not reach gw"
+}
+
+# discovery NS WORD: coturn's own RFC 5780 client (turnutils_natdiscovery) must call the mapping "... WORD".
+discovery() {
+  coturn_up || { echo "coturn did not start"; return 1; }
+  local out
+  out=$(nsx "$1" timeout 20 turnutils_natdiscovery -m "$SRV_IP" 2>&1 || true)
+  if ! grep -qi "$2 mapping" <<<"$out"; then
+    echo "turnutils_natdiscovery does not report an $2 mapping: $(grep -i 'mapping' <<<"$out" | tail -1)"
+    return 1
+  fi
+}
+
+# turn_allocate NS USER PASS: allocate a relay on coturn and send through it to a peer on gw (turnutils_uclient).
+turn_allocate() {
+  bg gw turnpeer turnutils_peer -L "$GW_IP" -p 3480
+  sleep 0.3
+  nsx "$1" timeout 20 turnutils_uclient -u "$2" -w "$3" -e "$GW_IP" -r 3480 -n 5 -m 1 -l 64 -c "$SRV_IP" 2>&1
+}
+
+scenario_coturn_relays_for_symmetric_nat() {
+  nat a symmetric; nat b none
+  coturn_up || { echo "coturn did not start"; return; }
+  local out; out=$(turn_allocate cli "$TURN_USER" "$TURN_PASS" || true)
+  grep -qE "tot_recv_msgs=[1-9]" <<<"$out" && grep -q "Total lost packets 0 " <<<"$out" \
+    || echo "no data through the relay: $(tail -2 <<<"$out" | tr '\n' ' ')"
+}
+
+scenario_coturn_refuses_wrong_credentials() {
+  nat a eim; nat b none
+  coturn_up || { echo "coturn did not start"; return; }
+  local out; out=$(turn_allocate cli "$TURN_USER" "wrong-$TURN_PASS" || true)
+  grep -q "Cannot complete Allocation" <<<"$out" || echo "coturn did not refuse a wrong password: $(tail -2 <<<"$out" | tr '\n' ' ')"
+  if grep -qE "tot_recv_msgs=[1-9]" <<<"$out"; then echo "data went through a relay allocated with a wrong password"; fi
+}
+
+# --- runner -------------------------------------------------------------------------------------------
+
+ALL=(topology_open topology_eim_nat topology_symmetric_nat topology_udp_blocked topology_port_forward
+  coturn_relays_for_symmetric_nat coturn_refuses_wrong_credentials)
+if [ "${1:-}" = --list ]; then printf '%s\n' "${ALL[@]}"; exit 0; fi
+selected=("$@")
+[ "${#selected[@]}" -gt 0 ] || selected=("${ALL[@]}")
+
+passed=0 failed=0
+for name in "${selected[@]}"; do
+  if ! declare -F "scenario_$name" >/dev/null; then
+    echo "FAIL $name: no such scenario (--list lists them)"; failed=$((failed + 1)); continue
+  fi
+  topo_down
+  topo_up
+  # The scenario runs in a subshell with a watchdog: its stdout is the reason it failed (empty = passed).
+  ( "scenario_$name" ) >"$WORK/$name.why" 2>"$WORK/$name.err" &
+  pid=$! deadline=$((SECONDS + SCENARIO_TIMEOUT))
+  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    why="timed out after ${SCENARIO_TIMEOUT}s"
+  else
+    rc=0; wait "$pid" 2>/dev/null || rc=$?
+    why=$(head -c 300 "$WORK/$name.why" | tr '\n' ' ' | sed 's/ *$//')
+    # A step that failed (set -e) is a failure even when it printed no reason.
+    [ "$rc" = 0 ] || [ -n "$why" ] || why="a step failed (exit $rc): $(tail -c 300 "$WORK/$name.err" | tr '\n' ' ')"
+  fi
+  if [ -z "$why" ]; then
+    echo "PASS $name"; passed=$((passed + 1))
+  else
+    echo "FAIL $name: $why"; failed=$((failed + 1))
+  fi
+  jobs -p | xargs -r kill 2>/dev/null || true
+done
+topo_down
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
