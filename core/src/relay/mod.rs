@@ -25,7 +25,7 @@ mod turn;
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clock::Clock;

@@ -4,7 +4,7 @@
 //! The transaction id comes from the core's seeded RNG (passed in), not from stun-types' own generator,
 //! so a seeded simulation replays the same bytes.
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::time::Instant;
 
 use turn_client_proto::stun::agent::{StunAgent, StunAgentPollRet};

@@ -3,7 +3,7 @@
 //! Allocate response, wrong credentials, an unreachable server, channel bindings for early and late peers,
 //! data both ways, refresh over a long session, STUN binding, and TURN over a stream.
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use turn_client_proto::stun::agent::Transmit;

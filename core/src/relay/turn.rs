@@ -13,7 +13,7 @@
 //!   TURN server doubles as the STUN server without another request.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::time::Instant;
 
 use turn_client_proto::api::{TurnClientApi, TurnConfig, TurnEvent, TurnPollRet, TurnRecvRet};
