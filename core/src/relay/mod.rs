@@ -23,9 +23,9 @@ mod clock;
 mod stun;
 mod turn;
 
+use core::net::SocketAddr;
 use std::collections::VecDeque;
 use std::fmt;
-use core::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clock::Clock;

@@ -12,8 +12,8 @@
 //! * the server-reflexive address the server reports in the Allocate response (XOR-MAPPED-ADDRESS), so a
 //!   TURN server doubles as the STUN server without another request.
 
-use std::collections::{BTreeSet, VecDeque};
 use core::net::SocketAddr;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
 
 use turn_client_proto::api::{TurnClientApi, TurnConfig, TurnEvent, TurnPollRet, TurnRecvRet};
