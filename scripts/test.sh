@@ -46,7 +46,7 @@ tests/interop/run.sh
 # fixtures (no Keeper server), the ticket compared with Commander's own `pam launch` offer field by field,
 # and checked by the pam-lite binary the test step above built. ~1 min (venv cached after the first run).
 step "ticket exporter (keepercommander 18.1.8 as a library, fixtures)"
-PAM_LITE_BIN="${CARGO_TARGET_DIR:-target}/debug/pam-lite" PAM_LITE_REQUIRE_BIN=1 exporter/run_tests.sh
+PAM_LITE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/pam-lite" PAM_LITE_REQUIRE_BIN=1 exporter/run_tests.sh
 
 # The NAT lab (issue 9): network namespaces, kernel NAT (nftables) and a real TURN server (coturn), all
 # inside a private namespace made by the script; one PASS/FAIL line per scenario (~30 s).
