@@ -21,12 +21,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 
 use crate::guac::client::{
     ClientEvent as TerminalEvent, InputMode, TerminalClient, TerminalConfig,
 };
 use crate::ice_batch::IceBatcher;
+use crate::offer::{icecandidate_inputs, LaunchOffer, StartInputs};
 use crate::offer_retry::{AttemptFailure, Decision, OfferRetry};
 use crate::profile::Profile;
 use crate::router::endpoints::{self, RouterCallError};
@@ -61,7 +62,7 @@ pub struct TerminalSettings {
     /// `--stdin`: input is a script piped to a STDIN stream instead of key events.
     pub stdin_mode: bool,
     /// Values for guacd's `args` (`hostname`, `port`, `username`, …). May hold secrets.
-    pub guacd_params: Map<String, Value>,
+    pub guacd_params: BTreeMap<String, String>,
 }
 
 /// Everything a launch needs; the CLI fills it from a launch ticket (or the emulator) plus the environment.
@@ -77,16 +78,10 @@ pub struct ClientConfig {
     pub record_uid: String,
     /// The record's `trafficEncryptionSeed`. Secret. Must not be empty (Commander bug §10.8 is refused).
     pub traffic_seed: Vec<u8>,
-    /// `conversationType` of the offer (`ssh`, `telnet`, …, or `tunnel`).
-    pub conversation_type: String,
+    /// What the offer carries besides the SDP (conversation type, target, guacd parameters, credential).
+    pub offer: LaunchOffer,
     pub session: Session,
-    /// Extra keys merged into the encrypted offer JSON (`host`, `guacd_params`, `size`, …).
-    pub offer_data: Map<String, Value>,
-    /// Extra keys merged into the offer's `inputs` (`credentialType`, `userRecordUid`, `twoFactorValue`…).
-    pub offer_inputs: Map<String, Value>,
     pub trickle_ice: bool,
-    /// JIT/ephemeral credential: the router waits longer for the gateway's answer.
-    pub ephemeral: bool,
     pub profile: Profile,
     /// Wall-clock Unix milliseconds at the start instant (frame timestamps); the core never reads a clock.
     pub unix_ms_at_start: u64,
@@ -98,7 +93,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("router_url", &self.router_url)
             .field("gateway_uid", &self.gateway_uid)
             .field("record_uid", &self.record_uid)
-            .field("conversation_type", &self.conversation_type)
+            .field("conversation_type", &self.offer.conversation_type)
             .field("trickle_ice", &self.trickle_ice)
             .field("profile", &self.profile.name)
             .finish_non_exhaustive()
@@ -666,37 +661,33 @@ impl Client {
         }
     }
 
-    fn offer_payload(&mut self) -> Result<String, LaunchError> {
+    /// The encrypted offer `data`: the typed [`OfferData`](crate::offer::OfferData) plus the SDP.
+    fn offer_payload(&mut self) -> String {
         let sdp = self.offer_sdp.clone().unwrap_or_default();
-        let mut data = self.cfg.offer_data.clone();
-        data.insert(
-            "offer".into(),
-            Value::String(B64.encode(signaling::ensure_max_message_size(&sdp))),
-        );
-        let plaintext = serde_json::to_vec(&Value::Object(data))
-            .map_err(|e| LaunchError::Config(format!("offer data: {e}")))?;
-        Ok(self.key.encrypt(&plaintext, &mut self.rng))
+        let offer_b64 = B64.encode(signaling::ensure_max_message_size(&sdp));
+        let plaintext = self.cfg.offer.data.to_json(&offer_b64);
+        self.key.encrypt(&plaintext, &mut self.rng)
     }
 
     fn send_offer(&mut self) {
-        let data = match self.offer_payload() {
-            Ok(d) => d,
-            Err(e) => return self.finish(Err(e)),
+        let data = self.offer_payload();
+        let offer = &self.cfg.offer;
+        let inputs = StartInputs {
+            record_uid: self.cfg.record_uid.clone(),
+            base64_nonce: B64.encode(self.nonce),
+            conversation_type: offer.conversation_type.clone(),
+            data,
+            trickle_ice: self.cfg.trickle_ice,
+            credential: offer.credential.clone(),
+            two_factor_value: offer.two_factor_value.clone(),
         };
-        let mut inputs = self.cfg.offer_inputs.clone();
-        inputs.insert("recordUid".into(), json!(self.cfg.record_uid));
-        inputs.insert("kind".into(), json!("start"));
-        inputs.insert("base64Nonce".into(), json!(B64.encode(self.nonce)));
-        inputs.insert("conversationType".into(), json!(self.cfg.conversation_type));
-        inputs.insert("data".into(), json!(data));
-        inputs.insert("trickleICE".into(), json!(self.cfg.trickle_ice));
         let action = GatewayAction {
             conversation_id: self.conv.url(),
-            inputs,
+            inputs: inputs.to_map(),
             message_id: Some(self.conv.url()),
         };
         let p = self.profile().clone();
-        let timeout = if self.cfg.ephemeral {
+        let timeout = if self.cfg.offer.ephemeral() {
             p.offer_timeout_ephemeral
         } else {
             p.offer_timeout
@@ -873,14 +864,14 @@ impl Client {
         };
         let plaintext = json!({ "candidates": batch }).to_string();
         let data = self.key.encrypt(plaintext.as_bytes(), &mut self.rng);
-        let mut inputs = Map::new();
-        inputs.insert("recordUid".into(), json!(self.cfg.record_uid));
-        inputs.insert("kind".into(), json!("icecandidate"));
-        inputs.insert("base64Nonce".into(), json!(B64.encode(self.nonce)));
         // Commander bug §10.5 kept on purpose: the gateway only accepts what Commander sends.
-        inputs.insert("conversationType".into(), json!("tunnel"));
-        inputs.insert("data".into(), json!(data));
-        inputs.insert("trickleICE".into(), json!(true));
+        let inputs = icecandidate_inputs(
+            &self.cfg.record_uid,
+            &B64.encode(self.nonce),
+            "tunnel",
+            &data,
+            true,
+        );
         let action = GatewayAction {
             conversation_id: self.conv.std(),
             inputs,
@@ -1396,21 +1387,10 @@ impl Client {
 }
 
 fn terminal_config(t: &TerminalSettings) -> TerminalConfig {
-    let guacd_params = t
-        .guacd_params
-        .iter()
-        .map(|(k, v)| {
-            let v = v
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string());
-            (k.clone(), v)
-        })
-        .collect();
     TerminalConfig {
         cols: t.cols,
         rows: t.rows,
-        guacd_params,
+        guacd_params: t.guacd_params.clone(),
         input_mode: if t.stdin_mode {
             InputMode::Stdin
         } else {

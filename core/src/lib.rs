@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod guac;
 pub mod ice_batch;
 mod io;
+pub mod offer;
 pub mod offer_retry;
 pub mod profile;
 pub mod router;
