@@ -7,6 +7,7 @@
 mod args;
 mod demo;
 mod exit;
+mod exit_codes;
 mod launch;
 mod logging;
 mod runner;

@@ -36,7 +36,7 @@ pub mod signaling;
 pub mod timing;
 pub mod tube;
 
-pub use error::LaunchError;
+pub use error::{ConfigError, LaunchError, ProtocolError};
 pub use io::*;
 
 /// The shape every node (client, gateway) shares, so a driver can run any of them.

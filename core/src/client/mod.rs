@@ -41,7 +41,7 @@ use crate::rtc::Peer;
 use crate::signaling::{ConversationId, TunnelKey};
 use crate::timing::{names, Checkpoint, PHASE_WEBRTC_TUNNEL as WEBRTC_TUNNEL};
 use crate::tube::CloseReason;
-use crate::{Input, LaunchError, Node, Output, Seed};
+use crate::{ConfigError, Input, LaunchError, Node, Output, Seed};
 
 mod candidates;
 mod data_plane;
@@ -170,15 +170,12 @@ impl Client {
     /// transmission key); `now` is the launch's time zero. Fails only on a configuration that cannot work.
     pub fn new(cfg: ClientConfig, seed: Seed, now: Instant) -> Result<Self, LaunchError> {
         if cfg.traffic_seed.is_empty() {
-            return Err(LaunchError::Config(
-                "the record has no trafficEncryptionSeed; the gateway could never decrypt the offer".into(),
-            ));
+            return Err(ConfigError::NoTrafficSeed.into());
         }
         if cfg.session_token.is_empty() {
-            return Err(LaunchError::Config("empty session token".into()));
+            return Err(ConfigError::EmptySessionToken.into());
         }
-        endpoints::validate_base_url(&cfg.router_url)
-            .map_err(|e| LaunchError::Config(format!("router URL: {e}")))?;
+        endpoints::validate_base_url(&cfg.router_url).map_err(ConfigError::RouterUrl)?;
         let mut rng = ChaCha20Rng::from_seed(seed);
         let conv = ConversationId::random(&mut rng);
         let mut nonce = [0u8; 16];

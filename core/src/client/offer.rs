@@ -27,7 +27,7 @@ use crate::router::endpoints;
 use crate::rtc::{Peer, Role};
 use crate::signaling::{self, GatewayAction, GatewayData};
 use crate::timing::{names, PHASE_WEBRTC_TUNNEL as WEBRTC_TUNNEL};
-use crate::LaunchError;
+use crate::{LaunchError, ProtocolError};
 
 use super::router_calls::Call;
 use super::{Client, Timer};
@@ -131,7 +131,7 @@ impl Client {
         }
         let sdp = match peer.create_offer(now) {
             Ok(sdp) => sdp,
-            Err(e) => return self.finish(Err(LaunchError::Protocol(e.to_string()))),
+            Err(e) => return self.finish(Err(ProtocolError::Offer(e).into())),
         };
         if !in_offer {
             // Commander's Rust starts gathering after set_local_description: every candidate trickles.
@@ -341,7 +341,7 @@ impl Client {
             }
         } else {
             let answer = endpoints::parse_controller_response(payload.as_deref())
-                .map_err(|e| LaunchError::Protocol(e.to_string()))
+                .map_err(|e| LaunchError::from(ProtocolError::OfferResponse(e)))
                 .and_then(|value| {
                     signaling::non_streaming_answer(&self.key, value.as_ref())
                         .map_err(LaunchError::Gateway)
@@ -351,9 +351,9 @@ impl Client {
                     self.apply_answer(&sdp);
                     self.main_thread_free();
                 }
-                Ok(other) => self.finish(Err(LaunchError::Protocol(format!(
-                    "expected an SDP answer in the offer response, got {other:?}"
-                )))),
+                Ok(other) => {
+                    self.finish(Err(ProtocolError::NotAnAnswer(format!("{other:?}")).into()))
+                }
                 Err(e) => self.finish(Err(e)),
             }
         }
@@ -370,7 +370,7 @@ impl Client {
             return;
         }
         if let Err(e) = peer.accept_answer(sdp, now) {
-            return self.finish(Err(LaunchError::Protocol(format!("gateway answer: {e}"))));
+            return self.finish(Err(ProtocolError::Answer(e).into()));
         }
         self.offer.answer_applied = true;
         self.checkpoint(WEBRTC_TUNNEL, names::SDP_ANSWER_APPLIED);

@@ -18,7 +18,7 @@ use crate::guac::client::{
 use crate::timing::{names, PHASE_CLI_SESSION as CLI_SESSION, PHASE_TOTAL as TOTAL};
 use crate::tube::conns::{Connections, TubeEvent};
 use crate::tube::{CloseReason, Outbox};
-use crate::{Command, LaunchError, Output};
+use crate::{Command, LaunchError, Output, ProtocolError};
 
 use super::{Client, Session, TerminalSettings, Timer};
 
@@ -87,7 +87,7 @@ impl Client {
         if let Session::Terminal(t) = self.cfg.session.clone() {
             if let Some(conns) = self.session.conns.as_mut() {
                 if let Err(e) = conns.open(1) {
-                    return self.finish(Err(LaunchError::Protocol(e.to_string())));
+                    return self.finish(Err(ProtocolError::Tube(e).into()));
                 }
             }
             self.session.terminal = Some(TerminalClient::new(terminal_config(&t)));
