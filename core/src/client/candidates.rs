@@ -177,7 +177,7 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+    use core::net::SocketAddr;
     use std::time::Duration;
 
     use super::super::harness::{Harness, HarnessConfig};

@@ -3,9 +3,9 @@
 //! cousin of the workspace simulation (`tests/src/sim.rs`), enough to drive one behaviour through the
 //! client's [`Input`]s and [`Output`]s and look at what came out, and when.
 
+use core::net::SocketAddr;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;

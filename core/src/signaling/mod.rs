@@ -33,6 +33,7 @@ use sha2::Sha256;
 mod action;
 mod answer;
 mod conversation;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod gateway_side;
 mod key;
