@@ -403,3 +403,85 @@ impl Node for Client {
 
 /// A local address the driver reported, and its kind (kept for `create_tube`).
 type LocalCandidate = (SocketAddr, crate::CandidateKind);
+
+#[cfg(test)]
+mod tests {
+    use super::harness::{Harness, HarnessConfig};
+    use crate::router::endpoints::EndpointError;
+    use crate::{ConfigError, LaunchError, Node};
+
+    fn config() -> super::ClientConfig {
+        let h = Harness::new(HarnessConfig::default());
+        h.client.cfg.clone()
+    }
+
+    #[test]
+    fn a_configuration_that_cannot_work_is_refused_before_any_io() {
+        let t0 = pam_lite_dev_clock::origin();
+        let mut cfg = config();
+        cfg.traffic_seed.clear();
+        assert_eq!(
+            super::Client::new(cfg, [1; 32], t0).err(),
+            Some(LaunchError::Config(ConfigError::NoTrafficSeed))
+        );
+        let mut cfg = config();
+        cfg.session_token.clear();
+        assert_eq!(
+            super::Client::new(cfg, [1; 32], t0).err(),
+            Some(LaunchError::Config(ConfigError::EmptySessionToken))
+        );
+        let mut cfg = config();
+        cfg.router_url = "ftp://router".into();
+        let err = super::Client::new(cfg, [1; 32], t0).err();
+        assert!(
+            matches!(
+                err,
+                Some(LaunchError::Config(ConfigError::RouterUrl(
+                    EndpointError::BadUrl { .. }
+                )))
+            ),
+            "{err:?}"
+        );
+        assert!(err.unwrap().to_string().contains("router URL"));
+    }
+
+    #[test]
+    fn the_reconciler_starts_the_launch_on_the_first_input_and_stops_after_finishing() {
+        let t0 = pam_lite_dev_clock::origin();
+        let mut client = super::Client::new(config(), [1; 32], t0).expect("client");
+        assert!(
+            client.poll_output().is_none(),
+            "nothing happens before an input"
+        );
+        client.handle_input(crate::Input::Timeout, t0);
+        let mut first = Vec::new();
+        while let Some(o) = client.poll_output() {
+            first.push(o);
+        }
+        assert!(matches!(first.first(), Some(crate::Output::Checkpoint(c)) if c.name == "enter"));
+        assert!(first.iter().any(|o| matches!(o, crate::Output::Http(_))));
+        client.handle_input(crate::Input::Command(crate::Command::Close), t0);
+        client.handle_input(
+            crate::Input::Timeout,
+            t0 + std::time::Duration::from_secs(1),
+        );
+        let mut finished = false;
+        while let Some(o) = client.poll_output() {
+            finished |= matches!(o, crate::Output::Finished(Ok(())));
+        }
+        assert!(finished && client.is_finished());
+        assert_eq!(
+            client.poll_timeout(),
+            None,
+            "a finished launch wants no wake-up"
+        );
+        client.handle_input(
+            crate::Input::Timeout,
+            t0 + std::time::Duration::from_secs(2),
+        );
+        assert!(
+            client.poll_output().is_none(),
+            "a finished launch ignores input"
+        );
+    }
+}
