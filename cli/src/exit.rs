@@ -1,19 +1,13 @@
 //! What can end a `pam-lite` run, and the process exit code for each (cli/EXIT_CODES.md). Scripts branch
-//! on these codes, so they are stable: 0 ok, 1 local, 2 usage, 3–11 [`LaunchError::exit_code`].
+//! on these codes, so they are stable: 0 ok, 1 local, 2 usage, 3–11 one per [`LaunchError`] variant
+//! ([`launch_exit_code`]). The mapping lives here, not in the core: exit codes are a property of this
+//! process, not of the protocol.
 
 use pam_lite_core::LaunchError;
 
 use crate::ticket::{TicketError, TicketLoadError};
 
-/// A local problem: a file that cannot be read or written, the terminal, a socket that cannot be bound.
-pub const LOCAL: i32 = 1;
-/// The command line is wrong (clap uses the same code).
-pub const USAGE: i32 = 2;
-/// The configuration cannot work (same value as `LaunchError::Config`).
-pub const CONFIG: i32 = 3;
-/// The tunnel was up but its one connection could not be opened (`tunnel --stdio`: the gateway could
-/// not reach the target). Above the core's range so it never collides with a `LaunchError` code.
-pub const TUNNEL_CONNECTION: i32 = 12;
+use crate::exit_codes::{launch_exit_code, CONFIG, LOCAL, TUNNEL_CONNECTION, USAGE};
 
 /// Everything that ends a run unsuccessfully. `Display` is what the user reads after `pam-lite: `.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +45,7 @@ impl CliError {
             }
             CliError::Ticket(TicketLoadError::Invalid { .. }) => CONFIG,
             CliError::TicketContent(_) | CliError::Config(_) => CONFIG,
-            CliError::Launch(e) => e.exit_code(),
+            CliError::Launch(e) => launch_exit_code(e),
             CliError::Connection(_) => TUNNEL_CONNECTION,
         }
     }
@@ -60,6 +54,7 @@ impl CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pam_lite_core::ConfigError;
     use std::path::PathBuf;
 
     #[test]
@@ -78,7 +73,7 @@ mod tests {
         assert_eq!(invalid.exit_code(), 3);
         assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
         assert_eq!(
-            CliError::Launch(LaunchError::Config("x".into())).exit_code(),
+            CliError::Launch(LaunchError::Config(ConfigError::EmptySessionToken)).exit_code(),
             3
         );
         assert_eq!(

@@ -50,22 +50,17 @@ pub fn client_config(
     kind: SessionKind,
     trickle_ice: bool,
 ) -> ClientConfig {
-    let (conversation_type, session, offer_data) = match kind {
+    let (session, offer) = match kind {
         SessionKind::Terminal { cols, rows, stdin } => (
-            ticket.protocol.clone(),
             Session::Terminal(TerminalSettings {
                 cols,
                 rows,
                 stdin_mode: stdin,
-                guacd_params: ticket.guacd_params.0.clone(),
+                guacd_params: ticket.guacd_params.to_strings(),
             }),
-            ticket.terminal_offer_data(cols, rows),
+            ticket.launch_offer(Some((cols, rows))),
         ),
-        SessionKind::Tunnel => (
-            "tunnel".to_string(),
-            Session::Tunnel,
-            ticket.tunnel_offer_data(),
-        ),
+        SessionKind::Tunnel => (Session::Tunnel, ticket.launch_offer(None)),
     };
     ClientConfig {
         router_url: ticket.router_url.clone(),
@@ -74,12 +69,9 @@ pub fn client_config(
         gateway_uid: ticket.gateway_uid.clone(),
         record_uid: ticket.record_uid.clone(),
         traffic_seed: ticket.traffic_seed.expose().clone(),
-        conversation_type,
+        offer,
         session,
-        offer_data,
-        offer_inputs: ticket.offer_inputs(),
         trickle_ice,
-        ephemeral: ticket.ephemeral(),
         profile: env.profile.clone(),
         unix_ms_at_start: unix_ms(),
     }

@@ -8,6 +8,7 @@ mod args;
 mod demo;
 mod docs;
 mod exit;
+mod exit_codes;
 mod launch;
 mod logging;
 mod runner;

@@ -10,6 +10,7 @@
 //! `#[derive(Deserialize)]` so that every error names the exact field (`auth.server_key_id`) and never echoes
 //! a value that might be secret.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -17,8 +18,11 @@ use std::path::{Path, PathBuf};
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
+use pam_lite_core::offer::{
+    CredentialType as OfferCredential, LaunchOffer, OfferData, TargetHost, TerminalOffer,
+};
 use pam_lite_core::router::envelope::{ServerPublicKey, EC_POINT_LEN};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::secret::Secret;
 
@@ -158,6 +162,20 @@ pub struct Ticket {
 pub struct GuacdParams(pub Map<String, Value>);
 
 impl GuacdParams {
+    /// The parameters as strings (the ticket parser already turned numbers and booleans into strings).
+    pub fn to_strings(&self) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let v = v
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string());
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
     /// `name=value` pairs with secret values replaced by their size.
     pub fn redacted_pairs(&self) -> Vec<String> {
         self.0
@@ -396,14 +414,6 @@ fn validate_port(field: &str, v: &Value) -> Result<u16, TicketError> {
 pub fn is_secret_param(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     SECRET_PARAM_WORDS.iter().any(|w| lower.contains(w))
-}
-
-/// guacd's pixel size for a character terminal, Commander's `guacd_default_approximate_pixels`
-/// (`KEEPER_GUAC_PIXEL_MODE=guacd`): 10×20 px cells, 7 px padding each side, a 16 px scrollbar, 96 dpi.
-pub fn guacd_pixels(cols: u16, rows: u16) -> (u32, u32, u32) {
-    let w = u32::from(cols) * 10 + 2 * 7 + 16;
-    let h = u32::from(rows) * 20 + 2 * 7;
-    (w, h, 96)
 }
 
 // ---------------------------------------------------------------------------------------- parsing
@@ -774,100 +784,46 @@ impl Ticket {
         }
     }
 
-    /// Whether the credential is just-in-time (the router then waits longer for the gateway's answer).
-    pub fn ephemeral(&self) -> bool {
-        self.credential_type == Some(CredentialType::Ephemeral)
+    fn target_host(&self) -> Option<TargetHost> {
+        self.target.as_ref().map(|t| TargetHost {
+            host_name: t.host.clone(),
+            port: t.port,
+        })
     }
 
-    fn host_json(&self) -> Option<Value> {
-        self.target
-            .as_ref()
-            .map(|t| json!({"hostName": t.host, "port": t.port}))
-    }
-
-    /// The keys pam launch puts in the encrypted offer besides `offer` itself (spec §2.5), for a terminal
-    /// of `cols`×`rows` characters.
-    pub fn terminal_offer_data(&self, cols: u16, rows: u16) -> Map<String, Value> {
-        let (w, h, dpi) = guacd_pixels(cols, rows);
-        let mut params = Map::new();
-        params.insert("enable-pipe".into(), Value::String("true".into()));
-        for (k, v) in &self.guacd_params.0 {
-            // The clipboard policy comes from `clipboard` only (added below, as Commander does); other
-            // `disable-*` options (`disable-csv-export`, ...) are the record's and go through.
-            if k != "disable-copy" && k != "disable-paste" {
-                params.insert(k.clone(), v.clone());
-            }
+    /// The offer this ticket launches: a terminal of `cols`×`rows` characters (`pam launch`) when
+    /// `terminal` is given, else a tunnel (`pam tunnel start`: conversation type `tunnel`, the target
+    /// host only). The core owns the offer's format ([`pam_lite_core::offer`]); this only fills it.
+    pub fn launch_offer(&self, terminal: Option<(u16, u16)>) -> LaunchOffer {
+        let host = self.target_host();
+        let (conversation_type, terminal) = match terminal {
+            Some((cols, rows)) => (
+                self.protocol.clone(),
+                Some(TerminalOffer::new(
+                    &self.protocol,
+                    host.as_ref(),
+                    &self.guacd_params.to_strings(),
+                    cols,
+                    rows,
+                    self.disable_copy,
+                    self.disable_paste,
+                )),
+            ),
+            None => ("tunnel".to_string(), None),
+        };
+        // The credential choice and the 2FA value go with either kind of offer.
+        LaunchOffer {
+            conversation_type,
+            data: OfferData { host, terminal },
+            credential: self.credential_type.map(|kind| match kind {
+                CredentialType::Linked => OfferCredential::Linked {
+                    user_record_uid: self.user_record_uid.clone(),
+                },
+                CredentialType::UserSupplied => OfferCredential::UserSupplied,
+                CredentialType::Ephemeral => OfferCredential::Ephemeral,
+            }),
+            two_factor_value: self.two_factor_value.as_ref().map(|v| v.expose().clone()),
         }
-        params
-            .entry("protocol")
-            .or_insert_with(|| Value::String(self.protocol.clone()));
-        if let Some(t) = &self.target {
-            params
-                .entry("hostname")
-                .or_insert_with(|| Value::String(t.host.clone()));
-            params
-                .entry("port")
-                .or_insert_with(|| Value::String(t.port.to_string()));
-        }
-        params.insert("width".into(), Value::String(w.to_string()));
-        params.insert("height".into(), Value::String(h.to_string()));
-        params.insert("dpi".into(), Value::String(dpi.to_string()));
-        if self.disable_paste {
-            params.insert("disable-paste".into(), Value::String("true".into()));
-        }
-        if self.disable_copy {
-            params.insert("disable-copy".into(), Value::String("true".into()));
-        }
-
-        let clipboard =
-            json!({"disableCopy": self.disable_copy, "disablePaste": self.disable_paste});
-        let mut data = Map::new();
-        data.insert("audio".into(), json!(["audio/L8", "audio/L16"]));
-        data.insert("video".into(), json!([]));
-        data.insert("size".into(), json!([w, h, dpi]));
-        data.insert(
-            "image".into(),
-            json!(["image/jpeg", "image/png", "image/webp"]),
-        );
-        if let Some(host) = self.host_json() {
-            data.insert("host".into(), host);
-        }
-        data.insert("guacd_params".into(), Value::Object(params));
-        data.insert("terminalSettings".into(), clipboard.clone());
-        data.insert("clipboard".into(), clipboard);
-        data
-    }
-
-    /// The offer keys of `pam tunnel start`: just the target host when known.
-    pub fn tunnel_offer_data(&self) -> Map<String, Value> {
-        let mut data = Map::new();
-        if let Some(host) = self.host_json() {
-            data.insert("host".into(), host);
-        }
-        data
-    }
-
-    /// Extra keys of the offer's `inputs` (credential choice, 2FA value).
-    pub fn offer_inputs(&self) -> Map<String, Value> {
-        let mut inputs = Map::new();
-        if let Some(kind) = self.credential_type {
-            inputs.insert("credentialType".into(), Value::String(kind.as_str().into()));
-            match kind {
-                CredentialType::Linked => {
-                    if let Some(uid) = &self.user_record_uid {
-                        inputs.insert("userRecordUid".into(), Value::String(uid.clone()));
-                    }
-                }
-                CredentialType::UserSupplied => {
-                    inputs.insert("allowSupplyUser".into(), Value::Bool(true));
-                }
-                CredentialType::Ephemeral => {}
-            }
-        }
-        if let Some(v) = &self.two_factor_value {
-            inputs.insert("twoFactorValue".into(), Value::String(v.expose().clone()));
-        }
-        inputs
     }
 
     /// Notes worth a warning (not an error): ignored fields, an expired hint, plain HTTP to a remote host.
@@ -1034,6 +990,7 @@ fn is_loopback_url(url: &str) -> bool {
 mod tests {
     use super::*;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use serde_json::json;
 
     /// A valid P-256 point: the key Keeper publishes as id 7.
     fn keeper7_b64url() -> String {
@@ -1266,27 +1223,42 @@ mod tests {
     #[test]
     fn terminal_offer_has_commanders_keys() {
         let t = parse(&sample()).unwrap();
-        let d = t.terminal_offer_data(80, 24);
-        assert_eq!(d["size"], json!([830, 494, 96]));
-        assert_eq!(d["audio"], json!(["audio/L8", "audio/L16"]));
-        assert_eq!(d["video"], json!([]));
-        assert_eq!(d["host"], json!({"hostName": "10.0.0.5", "port": 22}));
-        let p = d["guacd_params"].as_object().unwrap();
+        let o = t.launch_offer(Some((80, 24)));
+        assert_eq!(o.conversation_type, t.protocol);
+        assert_eq!(
+            o.data.host,
+            Some(TargetHost {
+                host_name: "10.0.0.5".into(),
+                port: 22
+            })
+        );
+        let term = o.data.terminal.as_ref().expect("terminal offer");
+        assert_eq!(
+            (term.size.width, term.size.height, term.size.dpi),
+            (830, 494, 96)
+        );
+        let p = &term.guacd_params;
         assert_eq!(p["enable-pipe"], "true");
         assert_eq!(p["password"], "TopSecretPw");
         assert!(!p.contains_key("disable-copy")); // in guacd_params, but the clipboard policy says no
         assert_eq!(p["disable-paste"], "true"); // from `clipboard`, as Commander adds it
         assert_eq!(p["width"], "830");
+        assert!(!term.disable_copy);
+        assert!(term.disable_paste);
         assert_eq!(
-            d["clipboard"],
-            json!({"disableCopy": false, "disablePaste": true})
+            o.credential,
+            Some(OfferCredential::Linked {
+                user_record_uid: Some("UserUserUserUserUser12".into())
+            })
         );
-        assert_eq!(d["terminalSettings"], d["clipboard"]);
+        assert_eq!(o.two_factor_value.as_deref(), Some("123456"));
 
-        let i = t.offer_inputs();
-        assert_eq!(i["credentialType"], "linked");
-        assert_eq!(i["userRecordUid"], "UserUserUserUserUser12");
-        assert_eq!(i["twoFactorValue"], "123456");
+        let tunnel = t.launch_offer(None);
+        assert_eq!(tunnel.conversation_type, "tunnel");
+        assert!(tunnel.data.terminal.is_none());
+        assert_eq!(tunnel.data.host, o.data.host);
+        assert_eq!(tunnel.credential, o.credential);
+        assert_eq!(tunnel.two_factor_value, o.two_factor_value);
     }
 
     #[test]

@@ -1,24 +1,31 @@
-//! Why a launch ended badly. Every variant says what happened in words a user can act on, and maps to
-//! a stable process exit code (documented in the README) so scripts can branch on it.
+//! Why a launch ended badly. Every variant says what happened in words a user can act on; where the cause
+//! has a type of its own (a bad router URL, an SDP the peer refused, an undecodable controller response), the
+//! error carries that type rather than its text, so callers can match on it. The CLI maps each variant to
+//! its documented process exit code (`cli/src/exit.rs`); the core knows nothing about processes.
 
 use std::time::Duration;
+
+use crate::router::endpoints::{EndpointError, RouterCallError};
+use crate::rtc::PeerError;
+use crate::tube::conns::TubeError;
 
 /// The reason a launch (or a gateway-side tube) failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LaunchError {
-    /// The configuration cannot work (bad key, bad URL, missing seed...). Detected before any I/O.
+    /// The configuration cannot work. Detected before any I/O.
     #[error("invalid configuration: {0}")]
-    Config(String),
-    /// The router could not be reached or kept failing below HTTP.
+    Config(#[from] ConfigError),
+    /// The router could not be reached or kept failing below HTTP (Commander's text).
     #[error("router unreachable: {0}")]
     RouterUnreachable(String),
-    /// The router answered with an error that is not worth retrying (or retries ran out).
+    /// The router answered with an error that is not worth retrying, or retries ran out (Commander's
+    /// text, which names the router's response code).
     #[error("router refused the request: {0}")]
     Router(String),
     /// The gateway is not in the router's list of online gateways (after every attempt).
     #[error("gateway {gateway_uid} is not online (checked {attempts} time(s))")]
     GatewayOffline { gateway_uid: String, attempts: u32 },
-    /// The gateway answered the offer with an error.
+    /// The gateway answered the offer with an error (its own text).
     #[error("gateway error: {0}")]
     Gateway(String),
     /// A wait ran past its bound.
@@ -27,31 +34,48 @@ pub enum LaunchError {
         what: &'static str,
         waited: Duration,
     },
-    /// The WebSocket to the router failed or closed before the answer arrived.
+    /// The WebSocket to the router failed or closed before the answer arrived (the driver's reason).
     #[error("router WebSocket failed: {0}")]
     WebSocket(String),
     /// The peer broke the protocol (undecryptable answer, malformed frame, bad SDP).
     #[error("protocol error: {0}")]
-    Protocol(String),
-    /// The WebRTC session ended (remote close, ICE failure).
+    Protocol(#[from] ProtocolError),
+    /// The WebRTC session ended (remote close, ICE failure): the WebRTC stack's reason.
     #[error("WebRTC session closed: {0}")]
     Disconnected(String),
 }
 
-impl LaunchError {
-    /// The process exit code for this error. 0 is success, 1 is a local/usage error handled by the CLI,
-    /// 2 is reserved for command-line parsing errors.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            LaunchError::Config(_) => 3,
-            LaunchError::RouterUnreachable(_) => 4,
-            LaunchError::Router(_) => 5,
-            LaunchError::GatewayOffline { .. } => 6,
-            LaunchError::Gateway(_) => 7,
-            LaunchError::Timeout { .. } => 8,
-            LaunchError::WebSocket(_) => 9,
-            LaunchError::Protocol(_) => 10,
-            LaunchError::Disconnected(_) => 11,
-        }
-    }
+/// A launch configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Commander bug §10.8 is refused: without a seed the gateway could never decrypt the offer.
+    #[error("the record has no trafficEncryptionSeed; the gateway could never decrypt the offer")]
+    NoTrafficSeed,
+    #[error("empty session token")]
+    EmptySessionToken,
+    #[error("router URL: {0}")]
+    RouterUrl(#[from] EndpointError),
+}
+
+/// How the other side broke the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// Our own offer could not be created (the WebRTC stack refused it).
+    #[error("creating the offer: {0}")]
+    Offer(PeerError),
+    /// The gateway's SDP answer could not be applied.
+    #[error("gateway answer: {0}")]
+    Answer(PeerError),
+    /// The non-streaming offer response could not be decoded.
+    #[error("offer response: {0}")]
+    OfferResponse(RouterCallError),
+    /// The non-streaming offer response held something other than an SDP answer.
+    #[error("expected an SDP answer in the offer response, got {0}")]
+    NotAnAnswer(String),
+    /// The offer attempt's reply could not be understood (Commander's text).
+    #[error("{0}")]
+    OfferAttempt(String),
+    /// The tube refused to open the terminal's connection.
+    #[error("opening the terminal connection: {0}")]
+    Tube(#[from] TubeError),
 }

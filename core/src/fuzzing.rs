@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use serde_json::Map;
 
 pub use crate::guac::fuzzing::fuzz_guac;
 pub use crate::router::fuzzing::{fuzz_router_response, fuzz_router_server};
@@ -18,6 +17,7 @@ pub use crate::tube::fuzzing::fuzz_frame;
 
 use crate::client::{Client, ClientConfig, Session};
 use crate::ice_batch::IceBatcher;
+use crate::offer::LaunchOffer;
 use crate::offer_retry::{AttemptFailure, Decision, OfferRetry};
 use crate::profile::Profile;
 use crate::router::envelope::ServerSecretKey;
@@ -169,12 +169,9 @@ pub fn fuzz_client_inputs(data: &[u8], t0: Instant) {
         gateway_uid: "AAAAAAAAAAAAAAAAAAAAAA".into(),
         record_uid: "BBBBBBBBBBBBBBBBBBBBBB".into(),
         traffic_seed: vec![9; 32],
-        conversation_type: "tunnel".into(),
+        offer: LaunchOffer::tunnel(None),
         session: Session::Tunnel,
-        offer_data: Map::new(),
-        offer_inputs: Map::new(),
         trickle_ice: b.u8() % 2 == 0,
-        ephemeral: false,
         profile,
         unix_ms_at_start: 0,
     };

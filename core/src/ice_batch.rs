@@ -154,10 +154,6 @@ impl IceBatcher {
         self.open = true;
     }
 
-    pub fn is_open(&self) -> bool {
-        self.open
-    }
-
     /// Local gathering is complete: send the end marker `""` once, after everything pushed so far.
     /// Idempotent.
     pub fn end_of_candidates(&mut self) {
@@ -239,16 +235,6 @@ impl IceBatcher {
     /// Nothing pending and nothing in flight.
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.in_flight.is_none()
-    }
-
-    /// A POST is in flight.
-    pub fn in_flight(&self) -> bool {
-        self.in_flight.is_some()
-    }
-
-    /// Candidates waiting (the end marker counts as one).
-    pub fn pending(&self) -> usize {
-        self.pending.len()
     }
 
     /// Distinct candidates accepted by [`IceBatcher::push`] (minus those later marked in the offer).

@@ -117,7 +117,9 @@ impl AttemptFailure {
                 attempts,
             },
             AttemptFailure::Gateway(_) => LaunchError::Gateway(message),
-            AttemptFailure::Protocol(_) => LaunchError::Protocol(message),
+            AttemptFailure::Protocol(_) => {
+                LaunchError::Protocol(crate::ProtocolError::OfferAttempt(message))
+            }
         }
     }
 }
@@ -356,7 +358,9 @@ mod tests {
         );
         assert_eq!(
             AttemptFailure::Protocol("garbage".into()).into_launch_error(1),
-            LaunchError::Protocol("Failed to send offer via HTTP: garbage".into())
+            LaunchError::Protocol(crate::ProtocolError::OfferAttempt(
+                "Failed to send offer via HTTP: garbage".into()
+            ))
         );
     }
 

@@ -69,12 +69,9 @@ impl DemoTicket {
             gateway_uid: self.gateway_uid.clone(),
             record_uid: self.record_uid.clone(),
             traffic_seed: self.traffic_seed(),
-            conversation_type: "tunnel".to_string(),
+            offer: pam_lite_core::offer::LaunchOffer::tunnel(None),
             session: pam_lite_core::client::Session::Tunnel,
-            offer_data: serde_json::Map::new(),
-            offer_inputs: serde_json::Map::new(),
             trickle_ice,
-            ephemeral: false,
             profile,
             unix_ms_at_start,
         })

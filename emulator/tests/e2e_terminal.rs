@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use pam_lite_core::client::{Client, ClientConfig, Session, TerminalSettings};
+use pam_lite_core::offer::LaunchOffer;
 use pam_lite_core::profile::Profile;
 use pam_lite_core::router::envelope::ServerPublicKey;
 use pam_lite_core::{Command, Input, Output};
@@ -28,17 +29,17 @@ fn terminal_session_runs_a_command_under_a_pty() {
         gateway_uid: t.gateway_uid.clone(),
         record_uid: t.record_uid.clone(),
         traffic_seed: t.traffic_seed(),
-        conversation_type: t.protocol.clone(),
+        offer: LaunchOffer {
+            conversation_type: t.protocol.clone(),
+            ..LaunchOffer::tunnel(None)
+        },
         session: Session::Terminal(TerminalSettings {
             cols: 80,
             rows: 24,
             stdin_mode: true,
             guacd_params: Default::default(),
         }),
-        offer_data: Default::default(),
-        offer_inputs: Default::default(),
         trickle_ice: true,
-        ephemeral: false,
         profile: Profile::fast(),
         unix_ms_at_start: 0,
     };

@@ -7,13 +7,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
 use pam_lite_core::client::{Client, ClientConfig, Session, TerminalSettings};
 use pam_lite_core::gateway::{Gateway, GatewayConfig, TargetKind};
+use pam_lite_core::offer::{LaunchOffer, TargetHost};
 use pam_lite_core::profile::Profile;
 use pam_lite_core::router::envelope::ServerSecretKey;
 use pam_lite_core::router::server::{Faults, RouterConfig, RouterServer};
 use pam_lite_core::{CandidateKind, Input};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
-use serde_json::{json, Map};
 
 use crate::sim::{NetConfig, Sim};
 
@@ -108,12 +108,17 @@ impl Scenario {
                     cols: 80,
                     rows: 24,
                     stdin_mode: true,
-                    guacd_params: Map::new(),
+                    guacd_params: Default::default(),
                 }),
             ),
         };
-        let mut offer_data = Map::new();
-        offer_data.insert("host".into(), json!({"hostName": "10.9.9.9", "port": 22}));
+        let offer = LaunchOffer {
+            conversation_type,
+            ..LaunchOffer::tunnel(Some(TargetHost {
+                host_name: "10.9.9.9".into(),
+                port: 22,
+            }))
+        };
         let client = Client::new(
             ClientConfig {
                 router_url: "https://connect.sim.invalid".into(),
@@ -122,12 +127,9 @@ impl Scenario {
                 gateway_uid,
                 record_uid,
                 traffic_seed,
-                conversation_type,
+                offer,
                 session,
-                offer_data,
-                offer_inputs: Map::new(),
                 trickle_ice: self.trickle,
-                ephemeral: false,
                 profile: self.profile.clone(),
                 unix_ms_at_start: 1_795_000_000_000,
             },

@@ -602,9 +602,10 @@ impl Sim {
             out.push_str(&format!("{ms:>6} ms  {phase:<30} {name}\n"));
         }
         match (&self.record.finished, self.ready_ms()) {
-            (Some(Err(e)), _) => {
-                out.push_str(&format!("result: error (exit {}): {e}\n", e.exit_code()))
-            }
+            (Some(Err(e)), _) => out.push_str(&format!(
+                "result: error (exit {}): {e}\n",
+                crate::exit_codes::launch_exit_code(e)
+            )),
             (_, Some(ms)) => out.push_str(&format!("result: tube ready at {ms} ms\n")),
             (other, None) => out.push_str(&format!("result: {other:?}\n")),
         }

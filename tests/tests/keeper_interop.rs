@@ -849,9 +849,10 @@ fn keeper_client_against_pam_lite_gateway_node() {
     use base64::engine::general_purpose::STANDARD as B64;
     use base64::Engine as _;
     use pam_lite_core::gateway::{Gateway, GatewayConfig};
+    use pam_lite_core::offer::{icecandidate_inputs, StartInputs};
     use pam_lite_core::signaling::{
-        classify_gateway_data, icecandidate_inputs, ConversationId, GatewayAction, GatewayData,
-        GatewayPayload, StartInputs, TunnelKey,
+        classify_gateway_data, ConversationId, GatewayAction, GatewayData, GatewayPayload,
+        TunnelKey,
     };
     use pam_lite_core::{Command, Input, Output};
     use rand_chacha::ChaCha20Rng;

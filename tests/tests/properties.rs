@@ -57,7 +57,7 @@ proptest! {
         prop_assert!(ready || failed, "neither ready nor failed after {BOUND:?}:\n{}", sim.snapshot());
         if let Some(Err(e)) = &sim.record.finished {
             prop_assert!(!e.to_string().is_empty());
-            prop_assert!(e.exit_code() >= 3);
+            prop_assert!(pam_lite_tests::exit_codes::launch_exit_code(e) >= 3);
         }
     }
 

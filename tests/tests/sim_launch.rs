@@ -136,7 +136,11 @@ fn gateway_offline_is_a_clear_error_not_a_silent_wait() {
         match &sim.record.finished {
             Some(Err(e)) => {
                 assert!(e.to_string().contains("not online"), "{p}: {e}");
-                assert_eq!(e.exit_code(), 6, "{p}: {e}");
+                assert_eq!(
+                    pam_lite_tests::exit_codes::launch_exit_code(e),
+                    6,
+                    "{p}: {e}"
+                );
                 // Commander would wait 24 s for the data plane after a silent failure; we stop at once
                 // after the last attempt.
                 let ended = sim.now.saturating_duration_since(sim.start);

@@ -236,10 +236,6 @@ impl TerminalClient {
         self.ready
     }
 
-    pub fn is_ended(&self) -> bool {
-        self.ended
-    }
-
     /// `true` while a terminal output pipe is bound (Commander's `check_stdout_pipe_support`).
     pub fn has_stdout_pipe(&self) -> bool {
         self.stdout_stream.is_some()

@@ -196,11 +196,6 @@ impl InstructionParser {
         self.failed
     }
 
-    /// Bytes of an unfinished instruction being held.
-    pub fn buffered(&self) -> usize {
-        self.buf.len() - self.inst_start
-    }
-
     fn fail(&mut self, err: GuacError) -> Option<Result<Instruction, GuacError>> {
         self.failed = true;
         self.buf = Vec::new();

@@ -4,26 +4,24 @@
 //! handler answers them. This module has both ends, sans-IO:
 //! * [`instruction`]: the `<len>.<elem>,…;` codec (lengths in code points), streaming and bounded;
 //! * [`keysym`]: terminal keystrokes ↔ X11 keysyms (Commander's mapping, and its inverse);
-//! * [`client`]: [`TerminalClient`], what `pam launch` does with the session;
-//! * [`server`]: [`TerminalServer`], what the gateway + guacd show the client for a PTY-backed terminal
-//!   (used by the emulator).
+//! * [`client`]: [`client::TerminalClient`], what `pam launch` does with the session;
+//! * [`server`]: [`server::TerminalServer`], what the gateway + guacd show the client for a PTY-backed
+//!   terminal (used by the emulator).
 
 pub mod client;
 pub mod instruction;
 pub mod keysym;
 pub mod server;
 
-pub use client::{ClientEvent, EndReason, InputMode, TerminalClient, TerminalConfig};
-pub use instruction::{GuacError, Instruction, InstructionParser, Limits};
-pub use server::{ServerConfig, ServerEndReason, ServerEvent, TerminalServer};
-
 /// Entry points for fuzz targets (`fuzz/`) and the matching never-panics tests.
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing {
     use std::time::{Duration, Instant};
 
+    use super::client::{InputMode, TerminalClient, TerminalConfig};
     use super::instruction::{InstructionParser, Limits};
     use super::keysym::{KeyEncoder, KeysymDecoder};
-    use super::{InputMode, ServerConfig, TerminalClient, TerminalConfig, TerminalServer};
+    use super::server::{ServerConfig, TerminalServer};
 
     /// Feeds `data` (the first byte picks the chunk size) to the instruction parser, both terminal ends
     /// (as network data and as user input) and the keysym codec. Must never panic.

@@ -9,10 +9,12 @@
 pub mod endpoints;
 pub mod envelope;
 pub mod proto;
+#[cfg(any(test, feature = "emulated-router"))]
 pub mod server;
 
 /// Entry points for the fuzz targets (and the proptests): each must return without panicking for any
 /// input.
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing {
     use std::time::{Duration, Instant};
 

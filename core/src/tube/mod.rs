@@ -17,6 +17,7 @@ pub use frame::{Frame, FrameDecoder, FrameError, MAX_DATA_PAYLOAD};
 pub use outbox::Outbox;
 
 /// Entry points for fuzz targets (`fuzz/`) and the matching never-panics tests.
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing {
     use std::time::Instant;
 
@@ -58,11 +59,13 @@ pub mod fuzzing {
 }
 
 /// Splits fuzz input into chunks: the first byte picks the chunk size.
+#[cfg(any(test, feature = "fuzzing"))]
 struct ChunkSplit<'a> {
     size: usize,
     data: &'a [u8],
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 impl<'a> ChunkSplit<'a> {
     fn new(data: &'a [u8]) -> Self {
         match data.split_first() {

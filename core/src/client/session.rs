@@ -1,0 +1,430 @@
+//! The session on top of the tube: what the launch is for once the data channel is open.
+//!
+//! * **Start.** The tube is ready ([`Output::TubeReady`]); `pam launch` opens connection 1 for the
+//!   Guacamole terminal the core runs and waits (warning only, as Commander does) up to 10 s for its
+//!   first `sync`; `pam tunnel start` lets the user open connections.
+//! * **Connections and flow control.** User commands go into the tube through the [`Outbox`], which
+//!   pauses the local sides ([`Output::Backpressure`]) when the channel's buffer is full; a write the
+//!   channel refused is retried first.
+//! * **Closing.** A user close, the terminal session ending or connection 1 closing leave a short flush
+//!   window (50 ms) for the last frames, then the launch finishes; the gateway closing the tube ends it at
+//!   once.
+
+use std::time::Duration;
+
+use crate::guac::client::{
+    ClientEvent as TerminalEvent, InputMode, TerminalClient, TerminalConfig,
+};
+use crate::timing::{names, PHASE_CLI_SESSION as CLI_SESSION, PHASE_TOTAL as TOTAL};
+use crate::tube::conns::{Connections, TubeEvent};
+use crate::tube::{CloseReason, Outbox};
+use crate::{Command, LaunchError, Output, ProtocolError};
+
+use super::{Client, Session, TerminalSettings, Timer};
+
+/// Commander's `wait_for_ready(10.0)` for the first Guacamole `sync`.
+const GUAC_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the last frames get to leave before a closing launch finishes.
+const CLOSE_FLUSH: Duration = Duration::from_millis(50);
+
+/// The session's timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum SessionTimer {
+    /// The bound on the terminal's first `sync`.
+    GuacReady,
+    /// The flush window before a closing launch finishes.
+    CloseFlush,
+}
+
+impl From<SessionTimer> for Timer {
+    fn from(t: SessionTimer) -> Timer {
+        Timer::Session(t)
+    }
+}
+
+/// The session's state.
+pub(super) struct SessionState {
+    /// The tube's connections, from the moment the data channel opened.
+    pub(super) conns: Option<Connections>,
+    outbox: Outbox,
+    /// A frame the data channel refused, retried before anything else.
+    blocked_write: Option<Vec<u8>>,
+    /// OpenConnection went out: the user may open connections.
+    tube_ready: bool,
+    terminal: Option<TerminalClient>,
+    guac_ready: bool,
+    /// The launch is closing (by the user, the terminal or connection 1): a close is then normal.
+    pub(super) closing: bool,
+}
+
+impl SessionState {
+    pub(super) fn new() -> Self {
+        SessionState {
+            conns: None,
+            outbox: Outbox::new(),
+            blocked_write: None,
+            tube_ready: false,
+            terminal: None,
+            guac_ready: false,
+            closing: false,
+        }
+    }
+
+    pub(super) fn can_send(&self) -> bool {
+        self.outbox.bytes() == 0 && self.conns.as_ref().is_some_and(|c| c.is_writable())
+    }
+
+    pub(super) fn terminal_timeout(&self) -> Option<std::time::Instant> {
+        self.terminal.as_ref().and_then(|t| t.poll_timeout())
+    }
+}
+
+impl Client {
+    /// The data channel is open and OpenConnection went out: the tube is ready.
+    pub(super) fn start_session(&mut self) {
+        self.session.tube_ready = true;
+        self.outputs.push_back(Output::TubeReady);
+        if let Session::Terminal(t) = self.cfg.session.clone() {
+            if let Some(conns) = self.session.conns.as_mut() {
+                if let Err(e) = conns.open(1) {
+                    return self.finish(Err(ProtocolError::Tube(e).into()));
+                }
+            }
+            self.session.terminal = Some(TerminalClient::new(terminal_config(&t)));
+            self.arm(SessionTimer::GuacReady, GUAC_READY_TIMEOUT);
+        }
+        self.checkpoint(CLI_SESSION, names::OPEN_CONNECTION_SENT_OK);
+        self.pump_tube();
+    }
+
+    /// The reconciler's last step: the session's timers.
+    pub(super) fn advance_session(&mut self) {
+        if self.due(SessionTimer::GuacReady) && !self.session.guac_ready {
+            // Commander only warns here; so do we (the session may still come up).
+            self.checkpoint(CLI_SESSION, names::GUACAMOLE_WAIT_FOR_READY_TIMEOUT);
+        }
+        if self.due(SessionTimer::CloseFlush) {
+            self.finish(Ok(()));
+        }
+    }
+
+    /// On `Input::Timeout`: the terminal's own timers.
+    pub(super) fn on_terminal_timeout(&mut self) {
+        let now = self.now;
+        if let Some(t) = self.session.terminal.as_mut() {
+            if t.poll_timeout().is_some_and(|x| x <= now) {
+                t.handle_timeout(now);
+            }
+        }
+        self.pump_terminal();
+    }
+
+    fn begin_close_flush(&mut self) {
+        self.session.closing = true;
+        self.arm(SessionTimer::CloseFlush, CLOSE_FLUSH);
+    }
+
+    /// Move frames between the tube and the data channel, and tube events to outputs.
+    pub(super) fn pump_tube(&mut self) {
+        let now = self.now;
+        loop {
+            // Retry a write the channel refused.
+            if let Some(w) = self.session.blocked_write.take() {
+                match self.peer.as_mut().map(|p| p.write(&w, now)) {
+                    Some(Ok(true)) => {}
+                    Some(Ok(false)) => {
+                        self.session.blocked_write = Some(w);
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        return self.finish(Err(LaunchError::Disconnected(e.to_string())));
+                    }
+                    None => break,
+                }
+            }
+            let Some(conns) = self.session.conns.as_mut() else {
+                break;
+            };
+            conns.advance(now);
+            self.session.outbox.flush(conns);
+            let Some(ev) = conns.poll_event() else { break };
+            match ev {
+                TubeEvent::Write(bytes) => self.session.blocked_write = Some(bytes),
+                TubeEvent::Opened(conn) => {
+                    self.outputs.push_back(Output::ConnectionOpened { conn });
+                    if conn == 1 && self.session.terminal.is_some() {
+                        self.pump_terminal();
+                    }
+                }
+                TubeEvent::Data { conn, data } => {
+                    if conn == 1 && self.session.terminal.is_some() {
+                        if let Some(t) = self.session.terminal.as_mut() {
+                            t.handle_data(&data);
+                        }
+                        self.pump_terminal();
+                    } else {
+                        self.outputs
+                            .push_back(Output::ConnectionData { conn, data });
+                    }
+                }
+                TubeEvent::Eof(conn) => self.outputs.push_back(Output::ConnectionEof { conn }),
+                TubeEvent::Closed { conn, reason, .. } => {
+                    self.outputs
+                        .push_back(Output::ConnectionClosed { conn, reason });
+                    if let (1, Some(t)) = (conn, self.session.terminal.as_mut()) {
+                        t.connection_closed(reason);
+                    }
+                    if conn == 1 && self.session.terminal.is_some() && !self.finished {
+                        self.begin_close_flush();
+                    }
+                }
+                TubeEvent::ChannelClosed { reason, .. } => {
+                    if !self.finished {
+                        self.session.closing = true;
+                        self.finish(
+                            if reason == CloseReason::Normal || reason == CloseReason::AdminClosed {
+                                Ok(())
+                            } else {
+                                Err(LaunchError::Disconnected(format!(
+                                    "gateway closed the tube: {reason}"
+                                )))
+                            },
+                        );
+                    }
+                    return;
+                }
+                TubeEvent::ConnectTarget { conn, .. } => {
+                    tracing::warn!(
+                        conn,
+                        "the gateway asked the client to open a connection; refused"
+                    );
+                }
+                TubeEvent::Pong { .. } => {}
+                TubeEvent::ProtocolWarning(w) => {
+                    tracing::warn!(warning = %w, "tube protocol warning")
+                }
+            }
+        }
+        if let Some(peer) = self.peer.as_mut() {
+            while let Some(d) = peer.poll_transmit() {
+                self.outputs.push_back(Output::Transmit(d));
+            }
+        }
+        if let Some(conns) = self.session.conns.as_ref() {
+            if let Some(paused) = self.session.outbox.pause_change(conns) {
+                for conn in conns.connections() {
+                    self.outputs
+                        .push_back(Output::Backpressure { conn, paused });
+                }
+            }
+        }
+    }
+
+    /// Drain the terminal: its bytes for the gateway into connection 1, its screen to the user.
+    fn pump_terminal(&mut self) {
+        let Some(t) = self.session.terminal.as_mut() else {
+            return;
+        };
+        let mut to_gateway = Vec::new();
+        let mut events = Vec::new();
+        while let Some(e) = t.poll_event() {
+            events.push(e);
+        }
+        for e in events {
+            match e {
+                TerminalEvent::ToGateway(bytes) => to_gateway.push(bytes),
+                TerminalEvent::Output(bytes) => {
+                    self.outputs.push_back(Output::TerminalOutput(bytes))
+                }
+                TerminalEvent::Ready => {
+                    if !self.session.guac_ready {
+                        self.session.guac_ready = true;
+                        self.disarm(SessionTimer::GuacReady);
+                        self.checkpoint(CLI_SESSION, names::GUACAMOLE_WAIT_FOR_READY_OK);
+                        self.checkpoint(TOTAL, names::READY_FOR_PROMPT);
+                    }
+                }
+                TerminalEvent::Ended(reason) => {
+                    tracing::info!(%reason, "terminal session ended");
+                    self.begin_close_flush();
+                }
+            }
+        }
+        for bytes in to_gateway {
+            if let Some(conns) = self.session.conns.as_mut() {
+                if let Err(e) = self.session.outbox.send(conns, 1, bytes) {
+                    tracing::warn!(error = %e, "terminal input after the session closed");
+                }
+            }
+        }
+        self.pump_tube();
+    }
+
+    /// A user command from the driver.
+    pub(super) fn on_command(&mut self, cmd: Command) {
+        let now = self.now;
+        match cmd {
+            Command::Close => {
+                self.session.closing = true;
+                if let Some(t) = self.session.terminal.as_mut() {
+                    t.disconnect();
+                }
+                self.pump_terminal();
+                if let Some(conns) = self.session.conns.as_mut() {
+                    conns.close_all(CloseReason::Normal);
+                }
+                self.pump_tube();
+                self.arm(SessionTimer::CloseFlush, CLOSE_FLUSH);
+            }
+            Command::OpenConnection { conn } => match self.session.conns.as_mut() {
+                Some(c) if self.session.tube_ready => {
+                    // A connection opened while the tube is paused starts paused: the tube-wide
+                    // pause was announced before it existed (found by the 16-connection benchmark).
+                    if self.session.outbox.is_paused() {
+                        self.outputs
+                            .push_back(Output::Backpressure { conn, paused: true });
+                    }
+                    if let Err(e) = c.open(conn) {
+                        self.outputs.push_back(Output::ConnectionClosed {
+                            conn,
+                            reason: CloseReason::Error,
+                        });
+                        tracing::warn!(error = %e, conn, "cannot open connection");
+                    }
+                }
+                _ => self.outputs.push_back(Output::ConnectionClosed {
+                    conn,
+                    reason: CloseReason::ConnectionFailed,
+                }),
+            },
+            Command::Send { conn, data } => {
+                if let Some(c) = self.session.conns.as_mut() {
+                    if let Err(e) = self.session.outbox.send(c, conn, data) {
+                        tracing::warn!(error = %e, conn, "closing a connection that cannot take data");
+                        let _ = c.close(conn, CloseReason::Error);
+                        self.outputs.push_back(Output::ConnectionClosed {
+                            conn,
+                            reason: CloseReason::Error,
+                        });
+                    }
+                }
+            }
+            Command::SendEof { conn } => {
+                if let (1, Some(t)) = (conn, self.session.terminal.as_mut()) {
+                    // Terminal mode: the script on stdin ended.
+                    t.end_input(now);
+                    self.pump_terminal();
+                } else if let Some(c) = self.session.conns.as_mut() {
+                    let _ = self.session.outbox.send_eof(c, conn);
+                }
+            }
+            Command::CloseConnection { conn, reason } => {
+                if let Some(c) = self.session.conns.as_mut() {
+                    let _ = self.session.outbox.close(c, conn, reason);
+                }
+            }
+            Command::TargetConnected { .. } => {}
+            Command::TerminalInput { data } => {
+                if let Some(t) = self.session.terminal.as_mut() {
+                    t.input(&data, now);
+                }
+                self.pump_terminal();
+            }
+            Command::TerminalResize { cols, rows } => {
+                if let Some(t) = self.session.terminal.as_mut() {
+                    t.resize(cols, rows);
+                }
+                self.pump_terminal();
+            }
+        }
+        self.pump_tube();
+    }
+}
+
+fn terminal_config(t: &TerminalSettings) -> TerminalConfig {
+    TerminalConfig {
+        cols: t.cols,
+        rows: t.rows,
+        guacd_params: t.guacd_params.clone(),
+        input_mode: if t.stdin_mode {
+            InputMode::Stdin
+        } else {
+            InputMode::Keys
+        },
+        ..TerminalConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::harness::{Harness, HarnessConfig};
+    use super::super::{Session, TerminalSettings};
+    use crate::tube::CloseReason;
+    use crate::Command;
+
+    #[test]
+    fn opening_a_connection_before_the_tube_is_ready_fails_it() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.command(Command::OpenConnection { conn: 2 });
+        assert_eq!(h.closed, vec![(2, CloseReason::ConnectionFailed)]);
+        assert!(h.opened.is_empty());
+    }
+
+    #[test]
+    fn a_tunnel_connection_carries_data_both_ways() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until_ready();
+        assert!(h.tube_ready.is_some(), "{:?}", h.finished);
+        h.command(Command::OpenConnection { conn: 2 });
+        h.run_until(Duration::from_secs(70), |h| h.opened.contains(&2));
+        assert_eq!(h.opened, vec![2]);
+        h.command(Command::Send {
+            conn: 2,
+            data: b"ping over the tube".to_vec(),
+        });
+        h.run_until(Duration::from_secs(80), |h| {
+            h.received.get(&2).is_some_and(|d| d.len() >= 18)
+        });
+        assert_eq!(h.received[&2], b"ping over the tube");
+        assert!(h.client.can_send());
+    }
+
+    #[test]
+    fn close_flushes_then_finishes_ok() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until_ready();
+        assert!(h.tube_ready.is_some(), "{:?}", h.finished);
+        let asked = h.now - h.t0;
+        h.command(Command::Close);
+        h.run_until_finished();
+        assert_eq!(h.finished, Some(Ok(())));
+        assert!(h.finished_at.unwrap() <= asked + super::CLOSE_FLUSH);
+    }
+
+    #[test]
+    fn a_terminal_launch_opens_connection_1_and_reaches_the_prompt() {
+        let mut h = Harness::new(HarnessConfig {
+            session: Session::Terminal(TerminalSettings {
+                cols: 80,
+                rows: 24,
+                stdin_mode: true,
+                guacd_params: Default::default(),
+            }),
+            ..HarnessConfig::default()
+        });
+        h.run_until(Duration::from_secs(60), |h| {
+            h.checkpoint_at("ready_for_prompt").is_some()
+        });
+        assert!(h.tube_ready.is_some(), "{:?}", h.finished);
+        assert_eq!(h.opened.first(), Some(&1));
+        let ready = h
+            .checkpoint_at("guacamole_wait_for_ready_ok")
+            .expect("guac ready");
+        assert!(ready < h.tube_ready.unwrap() + super::GUAC_READY_TIMEOUT);
+        assert!(!h
+            .checkpoint_names()
+            .contains(&"guacamole_wait_for_ready_timeout"));
+    }
+}

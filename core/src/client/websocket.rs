@@ -1,0 +1,297 @@
+//! The router WebSocket: where the gateway's answer and candidates arrive in trickle mode.
+//!
+//! * **When it opens.** Early (Commander ≥ PR #1982 and `fast`: in parallel with `create_tube`, as soon
+//!   as relay credentials and bind are done) or after `create_tube` (Commander before #1982). Commander
+//!   opens it in non-trickle mode too (for late messages); `fast` does not need it there.
+//! * **Its bound.** When the offer waits for it (always in trickle mode; in non-trickle mode only for
+//!   schedules before PR #1984), it must be open within `ws_ready_timeout`.
+//! * **Its messages.** Router frames are routed by conversation id and classified (see
+//!   [`crate::signaling::parse_ws_frame`]): an answer goes to the offer module, candidates to the
+//!   candidates module, a gateway error ends the launch while the data plane is not up yet.
+//! * **Its loss.** A close while the launch still needs it (offer not through, or no answer yet in
+//!   trickle mode) ends the launch.
+
+use std::time::Instant;
+
+use crate::signaling::{self, GatewayData};
+use crate::timing::{names, PHASE_WEBRTC_TUNNEL as WEBRTC_TUNNEL};
+use crate::{LaunchError, Output, WsConnect};
+
+use super::{Client, Timer};
+
+/// The WebSocket's timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum WsTimer {
+    /// The bound on the WebSocket opening (`ws_ready_timeout`), when the offer waits for it.
+    Ready,
+}
+
+impl From<WsTimer> for Timer {
+    fn from(t: WsTimer) -> Timer {
+        Timer::Ws(t)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WsState {
+    Closed,
+    Connecting,
+    Open,
+    Failed,
+}
+
+/// The WebSocket's state.
+pub(super) struct WsSide {
+    pub(super) state: WsState,
+    /// When the connect was asked for (`None`: not yet; it is asked at most once).
+    started_at: Option<Instant>,
+}
+
+impl WsSide {
+    pub(super) fn new() -> Self {
+        WsSide {
+            state: WsState::Closed,
+            started_at: None,
+        }
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        self.state == WsState::Open
+    }
+}
+
+impl Client {
+    /// Whether this launch wants a WebSocket at all: trickle mode, and Commander's schedules in
+    /// non-trickle mode.
+    fn want_ws(&self) -> bool {
+        self.cfg.trickle_ice || self.profile().fetch_relay_creds
+    }
+
+    /// Step 5 of the reconciler: the early WebSocket (or, for the schedules that open it after
+    /// `create_tube`, once the peer exists).
+    pub(super) fn advance_ws(&mut self, relay_done: bool, bind_done: bool) {
+        let ws_allowed =
+            bind_done && relay_done && (self.profile().websocket_early || self.peer.is_some());
+        if self.want_ws()
+            && ws_allowed
+            && self.ws.state == WsState::Closed
+            && self.ws.started_at.is_none()
+        {
+            self.start_ws();
+        }
+    }
+
+    /// Right after `create_tube`: the WebSocket of the schedules that open it after the tube.
+    pub(super) fn start_ws_after_tube(&mut self, bind_done: bool) {
+        if self.want_ws() && self.ws.started_at.is_none() && bind_done {
+            self.start_ws();
+        }
+    }
+
+    fn start_ws(&mut self) {
+        let p = self.profile().clone();
+        let tokens = self.tokens_for(self.cfg.trickle_ice);
+        let mut headers = tokens.headers();
+        if let Some(c) = &self.router.cookie {
+            headers.push(("Cookie".into(), c.clone()));
+        }
+        self.ws.state = WsState::Connecting;
+        self.ws.started_at = Some(self.now);
+        self.outputs.push_back(Output::WsConnect(WsConnect {
+            url: crate::router::endpoints::ws_url(self.base()),
+            headers,
+            timeout: p.ws_ready_timeout,
+        }));
+        if self.ws_required() {
+            self.arm(WsTimer::Ready, p.ws_ready_timeout);
+        }
+        let name = if p.websocket_early {
+            names::WEBSOCKET_LISTENER_STARTED_EARLY
+        } else {
+            names::WEBSOCKET_LISTENER_STARTED
+        };
+        self.checkpoint(WEBRTC_TUNNEL, name);
+    }
+
+    /// Whether the offer waits for the WebSocket: always in trickle mode (the answer comes over it), and
+    /// in non-trickle mode only for schedules before PR #1984.
+    pub(super) fn ws_required(&self) -> bool {
+        self.cfg.trickle_ice || self.cfg.profile.non_trickle_waits_for_ws
+    }
+
+    /// On `Input::Timeout`: whether the WebSocket missed its bound (the launch is then over).
+    pub(super) fn ws_ready_expired(&mut self) -> bool {
+        if self.due(WsTimer::Ready) && self.ws.state != WsState::Open {
+            self.finish(Err(LaunchError::Timeout {
+                what: "the router WebSocket to connect",
+                waited: self.profile().ws_ready_timeout,
+            }));
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn on_ws_opened(&mut self) {
+        if self.ws.state == WsState::Connecting {
+            self.ws.state = WsState::Open;
+            self.disarm(WsTimer::Ready);
+        }
+    }
+
+    /// The WebSocket closed or could not open. Returns whether that ended the launch.
+    pub(super) fn on_ws_closed(&mut self, reason: String) -> bool {
+        let was = self.ws.state;
+        self.ws.state = WsState::Failed;
+        let needed = (self.ws_required() && !self.offer_done())
+            || (self.cfg.trickle_ice && !self.offer.answer_applied);
+        if needed && was != WsState::Closed {
+            self.finish(Err(LaunchError::WebSocket(reason)));
+            return true;
+        }
+        false
+    }
+
+    /// On finish: close the WebSocket if it was ever asked for.
+    pub(super) fn close_ws(&mut self) {
+        if self.ws.state != WsState::Closed {
+            self.outputs.push_back(Output::WsClose);
+            self.ws.state = WsState::Closed;
+        }
+    }
+
+    /// A router frame: route each gateway reply of this conversation to the behaviour it is for.
+    pub(super) fn on_ws_message(&mut self, text: &str) {
+        let items = match signaling::parse_ws_frame(text) {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an unparsable WebSocket message");
+                return;
+            }
+        };
+        for item in items {
+            if !self.conv.matches(&item.conversation_id) {
+                tracing::debug!("WebSocket message for another conversation");
+                continue;
+            }
+            match signaling::classify_gateway_data(&self.key, &item.payload) {
+                GatewayData::Answer(sdp) => {
+                    self.apply_answer(&sdp);
+                }
+                GatewayData::Candidates(list) => {
+                    for c in list {
+                        self.add_remote_candidate(&c);
+                    }
+                    self.pump_peer();
+                }
+                GatewayData::Offer(_) => {
+                    tracing::warn!("gateway-initiated ICE restart is not supported; ignoring");
+                }
+                GatewayData::Ack => {}
+                GatewayData::Ignored(why) => tracing::debug!(%why, "ignoring a gateway message"),
+                GatewayData::Error(e) => {
+                    if !self.data_plane.seen {
+                        return self.finish(Err(LaunchError::Gateway(e)));
+                    }
+                    tracing::warn!(error = %e, "gateway reported an error");
+                }
+            }
+            if self.finished {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::harness::{Harness, HarnessConfig, ROUTER_ONE_WAY};
+    use crate::profile::Profile;
+    use crate::{Input, LaunchError};
+
+    #[test]
+    fn early_websocket_starts_with_create_tube() {
+        let mut h = Harness::new(HarnessConfig {
+            profile: Profile::commander_1984(),
+            ..HarnessConfig::default()
+        });
+        h.run_until_ready();
+        let names = h.checkpoint_names();
+        let ws = names
+            .iter()
+            .position(|n| *n == "websocket_listener_started_early")
+            .expect("early WS checkpoint");
+        let tube = names.iter().position(|n| *n == "create_tube_ok").unwrap();
+        assert!(ws < tube, "{names:?}");
+        assert_eq!(h.ws_connects.len(), 1);
+        assert!(h.tube_ready.is_some());
+    }
+
+    #[test]
+    fn legacy_websocket_starts_after_create_tube() {
+        let mut h = Harness::new(HarnessConfig {
+            profile: Profile::commander_legacy(),
+            ..HarnessConfig::default()
+        });
+        h.run_until_ready();
+        let names = h.checkpoint_names();
+        let ws = names
+            .iter()
+            .position(|n| *n == "websocket_listener_started")
+            .expect("WS checkpoint");
+        let tube = names.iter().position(|n| *n == "create_tube_ok").unwrap();
+        assert!(tube < ws, "{names:?}");
+        assert!(h.tube_ready.is_some());
+    }
+
+    #[test]
+    fn a_websocket_that_never_opens_times_out_at_its_bound() {
+        let profile = Profile::fast();
+        let bound = profile.ws_ready_timeout;
+        let mut h = Harness::new(HarnessConfig {
+            profile,
+            ws_never_opens: true,
+            ..HarnessConfig::default()
+        });
+        h.run_until_finished();
+        assert!(
+            matches!(h.finished, Some(Err(LaunchError::Timeout { waited, .. })) if waited == bound),
+            "{:?}",
+            h.finished
+        );
+        let started = h.ws_connects[0];
+        assert_eq!(h.finished_at, Some(started + bound));
+        // The offer never went: it waits for the WebSocket in trickle mode.
+        assert!(h.controller_messages_sent().is_empty());
+    }
+
+    #[test]
+    fn losing_the_websocket_before_the_answer_ends_the_launch() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until(Duration::from_secs(10), |h| !h.ws_connects.is_empty());
+        h.run_for(ROUTER_ONE_WAY * 4);
+        assert!(h.tube_ready.is_none());
+        h.client_input(Input::WsClosed {
+            reason: "reset by peer".into(),
+        });
+        assert_eq!(
+            h.finished,
+            Some(Err(LaunchError::WebSocket("reset by peer".into())))
+        );
+    }
+
+    #[test]
+    fn messages_for_other_conversations_and_garbage_are_ignored() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until(Duration::from_secs(10), |h| !h.ws_connects.is_empty());
+        h.client_input(Input::WsMessage("{not json".into()));
+        h.client_input(Input::WsMessage(
+            r#"{"conversationId":"AAAAAAAAAAAAAAAAAAAAAA==","payload":"{\"is_ok\":false,\"data\":\"boom\"}"}"#
+                .into(),
+        ));
+        assert!(h.finished.is_none());
+        h.run_until_ready();
+        assert!(h.tube_ready.is_some());
+    }
+}
