@@ -250,3 +250,175 @@ impl<N: Node> Dispatcher<N> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use pam_lite_core::tube::CloseReason;
+
+    /// A node that records its inputs and emits what the test queued, after the next input.
+    #[derive(Default)]
+    struct Scripted {
+        seen: Vec<Input>,
+        script: VecDeque<Output>,
+        out: VecDeque<Output>,
+    }
+
+    impl Node for Scripted {
+        fn handle_input(&mut self, input: Input, _now: Instant) {
+            self.seen.push(input);
+            self.out.extend(self.script.drain(..));
+        }
+        fn poll_output(&mut self) -> Option<Output> {
+            self.out.pop_front()
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+    }
+
+    /// The I/O a unit test observes (a mock: the real ones are tested by the shared suites).
+    #[derive(Default)]
+    struct Recorder {
+        sent: Vec<Datagram>,
+        delivered: Vec<Output>,
+        app_gone: bool,
+    }
+
+    impl Io for Recorder {
+        fn transmit(&mut self, datagram: Datagram) {
+            self.sent.push(datagram);
+        }
+        fn http(&mut self, request: HttpRequest) -> Option<Input> {
+            Some(Input::HttpError {
+                id: request.id,
+                error: "no HTTP here".into(),
+            })
+        }
+        fn ws_connect(&mut self, _connect: WsConnect) -> Option<Input> {
+            None
+        }
+        fn ws_close(&mut self) {}
+        fn deliver(&mut self, out: Output) -> bool {
+            self.delivered.push(out);
+            !self.app_gone
+        }
+    }
+
+    fn dispatcher(flush: Duration) -> (Dispatcher<Scripted>, Arc<FlowControl>) {
+        let addressing = Addressing::new("127.0.0.1:4000".parse().unwrap(), &[]).unwrap();
+        let flow = Arc::new(FlowControl::new());
+        let config = DriverConfig {
+            finish_flush: flush,
+            ..DriverConfig::default()
+        };
+        let d = Dispatcher::new(Scripted::default(), addressing, flow.clone(), &config);
+        (d, flow)
+    }
+
+    fn datagram(source: &str) -> Datagram {
+        Datagram {
+            source: source.parse().unwrap(),
+            destination: "127.0.0.1:9".parse().unwrap(),
+            contents: b"x".to_vec(),
+        }
+    }
+
+    #[test]
+    fn prologue_then_outputs_performed_with_source_check_and_flow_control() {
+        let (mut d, flow) = dispatcher(Duration::ZERO);
+        let mut io = Recorder::default();
+        d.start(&mut io);
+        assert_eq!(
+            d.node.seen,
+            vec![
+                Input::LocalCandidate {
+                    addr: "127.0.0.1:4000".parse().unwrap(),
+                    kind: CandidateKind::Host
+                },
+                Input::GatheringComplete
+            ]
+        );
+        d.node.script.extend([
+            Output::Transmit(datagram("127.0.0.1:4000")),
+            Output::Transmit(datagram("127.0.0.1:4001")),
+            Output::Backpressure {
+                conn: 3,
+                paused: true,
+            },
+            Output::TubeReady,
+        ]);
+        d.feed(Input::Timeout, &mut io);
+        assert_eq!(
+            io.sent,
+            vec![datagram("127.0.0.1:4000")],
+            "foreign source dropped"
+        );
+        assert!(flow.is_paused(3));
+        assert_eq!(
+            io.delivered,
+            vec![Output::TubeReady],
+            "backpressure is not the app's"
+        );
+        d.node.script.push_back(Output::ConnectionClosed {
+            conn: 3,
+            reason: CloseReason::Normal,
+        });
+        d.feed(Input::Timeout, &mut io);
+        assert!(
+            !flow.is_paused(3),
+            "a closed connection never leaves a reader paused"
+        );
+    }
+
+    #[test]
+    fn an_immediate_io_failure_is_fed_after_the_drain() {
+        let (mut d, _) = dispatcher(Duration::ZERO);
+        let mut io = Recorder::default();
+        d.node.script.push_back(Output::Http(HttpRequest {
+            id: 7,
+            method: pam_lite_core::Method::Get,
+            url: "http://h/".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            fresh_connection: true,
+            timeout: Duration::from_secs(1),
+        }));
+        d.feed(Input::Timeout, &mut io);
+        assert_eq!(d.node.seen.len(), 1, "not fed re-entrantly");
+        assert_eq!(d.turn(&mut io), Next::Wait(None));
+        assert!(matches!(
+            d.node.seen.last(),
+            Some(Input::HttpError { id: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn finished_is_delivered_then_the_flush_ends_the_loop() {
+        let (mut d, _) = dispatcher(Duration::ZERO);
+        let mut io = Recorder::default();
+        d.node.script.push_back(Output::Finished(Ok(())));
+        d.feed(Input::Timeout, &mut io);
+        assert_eq!(io.delivered, vec![Output::Finished(Ok(()))]);
+        assert_eq!(d.turn(&mut io), Next::Stop);
+    }
+
+    #[test]
+    fn a_gone_application_closes_the_node_within_the_grace() {
+        let (mut d, _) = dispatcher(Duration::ZERO);
+        let mut io = Recorder {
+            app_gone: true,
+            ..Recorder::default()
+        };
+        d.node.script.push_back(Output::TubeReady);
+        d.feed(Input::Timeout, &mut io);
+        let before = Instant::now();
+        let Next::Wait(Some(limit)) = d.turn(&mut io) else {
+            panic!("expected a bounded wait");
+        };
+        assert_eq!(d.node.seen.last(), Some(&Input::Command(Command::Close)));
+        assert!(limit >= before + ABANDON_GRACE - Duration::from_millis(50));
+        assert!(limit <= Instant::now() + ABANDON_GRACE);
+    }
+}

@@ -43,6 +43,8 @@ pub trait NodeHandle: std::fmt::Debug + Send + 'static {
     fn recv_timeout(&self, timeout: Duration) -> Result<Option<Output>, Stopped>;
     /// The address the node's UDP socket is bound to.
     fn local_addr(&self) -> SocketAddr;
+    /// The node's flow control for local sockets, kept current by the driver (forwarders wait in it).
+    fn flow(&self) -> std::sync::Arc<crate::flow::FlowControl>;
     /// Wait until the driver stops (after the node's `Output::Finished` and the flush).
     fn join(self) -> io::Result<()>;
 }

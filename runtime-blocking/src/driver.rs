@@ -309,7 +309,9 @@ impl<N: Node> Loop<N> {
             if udp_pending || self.take_inputs() {
                 timeout = Some(Duration::ZERO);
             } else {
-                self.wake.sleeping.store(true, Ordering::SeqCst);
+                // A swap, not a store: it reads the sender's last swap, so whatever that sender queued
+                // before it is visible to the look below.
+                self.wake.sleeping.swap(true, Ordering::SeqCst);
                 if self.take_inputs() {
                     timeout = Some(Duration::ZERO);
                 }

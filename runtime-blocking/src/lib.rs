@@ -37,14 +37,22 @@
 //! ```
 
 pub mod driver;
-pub mod forward;
 mod pool;
 mod ws;
 
 pub use driver::{spawn, Handle, InputSender};
+
+/// The forwarder: the kit's, on plain threads (`pam_lite_driver_kit::forward::threads`).
+pub mod forward {
+    pub use pam_lite_driver_kit::forward::threads::{dial_targets, serve_tunnel};
+    pub use pam_lite_driver_kit::forward::{READ_CHUNK, TARGET_CONNECT_TIMEOUT, WRITE_QUEUE};
+
+    /// The forwarder for this runtime's [`crate::Handle`].
+    pub type Forwarder = pam_lite_driver_kit::forward::threads::Forwarder<crate::InputSender>;
+}
 pub use pam_lite_driver_kit::{DriverConfig, Stopped, TlsConfig};
 
-use pam_lite_driver_kit::runtime::{Forward, InputSink, NodeHandle, Runtime};
+use pam_lite_driver_kit::runtime::{InputSink, NodeHandle, Runtime};
 
 /// This runtime, for code generic over [`Runtime`] (the CLI, the benchmark, the shared test suites).
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +102,9 @@ impl NodeHandle for Handle {
     fn local_addr(&self) -> std::net::SocketAddr {
         Handle::local_addr(self)
     }
+    fn flow(&self) -> std::sync::Arc<pam_lite_driver_kit::FlowControl> {
+        Handle::flow(self)
+    }
     fn join(self) -> std::io::Result<()> {
         Handle::join(self)
     }
@@ -105,14 +116,5 @@ impl InputSink for InputSender {
     }
     fn send(&self, input: pam_lite_core::Input) -> bool {
         InputSender::send(self, input)
-    }
-}
-
-impl Forward for forward::Forwarder {
-    fn dispatch(&self, out: pam_lite_core::Output) -> Option<pam_lite_core::Output> {
-        forward::Forwarder::dispatch(self, out)
-    }
-    fn open_connections(&self) -> usize {
-        forward::Forwarder::open_connections(self)
     }
 }

@@ -121,6 +121,15 @@ async fn exchange(
     let (id, timeout, fresh) = (req.id, req.timeout, req.fresh_connection);
     let work = async {
         let origin = origin?;
+        // A pooled connection the server has closed meanwhile (its FIN is read by this one poll) is
+        // dropped instead of failing the request.
+        let reuse = match reuse {
+            Some(mut idle) => {
+                let closed = future::poll_once(idle.conn.as_mut()).await.is_some();
+                (!closed && !idle.sender.is_closed()).then_some(idle)
+            }
+            None => None,
+        };
         let (sender, conn) = match reuse {
             Some(idle) => (idle.sender, idle.conn),
             None => connect(&origin, tls).await?,

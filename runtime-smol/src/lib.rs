@@ -68,6 +68,9 @@ impl NodeHandle for Handle {
     fn local_addr(&self) -> std::net::SocketAddr {
         Handle::local_addr(self)
     }
+    fn flow(&self) -> std::sync::Arc<pam_lite_driver_kit::FlowControl> {
+        Handle::flow(self)
+    }
     fn join(self) -> std::io::Result<()> {
         Handle::join(self)
     }

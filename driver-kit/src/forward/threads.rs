@@ -1,8 +1,8 @@
-//! TCP glue between local sockets and the node's tunneled connections, with threads; the routing and the
-//! contract are the kit's (`pam_lite_driver_kit::forward`).
+//! A forwarder on plain threads that works with any runtime's handle (runtime-blocking uses it as is): TCP
+//! glue between local sockets and the node's tunneled connections, routed by [`super::Routes`].
 //!
 //! Threads: one accept thread (client side), and per connection a reader and a writer. The single consumer
-//! of [`crate::Handle::recv`] hands every output to [`Forwarder::dispatch`], which keeps the ones about
+//! of the handle's `recv` hands every output to [`Forwarder::dispatch`], which keeps the ones about
 //! connections and gives the others back.
 //!
 //! Backpressure: the node says when a connection's local side must pause (`Output::Backpressure`: the
@@ -20,15 +20,15 @@ use std::thread;
 use std::time::Duration;
 
 use pam_lite_core::{Command, ConnNo, Input, Output};
-use pam_lite_driver_kit::forward::{
+
+use super::{
     target_connected, Route, Routes, ToSocket, READ_CHUNK, TARGET_CONNECT_TIMEOUT, WRITE_QUEUE,
 };
-use pam_lite_driver_kit::FlowControl;
+use crate::flow::FlowControl;
+use crate::runtime::{Forward, InputSink, NodeHandle};
 
-use crate::driver::{Handle, InputSender};
-
-struct Shared {
-    inputs: InputSender,
+struct Shared<S> {
+    inputs: S,
     routes: Routes<SyncSender<ToSocket>>,
     stop: AtomicBool,
     /// Gateway side: where `ConnectTarget` connects.
@@ -37,7 +37,7 @@ struct Shared {
     flow: Arc<FlowControl>,
 }
 
-impl Shared {
+impl<S: InputSink> Shared<S> {
     /// Block while `conn` is paused; `false` when the connection or the forwarder is gone meanwhile.
     fn wait_unpaused(&self, conn: ConnNo) -> bool {
         self.flow.wait(conn, || {
@@ -56,14 +56,14 @@ impl Shared {
 }
 
 /// Routes the outputs about tunneled connections to their local sockets (see the module docs).
-pub struct Forwarder {
-    shared: Arc<Shared>,
+pub struct Forwarder<S> {
+    shared: Arc<Shared<S>>,
     /// Client side: the listener address, to wake the accept thread when the forwarder is dropped.
     listening: Option<SocketAddr>,
 }
 
-impl Forwarder {
-    fn new(handle: &Handle, target: Option<SocketAddr>) -> Self {
+impl<S: InputSink> Forwarder<S> {
+    fn new<H: NodeHandle<Sender = S>>(handle: &H, target: Option<SocketAddr>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 inputs: handle.sender(),
@@ -131,7 +131,16 @@ impl Forwarder {
     }
 }
 
-impl Drop for Forwarder {
+impl<S: InputSink> Forward for Forwarder<S> {
+    fn dispatch(&self, out: Output) -> Option<Output> {
+        Forwarder::dispatch(self, out)
+    }
+    fn open_connections(&self) -> usize {
+        Forwarder::open_connections(self)
+    }
+}
+
+impl<S> Drop for Forwarder<S> {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(addr) = self.listening {
@@ -147,7 +156,10 @@ impl Drop for Forwarder {
 /// Client side: every TCP connection accepted on `listener` becomes tunneled connection 1, 2, 3…
 /// (`Command::OpenConnection`), piped both ways. Call it once the tube is ready; clients that connect
 /// earlier wait in the listen backlog.
-pub fn serve_tunnel(listener: TcpListener, handle: &Handle) -> io::Result<Forwarder> {
+pub fn serve_tunnel<H: NodeHandle>(
+    listener: TcpListener,
+    handle: &H,
+) -> io::Result<Forwarder<H::Sender>> {
     let mut forwarder = Forwarder::new(handle, None);
     let local = listener.local_addr()?;
     forwarder.listening = Some(if local.ip().is_unspecified() {
@@ -170,11 +182,11 @@ pub fn serve_tunnel(listener: TcpListener, handle: &Handle) -> io::Result<Forwar
 }
 
 /// Gateway side: answer every `Output::ConnectTarget` by connecting to `target`, then pipe.
-pub fn dial_targets(handle: &Handle, target: SocketAddr) -> Forwarder {
+pub fn dial_targets<H: NodeHandle>(handle: &H, target: SocketAddr) -> Forwarder<H::Sender> {
     Forwarder::new(handle, Some(target))
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+fn accept_loop<S: InputSink>(listener: TcpListener, shared: Arc<Shared<S>>) {
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::Relaxed) {
             return;
@@ -201,7 +213,12 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// Pipe one connection: this thread writes (from `rx`), a second one reads.
-fn pipe(shared: Arc<Shared>, conn: ConnNo, stream: TcpStream, rx: Receiver<ToSocket>) {
+fn pipe<S: InputSink>(
+    shared: Arc<Shared<S>>,
+    conn: ConnNo,
+    stream: TcpStream,
+    rx: Receiver<ToSocket>,
+) {
     let _ = stream.set_nodelay(true);
     match stream.try_clone() {
         Ok(reader) => {
@@ -222,7 +239,7 @@ fn pipe(shared: Arc<Shared>, conn: ConnNo, stream: TcpStream, rx: Receiver<ToSoc
     write_loop(&shared, conn, stream, rx);
 }
 
-fn read_loop(shared: &Shared, conn: ConnNo, mut stream: TcpStream) {
+fn read_loop<S: InputSink>(shared: &Shared<S>, conn: ConnNo, mut stream: TcpStream) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         if !shared.wait_unpaused(conn) {
@@ -259,7 +276,12 @@ fn read_loop(shared: &Shared, conn: ConnNo, mut stream: TcpStream) {
     }
 }
 
-fn write_loop(shared: &Shared, conn: ConnNo, mut stream: TcpStream, rx: Receiver<ToSocket>) {
+fn write_loop<S: InputSink>(
+    shared: &Shared<S>,
+    conn: ConnNo,
+    mut stream: TcpStream,
+    rx: Receiver<ToSocket>,
+) {
     while let Ok(what) = rx.recv() {
         match what {
             ToSocket::Data(data) => {

@@ -1,11 +1,14 @@
 //! The forwarder's routing, shared by every runtime: which tunneled connection an output is about, the
-//! numbering of accepted local connections, and the bounds both forwarders keep. Only the socket work
-//! (threads in runtime-blocking, tasks in runtime-smol) is the runtime's.
+//! numbering of accepted local connections, and the bounds both forwarders keep. The socket work is either
+//! [`threads`] (plain threads, for any runtime; runtime-blocking's) or a runtime's own (tasks in
+//! runtime-smol).
 //!
 //! The contract, with no protocol knowledge: bytes in become `Command::Send`, bytes out come from
 //! `Output::ConnectionData`, a TCP half-close is `Command::SendEof` / `Output::ConnectionEof`, a reset or
 //! close is `Command::CloseConnection` / `Output::ConnectionClosed`, and a gateway answers
 //! `Output::ConnectTarget` with `Command::TargetConnected`.
+
+pub mod threads;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
