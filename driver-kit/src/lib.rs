@@ -27,8 +27,9 @@
 //!
 //! A third runtime (tokio, glommio, an embedded executor…) is one small crate:
 //!
-//! 1. **Bind** with [`udp::bind`] (a std socket, to make non-blocking, plus its [`udp::Addressing`]) and build the TLS
-//!    config with [`tls::rustls_client_config`]; create the [`FlowControl`] shared with your forwarder.
+//! 1. **Bind** with [`udp::bind`] (a std socket, to make non-blocking, plus its [`udp::Addressing`]) and
+//!    build the TLS config with [`tls::rustls_client_config`]; create the [`FlowControl`] shared with your
+//!    forwarder.
 //! 2. **Implement [`Io`]** for a struct holding your socket and clients: `transmit` (non-blocking, e.g. via
 //!    [`udp::TxQueue`]), `http` (start the request; fresh vs keep-alive connection as the request says),
 //!    `ws_connect` / `ws_close` (build the request with [`ws::build_request`], bound frames with
@@ -40,11 +41,19 @@
 //!    waits, the WebSocket, and the instant `turn` returned (plus your own deadlines, e.g. a WebSocket
 //!    connect timeout). Feed each input with [`Dispatcher::feed`]. Stop on [`Next::Stop`]. When the
 //!    application drops its handle, call [`Dispatcher::abandon`].
-//! 4. **Forwarder**: accept / dial TCP and pipe bytes, routing outputs with [`forward::Routes`] and waiting
-//!    in [`FlowControl`] before each read.
-//! 5. **Implement [`Runtime`]** for a marker type and run the shared suites of `pam-lite-driver-tests`
-//!    (`driver_suite!`-free: they are plain generic functions, one `#[test]` line each) and the
-//!    conformance suite in `tests/tests/conformance.rs`.
+//! 4. **Forwarder**: use [`forward::threads`] as is (plain threads; runtime-blocking does), or pipe with
+//!    your runtime's tasks, routing outputs with [`forward::Routes`] and waiting in [`FlowControl`] before
+//!    each read (runtime-smol does).
+//! 5. **Implement [`Runtime`]** (with [`NodeHandle`], [`InputSink`], [`Forward`]) for a marker type, then
+//!    run the shared suites: `pam-lite-driver-tests` holds them as plain generic functions (list each as a
+//!    one-line `#[test]`, see `runtime-smol/tests/suite.rs`), and add your runtime to the end-to-end
+//!    conformance suite in `tests/tests/conformance.rs` (one module of one-liners).
+//!
+//! runtime-smol's wait loop (`runtime-smol/src/driver.rs`, `run_loop`) is the shortest example of step 3;
+//! runtime-blocking's (`runtime-blocking/src/driver.rs`, `Loop::run`) shows the same with `mio::Poll`.
+//!
+//! A new kind of I/O (issue #9: TURN over TCP/TLS) is added once, in the kit, without touching the
+//! dispatcher's callers: see [`Io`].
 //!
 //! Nothing of the protocol is in a driver: if a runtime needs to know what an output *means*, that
 //! knowledge belongs in the core.
