@@ -7,7 +7,7 @@
 //! CLI process rows of the benchmark run the real binary on the same ticket instead.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -16,6 +16,8 @@ use pam_lite_core::client::{Client, ClientConfig};
 use pam_lite_core::profile::Profile;
 use pam_lite_core::timing::Checkpoint;
 use pam_lite_core::{Command, Input, LaunchError, Output};
+use pam_lite_driver_kit::runtime::{self as driver, Forward as _, InputSink as _, NodeHandle as _};
+use pam_lite_driver_kit::DriverConfig;
 use pam_lite_emulator::DemoTicket;
 use rand_core::{OsRng, RngCore};
 use serde::Serialize;
@@ -84,49 +86,64 @@ pub struct Tunnel {
     checkpoints: Vec<Checkpoint>,
 }
 
-/// The pump thread: identical for both drivers (their `Handle` and `forward` APIs have the same shape).
-macro_rules! pump {
-    ($handle:ident, $forward:path, $listener:ident, $events:ident) => {{
-        use $forward as forward;
-        thread::Builder::new()
-            .name("bench-pump".into())
-            .spawn(move || {
-                let mut listener = Some($listener);
-                let mut forwarder: Option<forward::Forwarder> = None;
-                while let Some(out) = $handle.recv() {
-                    let out = match &forwarder {
-                        Some(f) => match f.dispatch(out) {
-                            Some(rest) => rest,
-                            None => continue,
-                        },
-                        None => out,
-                    };
-                    let event = match out {
-                        Output::TubeReady => {
-                            let at = Instant::now();
-                            if let Some(l) = listener.take() {
-                                match forward::serve_tunnel(l, &$handle) {
-                                    Ok(f) => forwarder = Some(f),
-                                    Err(e) => tracing::error!(error = %e, "serve_tunnel failed"),
-                                }
+/// The pump thread, the same for every runtime (the driver kit's [`driver::Runtime`]): the single consumer
+/// of the node's outputs.
+fn pump<R: driver::Runtime>(
+    handle: R::Handle,
+    listener: TcpListener,
+    events: Sender<Event>,
+) -> std::io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name("bench-pump".into())
+        .spawn(move || {
+            let mut listener = Some(listener);
+            let mut forwarder: Option<R::Forwarder> = None;
+            while let Some(out) = handle.recv() {
+                let out = match &forwarder {
+                    Some(f) => match f.dispatch(out) {
+                        Some(rest) => rest,
+                        None => continue,
+                    },
+                    None => out,
+                };
+                let event = match out {
+                    Output::TubeReady => {
+                        let at = Instant::now();
+                        if let Some(l) = listener.take() {
+                            match R::serve_tunnel(l, &handle) {
+                                Ok(f) => forwarder = Some(f),
+                                Err(e) => tracing::error!(error = %e, "serve_tunnel failed"),
                             }
-                            Event::Ready(at)
                         }
-                        Output::Checkpoint(cp) => Event::Checkpoint(cp),
-                        Output::Finished(r) => Event::Finished(r),
-                        _ => continue,
-                    };
-                    if $events.send(event).is_err() {
-                        break;
+                        Event::Ready(at)
                     }
+                    Output::Checkpoint(cp) => Event::Checkpoint(cp),
+                    Output::Finished(r) => Event::Finished(r),
+                    _ => continue,
+                };
+                if events.send(event).is_err() {
+                    break;
                 }
-                drop(forwarder);
-                if let Err(e) = $handle.join() {
-                    tracing::debug!(error = %e, "driver ended with an error");
-                }
-                let _ = $events.send(Event::Stopped);
-            })
-    }};
+            }
+            drop(forwarder);
+            if let Err(e) = handle.join() {
+                tracing::debug!(error = %e, "driver ended with an error");
+            }
+            let _ = events.send(Event::Stopped);
+        })
+}
+
+/// Spawn `client` on runtime `R` and its pump thread.
+fn start<R: driver::Runtime>(
+    client: Client,
+    listener: TcpListener,
+    events: Sender<Event>,
+) -> Result<(InputFn, JoinHandle<()>), String> {
+    let handle = R::spawn(client, DriverConfig::default())
+        .map_err(|e| format!("{} driver: {e}", R::NAME))?;
+    let sender = handle.sender();
+    let pump = pump::<R>(handle, listener, events).map_err(|e| format!("pump thread: {e}"))?;
+    Ok((Arc::new(move |i| sender.send(i)), pump))
 }
 
 impl Tunnel {
@@ -139,24 +156,10 @@ impl Tunnel {
         let (tx, events) = mpsc::channel();
         let started = Instant::now();
         let client = Client::new(cfg, seed(), started).map_err(|e| format!("client: {e}"))?;
-        let config = pam_lite_blocking::DriverConfig::default();
-        let (inputs, pump): (InputFn, _) = match runtime {
-            Runtime::Blocking => {
-                let handle = pam_lite_blocking::spawn(client, config)
-                    .map_err(|e| format!("blocking driver: {e}"))?;
-                let sender = handle.sender();
-                let pump = pump!(handle, pam_lite_blocking::forward, listener, tx);
-                (Arc::new(move |i| sender.send(i)), pump)
-            }
-            Runtime::Smol => {
-                let handle = pam_lite_smol::spawn(client, config)
-                    .map_err(|e| format!("smol driver: {e}"))?;
-                let sender = handle.sender();
-                let pump = pump!(handle, pam_lite_smol::forward, listener, tx);
-                (Arc::new(move |i| sender.send(i)), pump)
-            }
+        let (inputs, pump) = match runtime {
+            Runtime::Blocking => start::<pam_lite_blocking::Blocking>(client, listener, tx)?,
+            Runtime::Smol => start::<pam_lite_smol::Smol>(client, listener, tx)?,
         };
-        let pump = pump.map_err(|e| format!("pump thread: {e}"))?;
         Ok(Tunnel {
             listen,
             started,

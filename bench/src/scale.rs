@@ -195,7 +195,7 @@ async fn one_launch(ticket: Arc<DemoTicket>, deadline: Instant) -> (One, Option<
         Ok(c) => c,
         Err(e) => return fail(format!("client: {e}")),
     };
-    let handle = match pam_lite_smol::spawn(client, pam_lite_blocking::DriverConfig::default()) {
+    let handle = match pam_lite_smol::spawn(client, pam_lite_smol::DriverConfig::default()) {
         Ok(h) => h,
         Err(e) => return fail(format!("driver: {e}")),
     };

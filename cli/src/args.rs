@@ -101,12 +101,14 @@ Examples:
 
 Exit codes: ssh's own (255 for connection errors), or pam-lite's when ssh cannot be started.";
 
-/// Which I/O driver runs the protocol core. Both behave the same; `blocking` uses plain threads.
+/// Which I/O driver runs the protocol core. Both behave the same on the wire (one conformance suite).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Runtime {
-    /// The async driver (smol): one thread for everything.
+    /// The async driver (smol): UDP, timers, HTTP (hyper) and the router WebSocket are one task on smol's
+    /// executor; a helper thread only resolves host names.
     Smol,
-    /// The threaded driver (std sockets, ureq, tungstenite).
+    /// The event-loop driver: one thread waits in mio for UDP, the WebSocket and timers; HTTP (ureq)
+    /// runs on at most 4 worker threads; each local connection uses a reader and a writer thread.
     Blocking,
 }
 

@@ -8,10 +8,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pam_lite_blocking::config::{DriverConfig, TlsConfig};
 use pam_lite_core::client::{Client, ClientConfig};
 use pam_lite_core::profile::Profile;
 use pam_lite_core::Output;
+use pam_lite_driver_kit::config::{DriverConfig, TlsConfig};
 use pam_lite_emulator::{DemoTicket, Emulator, EmulatorConfig, TargetConfig, UdpImpairment};
 
 fn echo_server() -> SocketAddr {

@@ -279,7 +279,7 @@ fn tls_router_is_trusted_with_the_ticket_ca_only() {
     let r = c.perform(&req).expect("TLS answer");
     assert!(parse_router_response(&r, &tokens, OK_BELOW_OTHER).is_ok());
     // Without the CA the certificate is refused.
-    let plain = pam_lite_blocking::http::HttpClient::new(&Default::default()).expect("client");
+    let plain = pam_lite_driver_kit::http::HttpClient::new(&Default::default()).expect("client");
     match plain.perform(&req) {
         pam_lite_core::Input::HttpError { error, .. } => assert!(!error.is_empty()),
         other => panic!("an untrusted certificate was accepted: {other:?}"),

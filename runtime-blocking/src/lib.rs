@@ -1,6 +1,8 @@
-//! Blocking driver for the pam-lite core: plain threads, ureq for HTTP, tungstenite for the router
-//! WebSocket and a std UDP socket. It only moves data between a [`pam_lite_core::Node`] and the network;
-//! all protocol knowledge stays in the core.
+//! Blocking driver for the pam-lite core: per node, one thread blocks in one `mio::Poll` for the UDP
+//! socket, the router WebSocket (tungstenite over the non-blocking socket, rustls for `wss://`), the
+//! application's inputs and the node's timer; ureq HTTP requests run on a small worker pool that wakes the
+//! loop. It only moves data between a [`pam_lite_core::Node`] and the network: everything else is the
+//! runtime-neutral `pam-lite-driver-kit` (its crate docs are the porting guide).
 //!
 //! ```no_run
 //! # fn demo<N: pam_lite_core::Node + Send + 'static>(node: N) -> std::io::Result<()> {
@@ -33,21 +35,86 @@
 //! handle.join()
 //! # }
 //! ```
-//!
-//! The building blocks ([`config`], [`tls`], [`http`], [`udp`], [`ws`]) are public because the smol
-//! driver (`pam-lite-smol`) reuses them: ureq is blocking in both drivers. With the `testing` feature,
-//! `testing` holds test nodes and 127.0.0.1 servers plus the conformance test macros both drivers run.
 
-pub mod config;
 pub mod driver;
-pub mod flow;
-pub mod forward;
-pub mod http;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
-pub mod tls;
-pub mod udp;
-pub mod ws;
+mod pool;
+mod ws;
 
-pub use config::{DriverConfig, TlsConfig};
-pub use driver::{spawn, Handle, InputSender, Stopped};
+pub use driver::{spawn, Handle, InputSender};
+
+/// The forwarder: the kit's, on plain threads (`pam_lite_driver_kit::forward::threads`).
+pub mod forward {
+    pub use pam_lite_driver_kit::forward::threads::{dial_targets, serve_tunnel};
+    pub use pam_lite_driver_kit::forward::{READ_CHUNK, TARGET_CONNECT_TIMEOUT, WRITE_QUEUE};
+
+    /// The forwarder for this runtime's [`crate::Handle`].
+    pub type Forwarder = pam_lite_driver_kit::forward::threads::Forwarder<crate::InputSender>;
+}
+pub use pam_lite_driver_kit::{DriverConfig, Stopped, TlsConfig};
+
+use pam_lite_driver_kit::runtime::{InputSink, NodeHandle, Runtime};
+
+/// This runtime, for code generic over [`Runtime`] (the CLI, the benchmark, the shared test suites).
+#[derive(Debug, Clone, Copy)]
+pub struct Blocking;
+
+impl Runtime for Blocking {
+    const NAME: &'static str = "blocking";
+    type Handle = Handle;
+    type Forwarder = forward::Forwarder;
+
+    fn spawn<N: pam_lite_core::Node + Send + 'static>(
+        node: N,
+        config: DriverConfig,
+    ) -> std::io::Result<Handle> {
+        spawn(node, config)
+    }
+
+    fn serve_tunnel(
+        listener: std::net::TcpListener,
+        handle: &Handle,
+    ) -> std::io::Result<Self::Forwarder> {
+        forward::serve_tunnel(listener, handle)
+    }
+
+    fn dial_targets(handle: &Handle, target: std::net::SocketAddr) -> Self::Forwarder {
+        forward::dial_targets(handle, target)
+    }
+}
+
+impl NodeHandle for Handle {
+    type Sender = InputSender;
+    fn input(&self, input: pam_lite_core::Input) {
+        Handle::input(self, input);
+    }
+    fn sender(&self) -> InputSender {
+        Handle::sender(self)
+    }
+    fn recv(&self) -> Option<pam_lite_core::Output> {
+        Handle::recv(self)
+    }
+    fn recv_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Result<Option<pam_lite_core::Output>, Stopped> {
+        Handle::recv_timeout(self, timeout)
+    }
+    fn local_addr(&self) -> std::net::SocketAddr {
+        Handle::local_addr(self)
+    }
+    fn flow(&self) -> std::sync::Arc<pam_lite_driver_kit::FlowControl> {
+        Handle::flow(self)
+    }
+    fn join(self) -> std::io::Result<()> {
+        Handle::join(self)
+    }
+}
+
+impl InputSink for InputSender {
+    fn input(&self, input: pam_lite_core::Input) {
+        InputSender::input(self, input);
+    }
+    fn send(&self, input: pam_lite_core::Input) -> bool {
+        InputSender::send(self, input)
+    }
+}

@@ -1,269 +1,304 @@
-//! The router WebSocket on a thread of its own (tungstenite over rustls).
-//!
-//! The core only ever *receives* on this socket (it sends through HTTP), so the thread reads with a short
-//! socket timeout and checks between reads whether the driver asked it to close. Everything it learns is
-//! handed to an `emit` callback as an [`Input`]; the driver decides whether that input is still current.
+//! The router WebSocket on the node's event loop: tungstenite (rustls for `wss://`) over a non-blocking
+//! mio socket, driven by readiness — connect, TLS and WebSocket handshakes, reads and the close handshake
+//! all resume where `WouldBlock` stopped them. No thread; only a host *name* is resolved on the worker
+//! pool (std has no non-blocking resolver), and the connect timeout is a deadline of the loop.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
 use pam_lite_core::{Input, WsConnect};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::handshake::HandshakeError;
-use tungstenite::http::{HeaderName, HeaderValue};
-use tungstenite::protocol::WebSocketConfig;
-use tungstenite::{Connector, Message};
+use pam_lite_driver_kit::ws::{self, Endpoint, Request, CLOSE_GRACE};
+use tungstenite::handshake::client::ClientHandshake;
+use tungstenite::handshake::{HandshakeError, MidHandshake};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Connector, Message, WebSocket};
 
-/// How often an idle reader looks at its close flag.
-const POLL: Duration = Duration::from_millis(20);
-/// How long a requested close may take (close handshake) before the socket is just dropped.
-const CLOSE_GRACE: Duration = Duration::from_millis(500);
+/// The loop's token for the WebSocket's socket.
+pub(crate) const TOKEN: Token = Token(2);
 
-/// Control of one WebSocket thread. Dropping it closes the socket too.
-#[derive(Debug)]
-pub struct WsWorker {
-    close: Arc<AtomicBool>,
+type Stream = MaybeTlsStream<TcpStream>;
+
+enum State {
+    Idle,
+    /// The worker pool resolves the host (see [`Resolve`]).
+    Resolving(Request, Endpoint),
+    Connecting {
+        stream: TcpStream,
+        request: Request,
+        endpoint: Endpoint,
+        rest: Vec<SocketAddr>,
+    },
+    Handshaking(Box<MidHandshake<ClientHandshake<Stream>>>),
+    Open(Box<WebSocket<Stream>>),
+    /// Closing on the core's request (or after the server's close): nothing more is reported.
+    Closing(Box<WebSocket<Stream>>),
 }
 
-impl WsWorker {
-    /// Ask the thread to send a close frame and stop; it reports nothing more.
-    pub fn close(&self) {
-        self.close.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Drop for WsWorker {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-/// Open `connect` on a new thread. `emit` receives `WsOpened`, every `WsMessage`, and a final `WsClosed`
-/// (unless [`WsWorker::close`] was called first); it returns `false` when nobody listens any more.
-pub fn spawn(
-    connect: WsConnect,
+/// The WebSocket of one node.
+pub(crate) struct WsConn {
+    state: State,
+    generation: u64,
+    /// Connect timeout while opening, close grace while closing.
+    deadline: Option<Instant>,
     tls: Arc<rustls::ClientConfig>,
     frame_limit: usize,
-    emit: impl FnMut(Input) -> bool + Send + 'static,
-) -> io::Result<WsWorker> {
-    let close = Arc::new(AtomicBool::new(false));
-    let flag = close.clone();
-    thread::Builder::new()
-        .name("pam-lite-ws".into())
-        .spawn(move || run(connect, tls, frame_limit, &flag, emit))?;
-    Ok(WsWorker { close })
 }
 
-/// The request with the core's headers, and where to connect. Errors never quote header values.
-pub fn build_request(
-    connect: &WsConnect,
-) -> Result<(tungstenite::handshake::client::Request, String, u16), String> {
-    let mut request = connect
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("invalid WebSocket URL: {e}"))?;
-    for (name, value) in &connect.headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name {name:?}"))?;
-        let value =
-            HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name}"))?;
-        request.headers_mut().append(name, value);
-    }
-    let uri = request.uri();
-    let host = uri
-        .host()
-        .ok_or("WebSocket URL has no host")?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = match (uri.port_u16(), uri.scheme_str()) {
-        (Some(port), _) => port,
-        (None, Some("wss")) => 443,
-        (None, Some("ws")) => 80,
-        _ => return Err("WebSocket URL must be ws:// or wss://".into()),
-    };
-    Ok((request, host, port))
+/// A host name the worker pool must resolve for connection `generation`.
+pub(crate) struct Resolve {
+    pub generation: u64,
+    pub host: String,
+    pub port: u16,
 }
 
-/// Connect to the first address of `host:port` that answers before `deadline`.
-pub fn connect_tcp(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, String> {
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .collect();
-    let mut last = format!("{host} has no address");
-    for addr in addrs {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            return Err("WebSocket connect timed out".into());
-        };
-        match TcpStream::connect_timeout(&addr, left.max(Duration::from_millis(1))) {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = format!("cannot connect to {addr}: {e}"),
+impl WsConn {
+    pub(crate) fn new(tls: Arc<rustls::ClientConfig>, frame_limit: usize) -> Self {
+        Self {
+            state: State::Idle,
+            generation: 0,
+            deadline: None,
+            tls,
+            frame_limit,
         }
     }
-    Err(last)
-}
 
-fn run(
-    connect: WsConnect,
-    tls: Arc<rustls::ClientConfig>,
-    frame_limit: usize,
-    close: &AtomicBool,
-    mut emit: impl FnMut(Input) -> bool,
-) {
-    let deadline = Instant::now() + connect.timeout;
-    tracing::debug!(path = %crate::http::url_path(&connect.url), "websocket connect");
-    let mut ws = match handshake(&connect, tls, frame_limit, deadline) {
-        Ok(ws) => ws,
-        Err(reason) => {
-            tracing::debug!(%reason, "websocket connect failed");
-            if !close.load(Ordering::Relaxed) {
-                emit(Input::WsClosed { reason });
+    /// Start connecting (dropping any previous socket: its events are no longer wanted). `Ok(Some(..))`:
+    /// the host must be resolved first (answer with [`WsConn::resolved`]); `Err`: failed at once.
+    pub(crate) fn connect(
+        &mut self,
+        connect: WsConnect,
+        registry: &Registry,
+    ) -> Result<Option<Resolve>, Input> {
+        tracing::debug!(path = %pam_lite_driver_kit::http::url_path(&connect.url), "websocket connect");
+        self.state = State::Idle;
+        self.generation += 1;
+        self.deadline = Some(Instant::now() + connect.timeout);
+        let (request, endpoint) = ws::build_request(&connect).map_err(|r| self.fail(r))?;
+        match endpoint.host.parse::<IpAddr>() {
+            Ok(ip) => {
+                let addr = SocketAddr::new(ip, endpoint.port);
+                self.dial(request, endpoint, vec![addr], registry)
+                    .map(|()| None)
             }
-            return;
+            Err(_) => {
+                let resolve = Resolve {
+                    generation: self.generation,
+                    host: endpoint.host.clone(),
+                    port: endpoint.port,
+                };
+                self.state = State::Resolving(request, endpoint);
+                Ok(Some(resolve))
+            }
         }
-    };
-    if close.load(Ordering::Relaxed) || !emit(Input::WsOpened) {
-        let _ = ws.0.close(None);
-        return;
     }
-    let (mut ws, control) = ws;
-    let _ = control.set_read_timeout(Some(POLL));
-    let _ = control.set_write_timeout(Some(CLOSE_GRACE));
-    loop {
-        if close.load(Ordering::Relaxed) {
-            let until = Instant::now() + CLOSE_GRACE;
-            let _ = ws.close(None);
-            while Instant::now() < until && ws.read().is_ok() {}
-            tracing::debug!("websocket closed on request");
-            return;
+
+    /// The pool's answer to a [`Resolve`]; ignored when that connection is no longer current.
+    pub(crate) fn resolved(
+        &mut self,
+        generation: u64,
+        addrs: Result<Vec<SocketAddr>, String>,
+        registry: &Registry,
+    ) -> Option<Input> {
+        if generation != self.generation || !matches!(self.state, State::Resolving(..)) {
+            return None;
         }
-        let reason = match ws.read() {
-            Ok(Message::Text(text)) => {
-                if emit(Input::WsMessage(text.as_str().to_owned())) {
-                    continue;
-                }
+        let State::Resolving(request, endpoint) = std::mem::replace(&mut self.state, State::Idle)
+        else {
+            return None;
+        };
+        let result = addrs.and_then(|addrs| match addrs.is_empty() {
+            true => Err(format!("{} has no address", endpoint.host)),
+            false => Ok(addrs),
+        });
+        match result {
+            Ok(addrs) => self.dial(request, endpoint, addrs, registry).err(),
+            Err(reason) => Some(self.fail(format!("cannot resolve: {reason}"))),
+        }
+    }
+
+    /// Close on the core's request: a close frame, briefly awaited; nothing more is reported.
+    pub(crate) fn close(&mut self) {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Open(mut ws) => {
                 let _ = ws.close(None);
-                return;
+                self.deadline = Some(Instant::now() + CLOSE_GRACE);
+                self.state = State::Closing(ws);
             }
-            Ok(Message::Close(frame)) => match frame {
-                Some(f) => format!("closed by server ({}: {})", u16::from(f.code), f.reason),
-                None => "closed by server".to_owned(),
+            State::Closing(ws) => self.state = State::Closing(ws),
+            _ => self.deadline = None, // dropping a connect or handshake aborts it
+        }
+    }
+
+    /// When the loop must call [`WsConn::expire`] at the latest.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Past the deadline: a connect that did not finish in time fails, a close stops waiting.
+    pub(crate) fn expire(&mut self, now: Instant) -> Option<Input> {
+        if self.deadline.is_none_or(|d| d > now) {
+            return None;
+        }
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Closing(_) | State::Idle => {
+                self.deadline = None;
+                None
+            }
+            State::Open(ws) => {
+                self.deadline = None;
+                self.state = State::Open(ws);
+                None
+            }
+            _ => Some(self.fail("WebSocket connect timed out".into())),
+        }
+    }
+
+    /// The socket is ready: make all the progress possible, pushing what the core must learn to `out`.
+    pub(crate) fn ready(&mut self, registry: &Registry, out: &mut Vec<Input>) {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Connecting {
+                stream,
+                request,
+                endpoint,
+                rest,
+            } => match connect_state(&stream) {
+                Ok(false) => {
+                    self.state = State::Connecting {
+                        stream,
+                        request,
+                        endpoint,
+                        rest,
+                    }
+                }
+                Ok(true) => {
+                    let _ = stream.set_nodelay(true);
+                    let connector = Some(Connector::Rustls(self.tls.clone()));
+                    let config = Some(ws::config(self.frame_limit));
+                    let result =
+                        tungstenite::client_tls_with_config(request, stream, config, connector);
+                    self.handshaken(result.map(|(ws, _)| ws), out);
+                }
+                Err(e) => {
+                    let last =
+                        format!("cannot connect to {}:{}: {e}", endpoint.host, endpoint.port);
+                    if rest.is_empty() {
+                        out.push(self.fail(last));
+                    } else if let Err(input) = self.dial(request, endpoint, rest, registry) {
+                        out.push(input);
+                    }
+                }
             },
-            Ok(other) => {
-                tracing::trace!(kind = ?std::mem::discriminant(&other), "websocket non-text frame ignored");
-                continue;
-            }
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                "connection closed".to_owned()
-            }
-            Err(e) => e.to_string(),
+            State::Handshaking(mid) => self.handshaken((*mid).handshake().map(|(ws, _)| ws), out),
+            State::Open(ws) => self.read_open(ws, out),
+            State::Closing(ws) => self.drain_closing(ws),
+            other => self.state = other,
+        }
+    }
+
+    fn dial(
+        &mut self,
+        request: Request,
+        endpoint: Endpoint,
+        mut addrs: Vec<SocketAddr>,
+        registry: &Registry,
+    ) -> Result<(), Input> {
+        let addr = addrs.remove(0);
+        let mut stream = TcpStream::connect(addr)
+            .map_err(|e| self.fail(format!("cannot connect to {addr}: {e}")))?;
+        registry
+            .register(&mut stream, TOKEN, Interest::READABLE | Interest::WRITABLE)
+            .map_err(|e| self.fail(format!("cannot watch the WebSocket socket: {e}")))?;
+        self.state = State::Connecting {
+            stream,
+            request,
+            endpoint,
+            rest: addrs,
         };
-        // Let a close handshake finish, then report.
-        let until = Instant::now() + CLOSE_GRACE;
-        while Instant::now() < until && ws.read().is_ok() {}
-        tracing::debug!(%reason, "websocket closed");
-        if !close.load(Ordering::Relaxed) {
-            emit(Input::WsClosed { reason });
-        }
-        return;
+        Ok(())
     }
-}
 
-type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
-
-fn handshake(
-    connect: &WsConnect,
-    tls: Arc<rustls::ClientConfig>,
-    frame_limit: usize,
-    deadline: Instant,
-) -> Result<(Ws, TcpStream), String> {
-    let (request, host, port) = build_request(connect)?;
-    let stream = connect_tcp(&host, port, deadline)?;
-    let control = stream.try_clone().map_err(|e| e.to_string())?;
-    let left = deadline
-        .checked_duration_since(Instant::now())
-        .ok_or("WebSocket connect timed out")?
-        .max(Duration::from_millis(1));
-    stream
-        .set_read_timeout(Some(left))
-        .and_then(|()| stream.set_write_timeout(Some(left)))
-        .and_then(|()| stream.set_nodelay(true))
-        .map_err(|e| e.to_string())?;
-    let config = WebSocketConfig::default()
-        .max_frame_size(Some(frame_limit))
-        .max_message_size(Some(frame_limit));
-    match tungstenite::client_tls_with_config(
-        request,
-        stream,
-        Some(config),
-        Some(Connector::Rustls(tls)),
+    fn handshaken(
+        &mut self,
+        result: Result<WebSocket<Stream>, HandshakeError<ClientHandshake<Stream>>>,
+        out: &mut Vec<Input>,
     ) {
-        Ok((ws, _response)) => Ok((ws, control)),
-        Err(HandshakeError::Interrupted(_)) => Err("WebSocket handshake timed out".into()),
-        Err(HandshakeError::Failure(tungstenite::Error::Io(e)))
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err("WebSocket handshake timed out".into())
+        match result {
+            Ok(ws) => {
+                self.deadline = None;
+                out.push(Input::WsOpened);
+                // Frames that came with the handshake are buffered already: no readiness will announce them.
+                self.read_open(Box::new(ws), out);
+            }
+            Err(HandshakeError::Interrupted(mid)) => self.state = State::Handshaking(Box::new(mid)),
+            Err(HandshakeError::Failure(e)) => {
+                out.push(self.fail(format!("WebSocket handshake failed: {e}")))
+            }
         }
-        Err(HandshakeError::Failure(e)) => Err(format!("WebSocket handshake failed: {e}")),
+    }
+
+    fn read_open(&mut self, mut ws: Box<WebSocket<Stream>>, out: &mut Vec<Input>) {
+        let reason = loop {
+            match ws.read() {
+                Ok(Message::Text(text)) => out.push(Input::WsMessage(text.as_str().to_owned())),
+                Ok(Message::Close(frame)) => break ws::closed_by_server(frame.as_ref()),
+                Ok(_) => {} // binary, ping, pong: nothing for the core (pongs are queued by tungstenite)
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = ws.flush();
+                    self.state = State::Open(ws);
+                    return;
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    break "connection closed".to_owned()
+                }
+                Err(e) => break e.to_string(),
+            }
+        };
+        tracing::debug!(%reason, "websocket closed");
+        out.push(Input::WsClosed { reason });
+        // Let the close handshake finish in the background of the loop, reporting nothing more.
+        self.deadline = Some(Instant::now() + CLOSE_GRACE);
+        self.drain_closing(ws);
+    }
+
+    fn drain_closing(&mut self, mut ws: Box<WebSocket<Stream>>) {
+        loop {
+            match ws.read() {
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = ws.flush();
+                    self.state = State::Closing(ws);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("websocket closed on request");
+                    self.deadline = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Give up on the current connection with `reason` (the socket, if any, is dropped).
+    fn fail(&mut self, reason: String) -> Input {
+        tracing::debug!(%reason, "websocket connect failed");
+        self.state = State::Idle;
+        self.deadline = None;
+        Input::WsClosed { reason }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn connect(url: &str, headers: &[(&str, &str)]) -> WsConnect {
-        WsConnect {
-            url: url.into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-            timeout: Duration::from_secs(1),
-        }
+/// Whether a non-blocking connect has finished (`Ok(true)`), is still under way, or failed.
+fn connect_state(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
     }
-
-    #[test]
-    fn request_carries_headers_and_default_ports() {
-        let (req, host, port) = build_request(&connect(
-            "wss://router.example/ws?x=1",
-            &[("Authorization", "s3cret")],
-        ))
-        .unwrap();
-        assert_eq!((host.as_str(), port), ("router.example", 443));
-        assert_eq!(req.headers()["authorization"], "s3cret");
-        let (_, host, port) = build_request(&connect("ws://[::1]:81/", &[])).unwrap();
-        assert_eq!((host.as_str(), port), ("::1", 81));
-    }
-
-    #[test]
-    fn bad_header_value_is_reported_without_the_value() {
-        let err =
-            build_request(&connect("ws://h/", &[("X-Token", "line\nbreak-secret")])).unwrap_err();
-        assert!(err.contains("x-token"), "{err}");
-        assert!(!err.contains("secret"), "{err}");
-    }
-
-    #[test]
-    fn non_ws_scheme_is_refused() {
-        assert!(build_request(&connect("http://h/", &[])).is_err());
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
     }
 }

@@ -1,37 +1,29 @@
 //! The smol driver: one task per node.
 //!
 //! The task races the node's sources each turn — application inputs, finished HTTP requests, UDP
-//! readiness, the WebSocket and the node's timer — and feeds whichever is ready. Every future in that race
-//! is cancel-safe, so losing the race loses nothing. UDP is drained in batches on readiness; transmits that
-//! hit a full send buffer wait in a short queue for writability. Only HTTP requests (ureq is blocking) use
-//! threads, from smol's blocking pool, and only while a request runs.
+//! readiness, the WebSocket and the node's timer — and hands whichever is ready to the kit's
+//! [`Dispatcher`]. Every future in that race is cancel-safe, so losing the race loses nothing. UDP is
+//! drained in batches on readiness; transmits that hit a full send buffer wait in the kit's
+//! [`TxQueue`] for writability.
 
-use pam_lite_blocking::flow::FlowControl;
-use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pam_lite_blocking::http::HttpClient;
-use pam_lite_blocking::udp::{self, Addressing};
-use pam_lite_blocking::{DriverConfig, Stopped};
-use pam_lite_core::{CandidateKind, Command, Datagram, Input, Node, Output};
+use pam_lite_core::{Datagram, HttpRequest, Input, Node, Output, WsConnect};
+use pam_lite_driver_kit::dispatch::MAX_DATAGRAM;
+use pam_lite_driver_kit::udp::{self, Addressing, TxQueue};
+use pam_lite_driver_kit::{Dispatcher, DriverConfig, FlowControl, Io, Next, Stopped};
 use smol::channel::{self, Receiver, Sender};
 use smol::future::{self, FutureExt as _};
 use smol::{Async, Executor, Task, Timer};
 
+use crate::http::HttpClient;
 use crate::ws::WsSlot;
 
 /// Capacity of the application's input queue.
 pub const INPUT_QUEUE: usize = 1024;
-/// Datagrams read per readiness event before the other sources get a turn.
-const UDP_BATCH: usize = 64;
-/// Transmits kept while the socket's send buffer is full; more are dropped (UDP may lose them anyway).
-const TX_QUEUE: usize = 1024;
-/// After the application went away without the node finishing, give up after this long.
-const ABANDON_GRACE: Duration = Duration::from_secs(2);
-const MAX_DATAGRAM: usize = 65_536;
 
 /// A node's resources, bound and ready to run: lets the caller learn the UDP address before running.
 pub struct Prepared {
@@ -46,8 +38,8 @@ pub struct Prepared {
 impl Prepared {
     /// Bind the UDP socket and build the HTTP and TLS clients per `config`.
     pub fn new(config: DriverConfig) -> io::Result<Self> {
-        let http = HttpClient::new(&config)?;
-        let tls = pam_lite_blocking::tls::rustls_client_config(&config.tls)?;
+        let tls = pam_lite_driver_kit::tls::rustls_client_config(&config.tls)?;
+        let http = HttpClient::new(&config, tls.clone());
         let (socket, addressing) = udp::bind(&config)?;
         Ok(Self {
             socket: Async::new(socket)?,
@@ -60,7 +52,7 @@ impl Prepared {
     }
 
     /// The node's flow control for local sockets (kept current by the driver; see
-    /// `pam_lite_blocking::flow`).
+    /// `pam_lite_driver_kit::flow`).
     pub fn flow(&self) -> Arc<FlowControl> {
         self.flow.clone()
     }
@@ -78,26 +70,19 @@ impl Prepared {
         inputs: Receiver<Input>,
         outputs: Sender<Output>,
     ) -> io::Result<()> {
-        let (internal_tx, internal_rx) = channel::unbounded();
-        let mut driver = Driver {
-            node,
-            flow: self.flow,
-            socket: self.socket,
-            addressing: self.addressing,
+        let mut dispatcher = Dispatcher::new(node, self.addressing, self.flow, &self.config);
+        let mut io = TaskIo {
+            socket: Arc::new(self.socket),
+            tx: TxQueue::default(),
             http: self.http,
+            ws: WsSlot::Idle,
             tls: self.tls,
             ws_frame_limit: self.config.ws_frame_limit,
-            finish_flush: self.config.finish_flush,
-            internal: internal_tx,
             outputs,
-            ws: WsSlot::Idle,
-            tx_queue: VecDeque::new(),
-            pending: VecDeque::new(),
-            finish_deadline: None,
-            abandoned: false,
-            warned_source: false,
         };
-        driver.run(inputs, internal_rx).await
+        run_loop(&mut dispatcher, &mut io, inputs).await;
+        tracing::debug!("driver stopped");
+        Ok(())
     }
 }
 
@@ -264,265 +249,141 @@ where
 /// What woke the node task.
 enum Wake {
     App(Option<Input>),
-    Internal(Input),
+    Http(Input),
     Readable,
     Writable,
     Ws(Option<Input>),
     Timer,
 }
 
-struct Driver<N> {
-    node: N,
-    flow: Arc<FlowControl>,
-    socket: Async<UdpSocket>,
-    addressing: Addressing,
+/// The runtime's [`Io`]: everything the dispatcher asks for, started without blocking the task.
+struct TaskIo {
+    /// Shared with the datagram reads of the loop (the dispatcher holds `&mut TaskIo` meanwhile).
+    socket: Arc<Async<UdpSocket>>,
+    tx: TxQueue,
     http: HttpClient,
+    ws: WsSlot,
     tls: Arc<rustls::ClientConfig>,
     ws_frame_limit: usize,
-    finish_flush: Duration,
-    internal: Sender<Input>,
     outputs: Sender<Output>,
-    ws: WsSlot,
-    tx_queue: VecDeque<Datagram>,
-    /// Inputs the driver produced itself while draining (fed after the drain, never re-entrantly).
-    pending: VecDeque<Input>,
-    finish_deadline: Option<Instant>,
-    abandoned: bool,
-    warned_source: bool,
 }
 
-impl<N: Node> Driver<N> {
-    async fn run(&mut self, inputs: Receiver<Input>, internal: Receiver<Input>) -> io::Result<()> {
-        for addr in self.addressing.candidates.clone() {
-            self.feed(Input::LocalCandidate {
-                addr,
-                kind: CandidateKind::Host,
-            });
-        }
-        self.feed(Input::GatheringComplete);
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut app_open = true;
-        loop {
-            while let Some(input) = self.pending.pop_front() {
-                self.feed(input);
-            }
-            let now = Instant::now();
-            if self.finish_deadline.is_some_and(|end| now >= end) {
-                break;
-            }
-            if self.node.poll_timeout().is_some_and(|t| t <= now) {
-                self.feed(Input::Timeout);
-                continue;
-            }
-            let wake_at = match (self.node.poll_timeout(), self.finish_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let wake = {
-                let app = async {
-                    if app_open {
-                        Wake::App(inputs.recv().await.ok())
-                    } else {
-                        future::pending().await
-                    }
-                };
-                let internal = async {
-                    match internal.recv().await {
-                        Ok(input) => Wake::Internal(input),
-                        Err(_) => future::pending().await,
-                    }
-                };
-                let readable = async {
-                    // An error here (the socket is broken) shows up again in recv_from.
-                    let _ = self.socket.readable().await;
-                    Wake::Readable
-                };
-                let writable = async {
-                    if self.tx_queue.is_empty() {
-                        future::pending().await
-                    } else {
-                        let _ = self.socket.writable().await;
-                        Wake::Writable
-                    }
-                };
-                let ws = async { Wake::Ws(self.ws.next().await) };
-                let timer = async {
-                    match wake_at {
-                        Some(t) => {
-                            Timer::at(t).await;
-                            Wake::Timer
-                        }
-                        None => future::pending().await,
-                    }
-                };
-                future::race(
-                    future::race(app, internal),
-                    future::race(future::race(readable, writable), future::race(ws, timer)),
-                )
-                .await
-            };
-            match wake {
-                Wake::App(Some(input)) | Wake::Internal(input) | Wake::Ws(Some(input)) => {
-                    self.feed(input)
-                }
-                Wake::App(None) => {
-                    app_open = false;
-                    self.abandon();
-                }
-                Wake::Readable => self.read_datagrams(&mut buf),
-                Wake::Writable => self.flush_tx_queue(),
-                Wake::Ws(None) | Wake::Timer => {}
-            }
-        }
-        // Drop the WebSocket; a pending close handshake is abandoned with the task.
-        self.ws = WsSlot::Idle;
-        tracing::debug!("driver stopped");
-        Ok(())
-    }
-
-    fn read_datagrams(&mut self, buf: &mut [u8]) {
-        for _ in 0..UDP_BATCH {
-            match self.socket.get_ref().recv_from(buf) {
-                Ok((n, source)) => {
-                    let datagram = Datagram {
-                        source,
-                        destination: self.addressing.destination_for(source),
-                        contents: buf.get(..n).unwrap_or_default().to_vec(),
-                    };
-                    self.feed(Input::Datagram(datagram));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // e.g. ECONNREFUSED from an ICMP error: not fatal for an unconnected socket.
-                    tracing::debug!(error = %e, "udp receive error");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn feed(&mut self, input: Input) {
-        self.node.handle_input(input, Instant::now());
-        while let Some(out) = self.node.poll_output() {
-            self.perform(out);
-        }
-    }
-
-    fn perform(&mut self, out: Output) {
-        match out {
-            Output::Transmit(datagram) => self.transmit(datagram),
-            Output::Http(req) => self.http(req),
-            Output::WsConnect(connect) => {
-                self.ws
-                    .connect(connect, self.tls.clone(), self.ws_frame_limit)
-            }
-            Output::WsClose => self.ws.close(),
-            Output::Finished(result) => {
-                let flush_end = Instant::now() + self.finish_flush;
-                self.finish_deadline =
-                    Some(self.finish_deadline.map_or(flush_end, |d| d.min(flush_end)));
-                self.deliver(Output::Finished(result));
-            }
-            // Applied here, not by the application: see `pam_lite_blocking::flow`.
-            Output::Backpressure { conn, paused } => self.flow.set(conn, paused),
-            Output::ConnectionClosed { conn, reason } => {
-                self.flow.forget(conn);
-                self.deliver(Output::ConnectionClosed { conn, reason });
-            }
-            other => self.deliver(other),
-        }
-    }
-
-    fn deliver(&mut self, out: Output) {
-        if self.outputs.try_send(out).is_err() {
-            self.abandon();
-        }
-    }
-
-    /// The application is gone: close the node, and stop soon even if it never finishes.
-    fn abandon(&mut self) {
-        if self.abandoned {
-            return;
-        }
-        self.abandoned = true;
-        tracing::debug!("application handle dropped: closing the node");
-        self.pending.push_back(Input::Command(Command::Close));
-        let limit = Instant::now() + ABANDON_GRACE;
-        self.finish_deadline = Some(self.finish_deadline.map_or(limit, |d| d.min(limit)));
-    }
-
+impl Io for TaskIo {
     fn transmit(&mut self, datagram: Datagram) {
-        if !self.addressing.owns(datagram.source) {
-            if !self.warned_source {
-                self.warned_source = true;
-                tracing::warn!(source = %datagram.source, local = %self.addressing.local,
-                    "transmit from an address this driver does not own: dropped");
-            }
-            return;
-        }
-        if !self.tx_queue.is_empty() {
-            self.queue_transmit(datagram);
-            return;
-        }
-        match self
-            .socket
-            .get_ref()
-            .send_to(&datagram.contents, datagram.destination)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.queue_transmit(datagram),
-            Err(e) => {
-                tracing::debug!(error = %e, destination = %datagram.destination, "udp send failed: dropped");
-            }
-        }
+        let socket = self.socket.get_ref();
+        self.tx.send(datagram, |b, to| socket.send_to(b, to));
     }
 
-    fn queue_transmit(&mut self, datagram: Datagram) {
-        if self.tx_queue.len() < TX_QUEUE {
-            self.tx_queue.push_back(datagram);
-        } else {
-            tracing::debug!("udp send queue full: datagram dropped");
-        }
+    fn http(&mut self, request: HttpRequest) -> Option<Input> {
+        self.http.start(request);
+        None
     }
 
-    fn flush_tx_queue(&mut self) {
-        while let Some(datagram) = self.tx_queue.front() {
-            match self
-                .socket
-                .get_ref()
-                .send_to(&datagram.contents, datagram.destination)
-            {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, destination = %datagram.destination, "udp send failed: dropped");
-                }
-                Ok(_) => {}
-            }
-            self.tx_queue.pop_front();
-        }
+    fn ws_connect(&mut self, connect: WsConnect) -> Option<Input> {
+        self.ws
+            .connect(connect, self.tls.clone(), self.ws_frame_limit);
+        None
     }
 
-    fn http(&mut self, req: pam_lite_core::HttpRequest) {
-        let client = self.http.clone();
-        let internal = self.internal.clone();
-        smol::unblock(move || {
-            let input = client.perform(&req);
-            let _ = internal.send_blocking(input);
-        })
-        .detach();
+    fn ws_close(&mut self) {
+        self.ws.close();
+    }
+
+    fn deliver(&mut self, out: Output) -> bool {
+        self.outputs.try_send(out).is_ok()
     }
 }
 
-#[cfg(test)]
-pam_lite_blocking::driver_tests!(crate::spawn);
+async fn run_loop<N: Node>(
+    dispatcher: &mut Dispatcher<N>,
+    io: &mut TaskIo,
+    inputs: Receiver<Input>,
+) {
+    dispatcher.start(io);
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut app_open = true;
+    loop {
+        let wake_at = match dispatcher.turn(io) {
+            Next::Stop => break,
+            Next::Wait(at) => at,
+        };
+        let wake = {
+            let TaskIo {
+                socket,
+                tx,
+                http,
+                ws,
+                ..
+            } = &mut *io;
+            let waiting = tx.is_waiting();
+            let app = async {
+                if app_open {
+                    Wake::App(inputs.recv().await.ok())
+                } else {
+                    future::pending().await
+                }
+            };
+            let http = async { Wake::Http(http.next().await) };
+            let readable = async {
+                // An error here (the socket is broken) shows up again in recv_from.
+                let _ = socket.readable().await;
+                Wake::Readable
+            };
+            let writable = async {
+                if waiting {
+                    let _ = socket.writable().await;
+                    Wake::Writable
+                } else {
+                    future::pending().await
+                }
+            };
+            let ws = async { Wake::Ws(ws.next().await) };
+            let timer = async {
+                match wake_at {
+                    Some(t) => {
+                        Timer::at(t).await;
+                        Wake::Timer
+                    }
+                    None => future::pending().await,
+                }
+            };
+            future::race(
+                future::race(app, http),
+                future::race(future::race(readable, writable), future::race(ws, timer)),
+            )
+            .await
+        };
+        match wake {
+            Wake::App(Some(input)) | Wake::Http(input) | Wake::Ws(Some(input)) => {
+                dispatcher.feed(input, io)
+            }
+            Wake::App(None) => {
+                app_open = false;
+                dispatcher.abandon();
+            }
+            Wake::Readable => {
+                let socket = io.socket.clone();
+                dispatcher.read_datagrams(io, &mut buf, |b| socket.get_ref().recv_from(b));
+            }
+            Wake::Writable => {
+                let socket = io.socket.get_ref();
+                io.tx.flush(|b, to| socket.send_to(b, to));
+            }
+            Wake::Ws(None) | Wake::Timer => {}
+        }
+    }
+    // Drop the WebSocket; a pending close handshake is abandoned with the task.
+    io.ws = WsSlot::Idle;
+}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use pam_lite_blocking::testing::{puppet, Echo};
+    use pam_lite_core::{CandidateKind, Command};
+    use pam_lite_driver_tests::{puppet, Echo};
     use std::collections::HashSet;
+    use std::time::Instant;
 
     const WAIT: Duration = Duration::from_secs(5);
 

@@ -1,8 +1,5 @@
 //! TCP glue between local sockets and the node's tunneled connections, as async tasks on smol's global
-//! executor; the same contract as the blocking driver's `forward` module, with no protocol knowledge:
-//! bytes in become `Command::Send`, bytes out come from `Output::ConnectionData`, a TCP half-close is
-//! `Command::SendEof` / `Output::ConnectionEof`, and a reset or close is `Command::CloseConnection` /
-//! `Output::ConnectionClosed`.
+//! executor; the routing and the contract are the kit's (`pam_lite_driver_kit::forward`).
 //!
 //! The single consumer of [`crate::Handle::recv`] hands every output to [`Forwarder::dispatch`] (or
 //! [`Forwarder::dispatch_async`] from async code), which keeps the ones about connections and gives the
@@ -14,15 +11,14 @@
 //! instead of growing memory, while the driver keeps resuming readers (no deadlock with peers that only
 //! read while they can write).
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use pam_lite_core::tube::CloseReason;
 use pam_lite_core::{Command, ConnNo, Input, Output};
+use pam_lite_driver_kit::forward::{target_connected, Route, Routes, ToSocket};
+use pam_lite_driver_kit::FlowControl;
 use smol::channel::{self, Receiver, Sender};
 use smol::future::FutureExt as _;
 use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -31,25 +27,16 @@ use smol::{Async, Task, Timer};
 
 use crate::driver::{Handle, InputSender};
 
-/// The same read size, write queue and connect bound as the blocking driver: both runtimes must behave
-/// alike (the conformance suite runs against both).
-pub use pam_lite_blocking::forward::{READ_CHUNK, TARGET_CONNECT_TIMEOUT, WRITE_QUEUE};
-
-/// What the writer of one connection must do next.
-enum ToSocket {
-    Data(Vec<u8>),
-    Eof,
-    Close,
-}
+/// The same read size, write queue and connect bound as every runtime (the kit's).
+pub use pam_lite_driver_kit::forward::{READ_CHUNK, TARGET_CONNECT_TIMEOUT, WRITE_QUEUE};
 
 struct Shared {
     inputs: InputSender,
-    conns: Mutex<HashMap<ConnNo, Sender<ToSocket>>>,
-    next_conn: AtomicU32,
+    routes: Routes<Sender<ToSocket>>,
     /// Gateway side: where `ConnectTarget` connects.
     target: Option<SocketAddr>,
     /// The driver's flow control: readers wait here while their connection is paused.
-    flow: Arc<pam_lite_blocking::flow::FlowControl>,
+    flow: Arc<FlowControl>,
 }
 
 impl Shared {
@@ -60,7 +47,7 @@ impl Shared {
             if !self.flow.is_paused(conn) {
                 return true;
             }
-            if self.writer(conn).is_none() {
+            if self.routes.writer(conn).is_none() {
                 return false;
             }
             // The timer only re-checks a connection closed while paused.
@@ -74,35 +61,15 @@ impl Shared {
         }
     }
 
-    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<ConnNo, Sender<ToSocket>>> {
-        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn writer(&self, conn: ConnNo) -> Option<Sender<ToSocket>> {
-        self.conns().get(&conn).cloned()
-    }
-
     /// The local side of `conn` failed: tell the node and forget the connection.
     async fn local_failed(&self, conn: ConnNo, what: &str, error: &io::Error) {
         tracing::debug!(conn, %error, "{what}");
-        let writer = self.conns().remove(&conn);
-        if let Some(writer) = writer {
+        let lost = self.routes.lost(conn);
+        if let Some((writer, input)) = lost {
             let _ = writer.try_send(ToSocket::Close);
-            self.inputs
-                .input_async(Input::Command(Command::CloseConnection {
-                    conn,
-                    reason: CloseReason::ConnectionLost,
-                }))
-                .await;
+            self.inputs.input_async(input).await;
         }
     }
-}
-
-/// What `dispatch` must do with one output.
-enum Route {
-    Back(Output),
-    Done,
-    Write(Sender<ToSocket>, ToSocket),
 }
 
 /// Routes the outputs about tunneled connections to their local sockets (see the module docs).
@@ -117,8 +84,7 @@ impl Forwarder {
         Self {
             shared: Arc::new(Shared {
                 inputs: handle.sender(),
-                conns: Mutex::new(HashMap::new()),
-                next_conn: AtomicU32::new(1),
+                routes: Routes::default(),
                 target,
                 flow: handle.flow(),
             }),
@@ -130,61 +96,33 @@ impl Forwarder {
     /// output back. Blocks the thread while a local socket's write queue is full: from async code use
     /// [`Forwarder::dispatch_async`].
     pub fn dispatch(&self, out: Output) -> Option<Output> {
-        match self.route(out) {
-            Route::Back(out) => Some(out),
-            Route::Done => None,
+        match self.shared.routes.route(out) {
+            Route::Back(out) => return Some(out),
+            Route::Done => {}
             Route::Write(writer, what) => {
                 let _ = writer.send_blocking(what);
-                None
             }
+            Route::Dial(conn) => self.connect_target(conn),
         }
+        None
     }
 
     /// [`Forwarder::dispatch`], waiting asynchronously for write-queue space.
     pub async fn dispatch_async(&self, out: Output) -> Option<Output> {
-        match self.route(out) {
-            Route::Back(out) => Some(out),
-            Route::Done => None,
+        match self.shared.routes.route(out) {
+            Route::Back(out) => return Some(out),
+            Route::Done => {}
             Route::Write(writer, what) => {
                 let _ = writer.send(what).await;
-                None
             }
+            Route::Dial(conn) => self.connect_target(conn),
         }
+        None
     }
 
     /// Connections currently piped.
     pub fn open_connections(&self) -> usize {
-        self.shared.conns().len()
-    }
-
-    fn route(&self, out: Output) -> Route {
-        let write = |conn: ConnNo, what: ToSocket| match self.shared.writer(conn) {
-            Some(writer) => Route::Write(writer, what),
-            None => {
-                tracing::debug!(conn, "output for an unknown connection dropped");
-                Route::Done
-            }
-        };
-        match out {
-            Output::ConnectionOpened { conn } => {
-                tracing::debug!(conn, "connection opened");
-                Route::Done
-            }
-            Output::ConnectionData { conn, data } => write(conn, ToSocket::Data(data)),
-            Output::ConnectionEof { conn } => write(conn, ToSocket::Eof),
-            Output::ConnectionClosed { conn, reason } => {
-                tracing::debug!(conn, ?reason, "connection closed by the tunnel");
-                match self.shared.conns().remove(&conn) {
-                    Some(writer) => Route::Write(writer, ToSocket::Close),
-                    None => Route::Done,
-                }
-            }
-            Output::ConnectTarget { conn } => {
-                self.connect_target(conn);
-                Route::Done
-            }
-            other => Route::Back(other),
-        }
+        self.shared.routes.len()
     }
 
     fn connect_target(&self, conn: ConnNo) {
@@ -197,7 +135,7 @@ impl Forwarder {
             smol::spawn(async move {
                 shared
                     .inputs
-                    .input_async(Input::Command(Command::TargetConnected { conn, ok: false }))
+                    .input_async(target_connected(conn, false))
                     .await;
             })
             .detach();
@@ -205,7 +143,7 @@ impl Forwarder {
         };
         // Register the writer now: data may arrive before the target is connected and must be kept.
         let (tx, rx) = channel::bounded(WRITE_QUEUE);
-        shared.conns().insert(conn, tx);
+        shared.routes.insert(conn, tx);
         smol::spawn(async move {
             let connect = async { TcpStream::connect(target).await }.or(async {
                 Timer::after(TARGET_CONNECT_TIMEOUT).await;
@@ -216,16 +154,16 @@ impl Forwarder {
                     tracing::debug!(conn, %target, "target connected");
                     shared
                         .inputs
-                        .input_async(Input::Command(Command::TargetConnected { conn, ok: true }))
+                        .input_async(target_connected(conn, true))
                         .await;
                     pipe(shared, conn, stream, rx);
                 }
                 Err(e) => {
                     tracing::debug!(conn, %target, error = %e, "target connect failed");
-                    shared.conns().remove(&conn);
+                    shared.routes.remove(conn);
                     shared
                         .inputs
-                        .input_async(Input::Command(Command::TargetConnected { conn, ok: false }))
+                        .input_async(target_connected(conn, false))
                         .await;
                 }
             }
@@ -236,7 +174,7 @@ impl Forwarder {
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
-        for (_, writer) in self.shared.conns().drain() {
+        for writer in self.shared.routes.drain() {
             let _ = writer.try_send(ToSocket::Close);
         }
     }
@@ -271,14 +209,9 @@ async fn accept_loop(listener: Async<TcpListener>, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = channel::bounded(WRITE_QUEUE);
-        shared.conns().insert(conn, tx);
-        if !shared
-            .inputs
-            .input_async(Input::Command(Command::OpenConnection { conn }))
-            .await
-        {
+        let (conn, open) = shared.routes.accepted(tx);
+        if !shared.inputs.input_async(open).await {
             return;
         }
         pipe(shared.clone(), conn, stream, rx);
@@ -301,7 +234,7 @@ async fn read_loop(shared: Arc<Shared>, conn: ConnNo, mut stream: TcpStream) {
         match stream.read(&mut buf).await {
             Ok(0) => {
                 tracing::debug!(conn, "local side finished writing");
-                if shared.writer(conn).is_some() {
+                if shared.routes.writer(conn).is_some() {
                     shared
                         .inputs
                         .input_async(Input::Command(Command::SendEof { conn }))
@@ -310,7 +243,7 @@ async fn read_loop(shared: Arc<Shared>, conn: ConnNo, mut stream: TcpStream) {
                 return;
             }
             Ok(n) => {
-                if shared.writer(conn).is_none() {
+                if shared.routes.writer(conn).is_none() {
                     return; // closed meanwhile
                 }
                 let data = buf.get(..n).unwrap_or_default().to_vec();
@@ -355,6 +288,3 @@ async fn write_loop(
     }
     let _ = stream.shutdown(Shutdown::Both);
 }
-
-#[cfg(test)]
-pam_lite_blocking::forward_tests!();

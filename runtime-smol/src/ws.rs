@@ -1,4 +1,4 @@
-//! The router WebSocket inside the node's own task (async-tungstenite over futures-rustls), so a node
+//! The router WebSocket (request and bounds from the kit) inside the node's own task (async-tungstenite over futures-rustls), so a node
 //! costs no thread for its WebSocket.
 //!
 //! [`WsSlot`] is polled by the node loop through [`WsSlot::next`], a cancel-safe future: the loop races it
@@ -9,9 +9,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::{self, Message};
 use async_tungstenite::WebSocketStream;
 use futures_rustls::TlsConnector;
@@ -23,8 +21,7 @@ use smol::net::TcpStream;
 use smol::stream::StreamExt as _;
 use smol::Timer;
 
-/// How long a requested close may take (close handshake) before the socket is just dropped.
-const CLOSE_GRACE: Duration = Duration::from_millis(500);
+use pam_lite_driver_kit::ws::CLOSE_GRACE;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Ws = WebSocketStream<MaybeTls>;
@@ -48,7 +45,7 @@ impl WsSlot {
         tls: Arc<rustls::ClientConfig>,
         frame_limit: usize,
     ) {
-        tracing::debug!(path = %pam_lite_blocking::http::url_path(&connect.url), "websocket connect");
+        tracing::debug!(path = %pam_lite_driver_kit::http::url_path(&connect.url), "websocket connect");
         let timeout = connect.timeout;
         let handshake = handshake(connect, tls, frame_limit).or(async move {
             Timer::after(timeout).await;
@@ -108,12 +105,9 @@ impl WsSlot {
                         Some(Ok(Message::Text(text))) => {
                             return Some(Input::WsMessage(text.as_str().to_owned()))
                         }
-                        Some(Ok(Message::Close(frame))) => match frame {
-                            Some(f) => {
-                                format!("closed by server ({}: {})", u16::from(f.code), f.reason)
-                            }
-                            None => "closed by server".to_owned(),
-                        },
+                        Some(Ok(Message::Close(frame))) => {
+                            pam_lite_driver_kit::ws::closed_by_server(frame.as_ref())
+                        }
                         Some(Ok(_)) => continue, // binary, ping, pong: nothing for the core
                         Some(Err(
                             tungstenite::Error::ConnectionClosed
@@ -137,8 +131,8 @@ async fn handshake(
     tls: Arc<rustls::ClientConfig>,
     frame_limit: usize,
 ) -> Result<Ws, String> {
-    let (request, host, port) = pam_lite_blocking::ws::build_request(&connect)?;
-    let secure = request.uri().scheme_str() == Some("wss");
+    let (request, endpoint) = pam_lite_driver_kit::ws::build_request(&connect)?;
+    let (host, port, secure) = (endpoint.host, endpoint.port, endpoint.secure);
     let tcp = TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
@@ -154,9 +148,7 @@ async fn handshake(
     } else {
         MaybeTls::Plain(tcp)
     };
-    let config = WebSocketConfig::default()
-        .max_frame_size(Some(frame_limit))
-        .max_message_size(Some(frame_limit));
+    let config = pam_lite_driver_kit::ws::config(frame_limit);
     let (ws, _response) =
         async_tungstenite::client_async_with_config(request, stream, Some(config))
             .await

@@ -1,17 +1,17 @@
-//! Shared helpers for the emulator's socket tests: a real HTTP client (ureq, through the blocking driver's
-//! `HttpClient`), the client-side router envelope, and a WebSocket client (the blocking driver's).
+//! Shared helpers for the emulator's socket tests: a real HTTP client (ureq, the driver kit's blocking
+//! `HttpClient`), the client-side router envelope, and a WebSocket client (the driver tests' thread client).
 #![allow(dead_code)]
 
 use std::sync::mpsc;
 use std::time::Duration;
 
-use pam_lite_blocking::config::{DriverConfig, TlsConfig};
-use pam_lite_blocking::http::HttpClient;
-use pam_lite_blocking::ws::WsWorker;
 use pam_lite_core::router::endpoints::{self, gateway_uid_bytes};
 use pam_lite_core::router::envelope::{ServerPublicKey, Tokens};
 use pam_lite_core::router::proto::{ControllerMessageType, RouterControllerMessage};
 use pam_lite_core::{HttpRequest, HttpResponse, Input, WsConnect};
+use pam_lite_driver_kit::config::{DriverConfig, TlsConfig};
+use pam_lite_driver_kit::http::HttpClient;
+use pam_lite_driver_tests::ws_client::WsWorker;
 use pam_lite_emulator::{DemoTicket, Emulator, EmulatorConfig};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -109,8 +109,8 @@ impl Client {
             headers,
             timeout: T,
         };
-        let tls = pam_lite_blocking::tls::rustls_client_config(&self.tls).expect("tls");
-        let worker = pam_lite_blocking::ws::spawn(connect, tls, 1 << 20, move |input| {
+        let tls = pam_lite_driver_kit::tls::rustls_client_config(&self.tls).expect("tls");
+        let worker = pam_lite_driver_tests::ws_client::spawn(connect, tls, 1 << 20, move |input| {
             tx.send(input).is_ok()
         })
         .expect("ws thread");

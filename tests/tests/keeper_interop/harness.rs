@@ -254,7 +254,7 @@ impl Endpoint {
         // The driver's bind: 127.0.0.1 with 4 MiB SO_RCVBUF/SO_SNDBUF (the default 208 KiB drops loopback
         // bursts, and SCTP then waits for retransmission timers).
         let (sock, addressing) =
-            pam_lite_blocking::udp::bind(&pam_lite_blocking::DriverConfig::default())
+            pam_lite_driver_kit::udp::bind(&pam_lite_driver_kit::DriverConfig::default())
                 .expect("bind UDP 127.0.0.1");
         let local = addressing.local;
         let peer = Peer::new(rtc_role, label, now);

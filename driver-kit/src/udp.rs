@@ -5,8 +5,11 @@
 //! (that needs IP_PKTINFO), so [`Addressing::destination_for`] picks the announced candidate that fits the
 //! sender: a loopback candidate for a loopback sender, otherwise the first candidate of the sender's family.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use pam_lite_core::Datagram;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -79,6 +82,7 @@ impl Addressing {
 }
 
 /// Bind the node's UDP socket per `config`, with SO_RCVBUF/SO_SNDBUF raised to `config.socket_buffer`.
+/// The socket is returned blocking, as std makes it; a runtime that waits for readiness switches it.
 pub fn bind(config: &DriverConfig) -> io::Result<(UdpSocket, Addressing)> {
     let socket = Socket::new(
         Domain::for_address(config.udp_bind),
@@ -106,7 +110,62 @@ pub fn bind(config: &DriverConfig) -> io::Result<(UdpSocket, Addressing)> {
     Ok((socket, addressing))
 }
 
+/// Transmits kept while the socket's send buffer is full; more are dropped (UDP may lose them anyway).
+pub const TX_QUEUE: usize = 1024;
+
+/// Non-blocking sends with a short queue for the moments the kernel's send buffer is full, so a runtime
+/// never blocks its loop on `send_to`: it waits for writability and calls [`TxQueue::flush`].
+#[derive(Debug, Default)]
+pub struct TxQueue {
+    queue: VecDeque<Datagram>,
+}
+
+impl TxQueue {
+    /// Send `datagram` with `send` (a non-blocking `send_to`), or queue it behind earlier ones.
+    pub fn send(
+        &mut self,
+        datagram: Datagram,
+        send: impl Fn(&[u8], SocketAddr) -> io::Result<usize>,
+    ) {
+        if self.queue.is_empty() {
+            match send(&datagram.contents, datagram.destination) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, destination = %datagram.destination, "udp send failed: dropped");
+                    return;
+                }
+                Ok(_) => return,
+            }
+        }
+        if self.queue.len() < TX_QUEUE {
+            self.queue.push_back(datagram);
+        } else {
+            tracing::debug!("udp send queue full: datagram dropped");
+        }
+    }
+
+    /// Send what was queued until the socket is full again.
+    pub fn flush(&mut self, send: impl Fn(&[u8], SocketAddr) -> io::Result<usize>) {
+        while let Some(datagram) = self.queue.front() {
+            match send(&datagram.contents, datagram.destination) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, destination = %datagram.destination, "udp send failed: dropped");
+                }
+                Ok(_) => {}
+            }
+            self.queue.pop_front();
+        }
+    }
+
+    /// Whether datagrams wait for writability.
+    pub fn is_waiting(&self) -> bool {
+        !self.queue.is_empty()
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,100 +1,73 @@
-//! TCP glue between local sockets and the node's tunneled connections, with no protocol knowledge:
-//! bytes in become `Command::Send`, bytes out come from `Output::ConnectionData`, a TCP half-close is
-//! `Command::SendEof` / `Output::ConnectionEof`, and a reset or close is `Command::CloseConnection` /
-//! `Output::ConnectionClosed`.
+//! A forwarder on plain threads that works with any runtime's handle (runtime-blocking uses it as is): TCP
+//! glue between local sockets and the node's tunneled connections, routed by [`super::Routes`].
 //!
 //! Threads: one accept thread (client side), and per connection a reader and a writer. The single consumer
-//! of [`crate::Handle::recv`] hands every output to [`Forwarder::dispatch`], which keeps the ones about
+//! of the handle's `recv` hands every output to [`Forwarder::dispatch`], which keeps the ones about
 //! connections and gives the others back.
 //!
 //! Backpressure: the node says when a connection's local side must pause (`Output::Backpressure`: the
-//! tube is full) and resume; the driver applies that to its [`crate::flow::FlowControl`] directly, and a
+//! tube is full) and resume; the driver applies that to its [`FlowControl`] directly, and a
 //! paused reader waits there before its next read. A writer has a bounded queue, so a slow local peer
 //! stalls `dispatch` (and with it the consumer of `recv`); the driver still resumes readers meanwhile, so
 //! a peer that only reads while it can write does not deadlock.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use pam_lite_core::tube::CloseReason;
 use pam_lite_core::{Command, ConnNo, Input, Output};
 
-use crate::driver::{Handle, InputSender};
+use super::{
+    target_connected, Route, Routes, ToSocket, READ_CHUNK, TARGET_CONNECT_TIMEOUT, WRITE_QUEUE,
+};
+use crate::flow::FlowControl;
+use crate::runtime::{Forward, InputSink, NodeHandle};
 
-/// Bytes read from a local socket per `Command::Send`.
-pub const READ_CHUNK: usize = 16 * 1024;
-/// Chunks queued towards one local socket before `dispatch` waits for it.
-pub const WRITE_QUEUE: usize = 64;
-/// How long a gateway waits for its target's TCP handshake.
-pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What the writer of one connection must do next.
-enum ToSocket {
-    Data(Vec<u8>),
-    Eof,
-    Close,
-}
-
-struct Shared {
-    inputs: InputSender,
-    conns: Mutex<HashMap<ConnNo, SyncSender<ToSocket>>>,
-    next_conn: AtomicU32,
+struct Shared<S> {
+    inputs: S,
+    routes: Routes<SyncSender<ToSocket>>,
     stop: AtomicBool,
     /// Gateway side: where `ConnectTarget` connects.
     target: Option<SocketAddr>,
     /// The driver's flow control: readers wait here while their connection is paused.
-    flow: Arc<crate::flow::FlowControl>,
+    flow: Arc<FlowControl>,
 }
 
-impl Shared {
-    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<ConnNo, SyncSender<ToSocket>>> {
-        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn writer(&self, conn: ConnNo) -> Option<SyncSender<ToSocket>> {
-        self.conns().get(&conn).cloned()
-    }
-
+impl<S: InputSink> Shared<S> {
     /// Block while `conn` is paused; `false` when the connection or the forwarder is gone meanwhile.
     fn wait_unpaused(&self, conn: ConnNo) -> bool {
         self.flow.wait(conn, || {
-            !self.stop.load(Ordering::Relaxed) && self.writer(conn).is_some()
+            !self.stop.load(Ordering::Relaxed) && self.routes.writer(conn).is_some()
         })
     }
 
     /// The local side of `conn` failed: tell the node and forget the connection.
     fn local_failed(&self, conn: ConnNo, what: &str, error: &io::Error) {
         tracing::debug!(conn, %error, "{what}");
-        if let Some(writer) = self.conns().remove(&conn) {
+        if let Some((writer, input)) = self.routes.lost(conn) {
             let _ = writer.try_send(ToSocket::Close);
-            self.inputs.input(Input::Command(Command::CloseConnection {
-                conn,
-                reason: CloseReason::ConnectionLost,
-            }));
+            self.inputs.input(input);
         }
     }
 }
 
 /// Routes the outputs about tunneled connections to their local sockets (see the module docs).
-pub struct Forwarder {
-    shared: Arc<Shared>,
+pub struct Forwarder<S> {
+    shared: Arc<Shared<S>>,
     /// Client side: the listener address, to wake the accept thread when the forwarder is dropped.
     listening: Option<SocketAddr>,
 }
 
-impl Forwarder {
-    fn new(handle: &Handle, target: Option<SocketAddr>) -> Self {
+impl<S: InputSink> Forwarder<S> {
+    fn new<H: NodeHandle<Sender = S>>(handle: &H, target: Option<SocketAddr>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 inputs: handle.sender(),
-                conns: Mutex::new(HashMap::new()),
-                next_conn: AtomicU32::new(1),
+                routes: Routes::default(),
                 stop: AtomicBool::new(false),
                 target,
                 flow: handle.flow(),
@@ -106,46 +79,20 @@ impl Forwarder {
     /// Handle `out` if it is about a tunneled connection (this forwarder owns all of them); give any other
     /// output back to the caller. May block while a local socket's write queue is full.
     pub fn dispatch(&self, out: Output) -> Option<Output> {
-        match out {
-            Output::ConnectionOpened { conn } => {
-                tracing::debug!(conn, "connection opened");
-                None
+        match self.shared.routes.route(out) {
+            Route::Back(out) => return Some(out),
+            Route::Done => {}
+            Route::Write(writer, what) => {
+                let _ = writer.send(what);
             }
-            Output::ConnectionData { conn, data } => {
-                self.to_socket(conn, ToSocket::Data(data));
-                None
-            }
-            Output::ConnectionEof { conn } => {
-                self.to_socket(conn, ToSocket::Eof);
-                None
-            }
-            Output::ConnectionClosed { conn, reason } => {
-                tracing::debug!(conn, ?reason, "connection closed by the tunnel");
-                if let Some(writer) = self.shared.conns().remove(&conn) {
-                    let _ = writer.send(ToSocket::Close);
-                }
-                None
-            }
-            Output::ConnectTarget { conn } => {
-                self.connect_target(conn);
-                None
-            }
-            other => Some(other),
+            Route::Dial(conn) => self.connect_target(conn),
         }
+        None
     }
 
     /// Connections currently piped.
     pub fn open_connections(&self) -> usize {
-        self.shared.conns().len()
-    }
-
-    fn to_socket(&self, conn: ConnNo, what: ToSocket) {
-        match self.shared.writer(conn) {
-            Some(writer) => {
-                let _ = writer.send(what);
-            }
-            None => tracing::debug!(conn, "output for an unknown connection dropped"),
-        }
+        self.shared.routes.len()
     }
 
     fn connect_target(&self, conn: ConnNo) {
@@ -154,14 +101,12 @@ impl Forwarder {
                 conn,
                 "ConnectTarget on a forwarder without a target: refused"
             );
-            self.shared
-                .inputs
-                .input(Input::Command(Command::TargetConnected { conn, ok: false }));
+            self.shared.inputs.input(target_connected(conn, false));
             return;
         };
         // Register the writer now: data may arrive before the target is connected and must be kept.
         let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
-        self.shared.conns().insert(conn, tx);
+        self.shared.routes.insert(conn, tx);
         let shared = self.shared.clone();
         let spawned = thread::Builder::new()
             .name("pam-lite-dial".into())
@@ -169,37 +114,40 @@ impl Forwarder {
                 move || match TcpStream::connect_timeout(&target, TARGET_CONNECT_TIMEOUT) {
                     Ok(stream) => {
                         tracing::debug!(conn, %target, "target connected");
-                        shared
-                            .inputs
-                            .input(Input::Command(Command::TargetConnected { conn, ok: true }));
+                        shared.inputs.input(target_connected(conn, true));
                         pipe(shared, conn, stream, rx);
                     }
                     Err(e) => {
                         tracing::debug!(conn, %target, error = %e, "target connect failed");
-                        shared.conns().remove(&conn);
-                        shared
-                            .inputs
-                            .input(Input::Command(Command::TargetConnected { conn, ok: false }));
+                        shared.routes.remove(conn);
+                        shared.inputs.input(target_connected(conn, false));
                     }
                 },
             );
         if spawned.is_err() {
-            self.shared.conns().remove(&conn);
-            self.shared
-                .inputs
-                .input(Input::Command(Command::TargetConnected { conn, ok: false }));
+            self.shared.routes.remove(conn);
+            self.shared.inputs.input(target_connected(conn, false));
         }
     }
 }
 
-impl Drop for Forwarder {
+impl<S: InputSink> Forward for Forwarder<S> {
+    fn dispatch(&self, out: Output) -> Option<Output> {
+        Forwarder::dispatch(self, out)
+    }
+    fn open_connections(&self) -> usize {
+        Forwarder::open_connections(self)
+    }
+}
+
+impl<S> Drop for Forwarder<S> {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(addr) = self.listening {
             // Wake the blocking accept so the thread sees the stop flag.
             let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(100));
         }
-        for (_, writer) in self.shared.conns().drain() {
+        for writer in self.shared.routes.drain() {
             let _ = writer.try_send(ToSocket::Close);
         }
     }
@@ -208,7 +156,10 @@ impl Drop for Forwarder {
 /// Client side: every TCP connection accepted on `listener` becomes tunneled connection 1, 2, 3…
 /// (`Command::OpenConnection`), piped both ways. Call it once the tube is ready; clients that connect
 /// earlier wait in the listen backlog.
-pub fn serve_tunnel(listener: TcpListener, handle: &Handle) -> io::Result<Forwarder> {
+pub fn serve_tunnel<H: NodeHandle>(
+    listener: TcpListener,
+    handle: &H,
+) -> io::Result<Forwarder<H::Sender>> {
     let mut forwarder = Forwarder::new(handle, None);
     let local = listener.local_addr()?;
     forwarder.listening = Some(if local.ip().is_unspecified() {
@@ -231,11 +182,11 @@ pub fn serve_tunnel(listener: TcpListener, handle: &Handle) -> io::Result<Forwar
 }
 
 /// Gateway side: answer every `Output::ConnectTarget` by connecting to `target`, then pipe.
-pub fn dial_targets(handle: &Handle, target: SocketAddr) -> Forwarder {
+pub fn dial_targets<H: NodeHandle>(handle: &H, target: SocketAddr) -> Forwarder<H::Sender> {
     Forwarder::new(handle, Some(target))
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+fn accept_loop<S: InputSink>(listener: TcpListener, shared: Arc<Shared<S>>) {
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::Relaxed) {
             return;
@@ -248,14 +199,10 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(conn, peer = ?stream.peer_addr().ok(), "local connection accepted");
         let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
-        shared.conns().insert(conn, tx);
-        if !shared
-            .inputs
-            .send(Input::Command(Command::OpenConnection { conn }))
-        {
+        let (conn, open) = shared.routes.accepted(tx);
+        tracing::debug!(conn, peer = ?stream.peer_addr().ok(), "local connection accepted");
+        if !shared.inputs.send(open) {
             return;
         }
         let shared = shared.clone();
@@ -266,7 +213,12 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// Pipe one connection: this thread writes (from `rx`), a second one reads.
-fn pipe(shared: Arc<Shared>, conn: ConnNo, stream: TcpStream, rx: Receiver<ToSocket>) {
+fn pipe<S: InputSink>(
+    shared: Arc<Shared<S>>,
+    conn: ConnNo,
+    stream: TcpStream,
+    rx: Receiver<ToSocket>,
+) {
     let _ = stream.set_nodelay(true);
     match stream.try_clone() {
         Ok(reader) => {
@@ -287,7 +239,7 @@ fn pipe(shared: Arc<Shared>, conn: ConnNo, stream: TcpStream, rx: Receiver<ToSoc
     write_loop(&shared, conn, stream, rx);
 }
 
-fn read_loop(shared: &Shared, conn: ConnNo, mut stream: TcpStream) {
+fn read_loop<S: InputSink>(shared: &Shared<S>, conn: ConnNo, mut stream: TcpStream) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         if !shared.wait_unpaused(conn) {
@@ -296,7 +248,7 @@ fn read_loop(shared: &Shared, conn: ConnNo, mut stream: TcpStream) {
         match stream.read(&mut buf) {
             Ok(0) => {
                 tracing::debug!(conn, "local side finished writing");
-                if shared.writer(conn).is_some() {
+                if shared.routes.writer(conn).is_some() {
                     shared
                         .inputs
                         .input(Input::Command(Command::SendEof { conn }));
@@ -304,7 +256,7 @@ fn read_loop(shared: &Shared, conn: ConnNo, mut stream: TcpStream) {
                 return;
             }
             Ok(n) => {
-                if shared.writer(conn).is_none() {
+                if shared.routes.writer(conn).is_none() {
                     return; // closed meanwhile
                 }
                 let data = buf.get(..n).unwrap_or_default().to_vec();
@@ -324,7 +276,12 @@ fn read_loop(shared: &Shared, conn: ConnNo, mut stream: TcpStream) {
     }
 }
 
-fn write_loop(shared: &Shared, conn: ConnNo, mut stream: TcpStream, rx: Receiver<ToSocket>) {
+fn write_loop<S: InputSink>(
+    shared: &Shared<S>,
+    conn: ConnNo,
+    mut stream: TcpStream,
+    rx: Receiver<ToSocket>,
+) {
     while let Ok(what) = rx.recv() {
         match what {
             ToSocket::Data(data) => {
@@ -342,6 +299,3 @@ fn write_loop(shared: &Shared, conn: ConnNo, mut stream: TcpStream, rx: Receiver
     }
     let _ = stream.shutdown(Shutdown::Both);
 }
-
-#[cfg(test)]
-crate::forward_tests!();

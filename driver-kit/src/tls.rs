@@ -1,5 +1,5 @@
-//! The TLS policy of both drivers, turned into what each client library wants: a rustls [`ClientConfig`]
-//! (tungstenite, futures-rustls) and a [`ureq::tls::TlsConfig`].
+//! The TLS policy of every driver, turned into what each client library wants: a rustls [`ClientConfig`]
+//! (tungstenite, futures-rustls, hyper) and, with the `blocking-http` feature, a `ureq::tls::TlsConfig`.
 //!
 //! rustls runs with the **ring** provider picked explicitly: str0m's aws-lc-rs backend may switch on
 //! rustls' aws-lc feature in the same build, and then rustls' implicit default provider would be ambiguous.
@@ -85,6 +85,7 @@ pub fn rustls_client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsSet
 }
 
 /// The same policy for ureq, which builds (and caches) its own rustls config from this.
+#[cfg(feature = "blocking-http")]
 pub fn ureq_tls_config(tls: &TlsConfig) -> Result<ureq::tls::TlsConfig, TlsSetupError> {
     use ureq::tls::{Certificate, RootCerts};
     warn_insecure(tls, "http");
@@ -168,6 +169,7 @@ mod tests {
     fn default_policy_builds_both_configs() {
         let tls = TlsConfig::default();
         assert!(rustls_client_config(&tls).is_ok());
+        #[cfg(feature = "blocking-http")]
         assert!(ureq_tls_config(&tls).is_ok());
     }
 
@@ -178,6 +180,7 @@ mod tests {
             ..TlsConfig::default()
         };
         assert!(rustls_client_config(&tls).is_ok());
+        #[cfg(feature = "blocking-http")]
         assert!(ureq_tls_config(&tls).unwrap().disable_verification());
     }
 
@@ -192,6 +195,7 @@ mod tests {
             Err(TlsSetupError::NoCertificate)
         ));
         assert!(rustls_client_config(&tls).is_err());
+        #[cfg(feature = "blocking-http")]
         assert!(ureq_tls_config(&tls).is_err());
     }
 

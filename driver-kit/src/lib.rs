@@ -1,0 +1,74 @@
+//! The runtime-neutral half of a pam-lite driver. A driver moves data between a sans-IO
+//! [`pam_lite_core::Node`] and the network; everything about that which does not depend on *how* a runtime
+//! waits lives here, once:
+//!
+//! * [`config`] — [`DriverConfig`] / [`TlsConfig`], the same for every runtime;
+//! * [`tls`] — the TLS policy as a rustls `ClientConfig` (ring provider, extra CA, `--insecure`);
+//! * [`udp`] — binding the node's socket, its host candidates, address checks, a non-blocking send queue;
+//! * [`flow`] — the node's backpressure for local sockets, applied by the driver itself;
+//! * [`http`] — URL logging and (feature `blocking-http`) a blocking ureq client for thread-based runtimes;
+//! * [`ws`] — the router WebSocket request, endpoint, bounds and close wording;
+//! * [`forward`] — the forwarder's routing of connection outputs;
+//! * [`dispatch`] — the [`Dispatcher`] that owns the node and the [`Io`] trait a runtime implements;
+//! * [`runtime`] — the traits the application sees ([`Runtime`], [`NodeHandle`], [`Forward`]).
+//!
+//! ```text
+//!   pam-lite-core (sans-IO Node)
+//!        │
+//!   pam-lite-driver-kit  ── Dispatcher<N> + trait Io, config, TLS, UDP, flow, WS request, routing
+//!        │
+//!   ┌────┴──────────────┐
+//!   runtime-blocking    runtime-smol     (an Io impl + a wait loop + a forwarder each)
+//!   └────┬──────────────┘
+//!   cli, bench, tests (generic over `Runtime`)
+//! ```
+//!
+//! # Porting pam-lite to a new runtime
+//!
+//! A third runtime (tokio, glommio, an embedded executor…) is one small crate:
+//!
+//! 1. **Bind** with [`udp::bind`] (a std socket, to make non-blocking, plus its [`udp::Addressing`]) and
+//!    build the TLS config with [`tls::rustls_client_config`]; create the [`FlowControl`] shared with your
+//!    forwarder.
+//! 2. **Implement [`Io`]** for a struct holding your socket and clients: `transmit` (non-blocking, e.g. via
+//!    [`udp::TxQueue`]), `http` (start the request; fresh vs keep-alive connection as the request says),
+//!    `ws_connect` / `ws_close` (build the request with [`ws::build_request`], bound frames with
+//!    [`ws::config`]), `deliver` (to the application's output queue; `false` when it is gone). Results come
+//!    back later as inputs.
+//! 3. **Write the wait loop** around a [`Dispatcher`]: call [`Dispatcher::start`] once, then repeatedly
+//!    [`Dispatcher::turn`]; on [`Next::Wait`] wait for the first of: an application input, a finished HTTP
+//!    request, UDP readability (then [`Dispatcher::read_datagrams`]), UDP writability while the send queue
+//!    waits, the WebSocket, and the instant `turn` returned (plus your own deadlines, e.g. a WebSocket
+//!    connect timeout). Feed each input with [`Dispatcher::feed`]. Stop on [`Next::Stop`]. When the
+//!    application drops its handle, call [`Dispatcher::abandon`].
+//! 4. **Forwarder**: use [`forward::threads`] as is (plain threads; runtime-blocking does), or pipe with
+//!    your runtime's tasks, routing outputs with [`forward::Routes`] and waiting in [`FlowControl`] before
+//!    each read (runtime-smol does).
+//! 5. **Implement [`Runtime`]** (with [`NodeHandle`], [`InputSink`], [`Forward`]) for a marker type, then
+//!    run the shared suites: `pam-lite-driver-tests` holds them as plain generic functions (list each as a
+//!    one-line `#[test]`, see `runtime-smol/tests/suite.rs`), and add your runtime to the end-to-end
+//!    conformance suite in `tests/tests/conformance.rs` (one module of one-liners).
+//!
+//! runtime-smol's wait loop (`runtime-smol/src/driver.rs`, `run_loop`) is the shortest example of step 3;
+//! runtime-blocking's (`runtime-blocking/src/driver.rs`, `Loop::run`) shows the same with `mio::Poll`.
+//!
+//! A new kind of I/O (issue #9: TURN over TCP/TLS) is added once, in the kit, without touching the
+//! dispatcher's callers: see [`Io`].
+//!
+//! Nothing of the protocol is in a driver: if a runtime needs to know what an output *means*, that
+//! knowledge belongs in the core.
+
+pub mod config;
+pub mod dispatch;
+pub mod flow;
+pub mod forward;
+pub mod http;
+pub mod runtime;
+pub mod tls;
+pub mod udp;
+pub mod ws;
+
+pub use config::{DriverConfig, TlsConfig};
+pub use dispatch::{Dispatcher, Io, Next};
+pub use flow::FlowControl;
+pub use runtime::{Forward, InputSink, NodeHandle, Runtime, Stopped};

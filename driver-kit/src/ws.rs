@@ -1,0 +1,117 @@
+//! The router WebSocket as every runtime opens it: the request with the core's headers, where to connect,
+//! the frame bounds, and how a server's close is worded for the core. Only the socket I/O is the runtime's
+//! (tungstenite on a mio socket in runtime-blocking, async-tungstenite in runtime-smol), and both speak
+//! tungstenite's protocol types, so these helpers serve both.
+
+use pam_lite_core::WsConnect;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::{HeaderName, HeaderValue};
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+
+pub use tungstenite::handshake::client::Request;
+
+/// How long a requested close may take (close handshake) before the socket is just dropped.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Where a WebSocket must connect, from its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or IP literal (without IPv6 brackets).
+    pub host: String,
+    pub port: u16,
+    /// `wss://`: TLS on top of TCP.
+    pub secure: bool,
+}
+
+/// The request with the core's headers, and where to connect. Errors never quote header values.
+pub fn build_request(connect: &WsConnect) -> Result<(Request, Endpoint), String> {
+    let mut request = connect
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("invalid WebSocket URL: {e}"))?;
+    for (name, value) in &connect.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name {name:?}"))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name}"))?;
+        request.headers_mut().append(name, value);
+    }
+    let uri = request.uri();
+    let host = uri
+        .host()
+        .ok_or("WebSocket URL has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let secure = uri.scheme_str() == Some("wss");
+    let port = match (uri.port_u16(), uri.scheme_str()) {
+        (Some(port), _) => port,
+        (None, Some("wss")) => 443,
+        (None, Some("ws")) => 80,
+        _ => return Err("WebSocket URL must be ws:// or wss://".into()),
+    };
+    Ok((request, Endpoint { host, port, secure }))
+}
+
+/// Frame and message bounds: nothing larger than `frame_limit` is buffered.
+pub fn config(frame_limit: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_frame_size(Some(frame_limit))
+        .max_message_size(Some(frame_limit))
+}
+
+/// The `WsClosed` reason for a close frame from the server.
+pub fn closed_by_server(frame: Option<&CloseFrame>) -> String {
+    match frame {
+        Some(f) => format!("closed by server ({}: {})", u16::from(f.code), f.reason),
+        None => "closed by server".to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn connect(url: &str, headers: &[(&str, &str)]) -> WsConnect {
+        WsConnect {
+            url: url.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn request_carries_headers_and_default_ports() {
+        let (req, at) = build_request(&connect(
+            "wss://router.example/ws?x=1",
+            &[("Authorization", "s3cret")],
+        ))
+        .unwrap();
+        assert_eq!(
+            (at.host.as_str(), at.port, at.secure),
+            ("router.example", 443, true)
+        );
+        assert_eq!(req.headers()["authorization"], "s3cret");
+        let (_, at) = build_request(&connect("ws://[::1]:81/", &[])).unwrap();
+        assert_eq!((at.host.as_str(), at.port, at.secure), ("::1", 81, false));
+    }
+
+    #[test]
+    fn bad_header_value_is_reported_without_the_value() {
+        let err =
+            build_request(&connect("ws://h/", &[("X-Token", "line\nbreak-secret")])).unwrap_err();
+        assert!(err.contains("x-token"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn non_ws_scheme_is_refused() {
+        assert!(build_request(&connect("http://h/", &[])).is_err());
+    }
+}

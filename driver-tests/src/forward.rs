@@ -1,0 +1,140 @@
+//! The forwarder suite: every runtime's `serve_tunnel` / `dial_targets` must pipe local TCP connections
+//! the same way (numbering, half-close, resets, refused targets), through its [`Runtime`] implementation.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pam_lite_core::{Command, Input, Output};
+use pam_lite_driver_kit::runtime::{Forward, InputSink, NodeHandle, Runtime};
+use pam_lite_driver_kit::DriverConfig;
+
+use crate::{puppet, tcp_echo_server, TunnelEcho};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Run the single `recv` consumer: dispatch, and pass the rest to `rest`.
+fn route<R: Runtime>(handle: R::Handle, forwarder: R::Forwarder, rest: mpsc::Sender<Output>) {
+    thread::spawn(move || {
+        while let Some(out) = handle.recv() {
+            if let Some(other) = forwarder.dispatch(out) {
+                let _ = rest.send(other);
+            }
+        }
+    });
+}
+
+pub fn client_side_pipes_both_ways_with_half_close_and_numbers_connections<R: Runtime>() {
+    let node = TunnelEcho::default();
+    let opened = node.opened.clone();
+    let handle = R::spawn(node, DriverConfig::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let forwarder = R::serve_tunnel(listener, &handle).unwrap();
+    let (rest_tx, _rest) = mpsc::channel();
+    route::<R>(handle, forwarder, rest_tx);
+
+    for round in 0..3u8 {
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(WAIT)).unwrap();
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i as u8) ^ round).collect();
+        let mut writer = client.try_clone().unwrap();
+        let expected = payload.clone();
+        let sender = thread::spawn(move || {
+            writer.write_all(&payload).unwrap();
+            writer.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut echoed = Vec::new();
+        client.read_to_end(&mut echoed).unwrap(); // EOF arrives through the tunnel
+        sender.join().unwrap();
+        assert_eq!(echoed, expected);
+    }
+    assert_eq!(*opened.lock().unwrap(), vec![1, 2, 3]);
+}
+
+pub fn client_reset_becomes_close_connection<R: Runtime>() {
+    let node = TunnelEcho::default();
+    let handle = R::spawn(node, DriverConfig::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let forwarder = R::serve_tunnel(listener, &handle).unwrap();
+    let (rest_tx, rest) = mpsc::channel();
+    route::<R>(handle, forwarder, rest_tx);
+    {
+        let client = TcpStream::connect(addr).unwrap();
+        // SO_LINGER 0: close sends a RST, which the reader sees as an error.
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        (&client).write_all(b"x").unwrap();
+        thread::sleep(Duration::from_millis(50));
+    }
+    let end = Instant::now() + WAIT;
+    let mut saw = None;
+    while Instant::now() < end {
+        if let Ok(Output::TerminalOutput(t)) = rest.recv_timeout(Duration::from_millis(50)) {
+            saw = Some(String::from_utf8(t).unwrap());
+            break;
+        }
+    }
+    assert_eq!(saw.as_deref(), Some("closed 1"));
+}
+
+pub fn gateway_side_dials_target_and_pipes_with_half_close<R: Runtime>() {
+    let echo = tcp_echo_server();
+    let (node, ctl) = puppet();
+    let handle = R::spawn(node, DriverConfig::default()).unwrap();
+    let forwarder = R::dial_targets(&handle, echo);
+    let sender = handle.sender();
+    let (rest_tx, _rest) = mpsc::channel();
+    route::<R>(handle, forwarder, rest_tx);
+    let nudge = |out: Output| {
+        ctl.script(out);
+        sender.input(Input::Timeout);
+    };
+    nudge(Output::ConnectTarget { conn: 5 });
+    assert_eq!(
+        ctl.next_command(WAIT),
+        Some(Command::TargetConnected { conn: 5, ok: true })
+    );
+    nudge(Output::ConnectionData {
+        conn: 5,
+        data: b"ping".to_vec(),
+    });
+    let mut echoed = Vec::new();
+    while echoed.len() < 4 {
+        match ctl.next_command(WAIT) {
+            Some(Command::Send { conn: 5, data }) => echoed.extend(data),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(echoed, b"ping");
+    // Our EOF half-closes the target; the echo server then closes, which comes back as SendEof.
+    nudge(Output::ConnectionEof { conn: 5 });
+    assert_eq!(ctl.next_command(WAIT), Some(Command::SendEof { conn: 5 }));
+}
+
+pub fn gateway_side_reports_a_refused_target<R: Runtime>() {
+    let refused = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (node, ctl) = puppet();
+    let handle = R::spawn(node, DriverConfig::default()).unwrap();
+    let forwarder = R::dial_targets(&handle, refused);
+    ctl.script(Output::ConnectTarget { conn: 9 });
+    handle.input(Input::Timeout);
+    let out = handle.recv_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(forwarder.dispatch(out), None);
+    assert_eq!(
+        ctl.next_command(WAIT),
+        Some(Command::TargetConnected { conn: 9, ok: false })
+    );
+    assert_eq!(forwarder.open_connections(), 0);
+    assert_eq!(
+        forwarder.dispatch(Output::TubeReady),
+        Some(Output::TubeReady)
+    );
+}
