@@ -5,9 +5,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::charts::{self, ChartError, Lane};
 use crate::footprint::FootprintItem;
 use crate::plan::Plan;
-use crate::ready::ReadyItem;
+use crate::ready::{ReadyItem, SystemKind};
 use crate::scale::ScaleResult;
 use crate::throughput::ThroughputItem;
 
@@ -236,8 +237,159 @@ fn ready_section(md: &mut String, title: &str, item: &Item<ReadyItem>) {
     let _ = writeln!(md);
 }
 
-/// The markdown page.
-pub fn markdown(r: &Report) -> String {
+/// The report's pictures. `None`: the item did not run, so there is nothing to draw (and no link).
+pub struct Charts {
+    pub waterfall: Option<Result<String, ChartError>>,
+    pub throughput: Option<Result<String, ChartError>>,
+    pub scale: Option<Result<String, ChartError>>,
+}
+
+impl Charts {
+    /// `(file name without prefix, svg)` of every chart that was drawn.
+    pub fn files(&self) -> Vec<(&'static str, &str)> {
+        [
+            (WATERFALL_SVG, &self.waterfall),
+            (THROUGHPUT_SVG, &self.throughput),
+            (SCALE_SVG, &self.scale),
+        ]
+        .into_iter()
+        .filter_map(|(name, c)| match c {
+            Some(Ok(svg)) => Some((name, svg.as_str())),
+            _ => None,
+        })
+        .collect()
+    }
+}
+
+pub const WATERFALL_SVG: &str = "waterfall.svg";
+pub const THROUGHPUT_SVG: &str = "throughput.svg";
+pub const SCALE_SVG: &str = "scale.svg";
+
+/// The systems whose waterfalls item 1's picture puts side by side: pam-lite's fast schedule,
+/// Commander's schedule replayed by pam-lite, and the real Commander.
+fn in_waterfall_chart(kind: &SystemKind) -> bool {
+    matches!(
+        kind,
+        SystemKind::InProcess {
+            runtime: crate::launch::Runtime::Smol,
+            profile: "fast" | "commander-1984",
+        } | SystemKind::Commander
+    )
+}
+
+/// Draw the report's pictures (see [`Charts`]).
+pub fn charts(r: &Report) -> Charts {
+    let waterfall = match &r.time_to_ready {
+        Item::Done(it) => {
+            let lanes: Vec<Lane> = it
+                .rows
+                .iter()
+                .filter(|row| in_waterfall_chart(&row.system.kind))
+                .filter_map(|row| {
+                    row.waterfall.as_ref().map(|w| Lane {
+                        label: format!("{} (median of {} launches)", row.system.label, row.ok),
+                        checkpoints: w.checkpoints(),
+                    })
+                })
+                .collect();
+            Some(charts::waterfall(
+                "Time to ready: where each launch's time goes (median checkpoint offsets)",
+                &lanes,
+            ))
+        }
+        _ => None,
+    };
+    let throughput = match &r.throughput {
+        Item::Done(t) => {
+            let panel = |f: fn(&crate::throughput::ThroughputRow) -> Option<f64>| {
+                t.rows
+                    .iter()
+                    .map(|row| (row.system.clone(), f(row)))
+                    .collect::<Vec<_>>()
+            };
+            Some(charts::bars(
+                &format!(
+                    "Tunnel throughput on loopback, {} MiB one-way",
+                    t.bytes >> 20
+                ),
+                "MB/s (10^6 bytes per second)",
+                &[
+                    ("One connection".to_string(), panel(|r| r.single_mb_s)),
+                    (
+                        format!("{} connections at once", t.parallel_conns),
+                        panel(|r| r.parallel_mb_s),
+                    ),
+                ],
+            ))
+        }
+        _ => None,
+    };
+    let scale = match &r.scale {
+        Item::Done(rows) => {
+            let ok: Vec<&ScaleResult> = rows.iter().filter(|s| s.echo_ok > 0).collect();
+            let points = |f: fn(&ScaleResult) -> Option<f64>| -> Vec<(f64, f64)> {
+                ok.iter()
+                    .filter_map(|s| f(s).map(|v| (s.n as f64, v)))
+                    .collect()
+            };
+            Some(charts::against_n(
+                "Scale: N concurrent launches in one smol process",
+                &[
+                    (
+                        "Memory with N tunnels open".to_string(),
+                        "RSS (MiB)".to_string(),
+                        vec![(
+                            "RSS, N tunnels open".to_string(),
+                            points(|s| Some(s.rss_open_kib as f64 / 1024.0)),
+                        )],
+                    ),
+                    (
+                        "p99 against N".to_string(),
+                        "ms since launch start".to_string(),
+                        vec![
+                            (
+                                "TubeReady p99".to_string(),
+                                points(|s| s.tube_ready.map(|v| v.p99_ms)),
+                            ),
+                            (
+                                "first echo p99".to_string(),
+                                points(|s| s.first_echo.map(|v| v.p99_ms)),
+                            ),
+                        ],
+                    ),
+                ],
+            ))
+        }
+        _ => None,
+    };
+    Charts {
+        waterfall,
+        throughput,
+        scale,
+    }
+}
+
+/// The markdown line that shows a chart (or says why it is missing); `prefix` goes before the file name.
+fn picture(
+    md: &mut String,
+    chart: &Option<Result<String, ChartError>>,
+    prefix: &str,
+    file: &str,
+    alt: &str,
+) {
+    match chart {
+        Some(Ok(_)) => {
+            let _ = writeln!(md, "![{alt}]({prefix}{file})\n");
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(md, "_{alt}: {e}._\n");
+        }
+        None => {}
+    }
+}
+
+/// The markdown page; its pictures are `<prefix><name>.svg` next to it.
+pub fn markdown(r: &Report, charts: &Charts, prefix: &str) -> String {
     let mut md = String::new();
     let m = &r.meta;
     let _ = writeln!(
@@ -259,6 +411,13 @@ pub fn markdown(r: &Report) -> String {
         }
     );
     ready_section(&mut md, "1. Time to ready", &r.time_to_ready);
+    picture(
+        &mut md,
+        &charts.waterfall,
+        prefix,
+        WATERFALL_SVG,
+        "Launch waterfalls of pam-lite fast, commander-1984 and the real Commander",
+    );
     ready_section(&mut md, "2. Cold router (one offer retry)", &r.cold_router);
 
     let _ = writeln!(md, "## 3. Tunnel throughput (loopback)\n");
@@ -321,6 +480,13 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(md, "Skipped: {skipped}\n");
         }
     }
+    picture(
+        &mut md,
+        &charts.throughput,
+        prefix,
+        THROUGHPUT_SVG,
+        "Throughput per system",
+    );
 
     let _ = writeln!(md, "## 4. Footprint\n");
     match &r.footprint {
@@ -452,6 +618,13 @@ pub fn markdown(r: &Report) -> String {
                 }
             }
             let _ = writeln!(md);
+            picture(
+                &mut md,
+                &charts.scale,
+                prefix,
+                SCALE_SVG,
+                "Memory and p99 against N",
+            );
         }
         Item::Failed { error } => {
             let _ = writeln!(md, "Not measured: {error}\n");
@@ -462,19 +635,20 @@ pub fn markdown(r: &Report) -> String {
     }
 
     if let Item::Done(it) = &r.time_to_ready {
-        if let Some(fast) = it.rows.first().filter(|r| !r.waterfall_p50_ms.is_empty()) {
+        if let Some((fast, w)) = it
+            .rows
+            .first()
+            .and_then(|r| r.waterfall.as_ref().map(|w| (r, w)))
+        {
             let _ = writeln!(
                 md,
-                "## Where `fast · smol`'s time goes (median checkpoint offsets, item 1)\n\n| checkpoint | ms |\n|---|---|"
+                "## Where `{}`'s time goes (median checkpoint offsets, item 1)\n\n| checkpoint | ms |\n|---|---|",
+                fast.system.label
             );
-            for (name, at) in &fast.waterfall_p50_ms {
-                let _ = writeln!(md, "| {name} | {at:.0} |");
+            for (name, at) in w.checkpoints() {
+                let _ = writeln!(md, "| {} | {at:.0} |", cell(&name));
             }
-            let _ = writeln!(
-                md,
-                "| first byte echoed (p50) | {} |\n",
-                ms(fast.first_echo.map(|s| s.p50_ms))
-            );
+            let _ = writeln!(md);
         }
     }
     md
