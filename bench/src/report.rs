@@ -665,6 +665,177 @@ mod tests {
         assert_eq!(utc(1_764_165_600), "2025-11-26 14:00 UTC");
     }
 
+    fn row(system: crate::ready::System, ok: usize, cps: &[(&str, f64)]) -> crate::ready::ReadyRow {
+        use crate::timing_file::{TimingEntry, TimingFile};
+        crate::ready::ReadyRow {
+            system,
+            first_echo: None,
+            tube_ready: None,
+            ok,
+            failed: 0,
+            skipped: 0,
+            first_error: None,
+            p50_vs_fast: None,
+            p95_vs_fast: None,
+            not_measured: None,
+            waterfall: (!cps.is_empty()).then(|| TimingFile {
+                entries: cps
+                    .iter()
+                    .map(|(n, ms)| TimingEntry {
+                        phase: "p".into(),
+                        name: n.to_string(),
+                        ms: *ms,
+                        summary: false,
+                    })
+                    .collect(),
+                total_ms: cps.iter().map(|c| c.1).fold(0.0, f64::max),
+            }),
+        }
+    }
+
+    fn report(time_to_ready: Item<ReadyItem>, scale: Item<Vec<ScaleResult>>) -> Report {
+        Report {
+            meta: Meta {
+                date_utc: utc(0),
+                machine: "m".into(),
+                cores: 2,
+                kernel: "k".into(),
+                git_commit: None,
+                netns: false,
+                command: "c".into(),
+                wall_secs: 1.0,
+            },
+            plan: Plan::new(crate::plan::Mode::Tiny),
+            time_to_ready,
+            cold_router: Item::Skipped {
+                skipped: "test".into(),
+            },
+            throughput: Item::Skipped {
+                skipped: "test".into(),
+            },
+            footprint: Item::Skipped {
+                skipped: "test".into(),
+            },
+            scale,
+        }
+    }
+
+    #[test]
+    fn the_waterfall_picture_holds_fast_commander_1984_and_the_real_commander() {
+        use crate::charts::tests::{parse, rects_of, texts};
+        let systems = crate::ready::systems();
+        let mut rows = Vec::new();
+        for s in systems {
+            let cps: Vec<(&str, f64)> = match &s.kind {
+                SystemKind::Commander => vec![
+                    ("start_rust_tunnel_returned", 4000.0),
+                    ("first_byte_echoed", 5200.0),
+                ],
+                SystemKind::InProcess {
+                    profile: "commander-1984",
+                    ..
+                } => vec![
+                    ("enter", 1.0),
+                    ("pre_offer_sleep_done", 2500.0),
+                    ("first_byte_echoed", 3300.0),
+                ],
+                _ => vec![
+                    ("enter", 1.0),
+                    ("relay_creds_ok", 300.0),
+                    ("create_tube_ok", 310.0),
+                    ("first_byte_echoed", 2200.0),
+                ],
+            };
+            rows.push(row(s, 3, &cps));
+        }
+        let item = ReadyItem {
+            network: crate::network::Network::REFERENCE,
+            launches_per_system: 3,
+            concurrency: 1,
+            floor_ms: 325,
+            floor_with_gateway_ms: 865,
+            fast_p50_vs_floor: None,
+            fast_p50_vs_floor_with_gateway: None,
+            rows,
+            wall_secs: 1.0,
+        };
+        let r = report(
+            Item::Done(item),
+            Item::Done(vec![
+                ScaleResult {
+                    n: 10,
+                    echo_ok: 10,
+                    rss_open_kib: 20_480,
+                    ..ScaleResult::default()
+                },
+                ScaleResult {
+                    n: 50,
+                    echo_ok: 0,
+                    first_error: Some("all failed".into()),
+                    ..ScaleResult::default()
+                },
+            ]),
+        );
+        let c = charts(&r);
+        let svg = c
+            .waterfall
+            .as_ref()
+            .expect("item 1 ran")
+            .as_ref()
+            .expect("drawn");
+        let doc = parse(svg);
+        let t = texts(&doc);
+        // Exactly three lanes, in the systems' order, each with one bar per checkpoint.
+        let lanes: Vec<&String> = t
+            .iter()
+            .filter(|s| s.contains("(median of 3 launches)"))
+            .collect();
+        assert_eq!(
+            lanes,
+            vec![
+                "pam-lite fast · smol (median of 3 launches)",
+                "pam-lite commander-1984 · smol (median of 3 launches)",
+                "Commander 18.1.8 (real, Python) (median of 3 launches)"
+            ]
+        );
+        assert_eq!(rects_of(&doc, crate::charts::colour(0)), 4);
+        assert_eq!(rects_of(&doc, crate::charts::colour(1)), 3);
+        assert_eq!(rects_of(&doc, crate::charts::colour(2)), 2);
+        assert!(t.iter().any(|s| s == "start_rust_tunnel_returned"));
+        // Items that did not run draw nothing; a failed N is left out of the scale picture.
+        assert!(c.throughput.is_none());
+        assert!(c.scale.as_ref().is_some_and(|s| s.is_ok()));
+        let names: Vec<&str> = c.files().iter().map(|f| f.0).collect();
+        assert_eq!(names, vec![WATERFALL_SVG, SCALE_SVG]);
+        // The page links what was drawn, under the prefix it is given.
+        let md = markdown(&r, &c, "bench-X-");
+        assert!(md.contains("](bench-X-waterfall.svg)"), "{md}");
+        assert!(md.contains("](bench-X-scale.svg)"), "{md}");
+        assert!(!md.contains("throughput.svg"), "{md}");
+    }
+
+    #[test]
+    fn a_chart_that_cannot_be_drawn_says_why_in_the_page() {
+        let r = report(
+            Item::Skipped {
+                skipped: "t".into(),
+            },
+            Item::Done(vec![ScaleResult {
+                n: 2,
+                first_error: Some("boom".into()),
+                ..ScaleResult::default()
+            }]),
+        );
+        let c = charts(&r);
+        assert!(c.scale.as_ref().is_some_and(|s| s.is_err()));
+        let md = markdown(&r, &c, "");
+        assert!(
+            md.contains("Memory and p99 against N: chart not drawn: no points to draw"),
+            "{md}"
+        );
+        assert!(c.files().is_empty());
+    }
+
     #[test]
     fn cells_are_safe() {
         assert_eq!(cell("a|b\nc"), "a/b c");
