@@ -8,6 +8,8 @@
 //! Every label that can come from outside (a `--timing-json` file's checkpoint names) has already been
 //! made safe by [`crate::timing_file::safe_text`]; plotters escapes XML metacharacters itself.
 
+use plotters::coord::ranged1d::SegmentedCoord;
+use plotters::coord::types::RangedCoordusize;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -75,6 +77,12 @@ fn title(root: &DrawingArea<SVGBackend<'_>, Shift>, text: &str) -> Result<(), Ch
     .map_err(err)
 }
 
+/// The row axis of `n` (≥ 1) rows. A range of integers is inclusive in plotters, so n rows are
+/// `0..n-1`; a single row gets `0..1` (one empty row) because a one-value axis has no height.
+fn rows(n: usize) -> SegmentedCoord<RangedCoordusize> {
+    (0..(n - 1).max(1)).into_segmented()
+}
+
 /// Checkpoints as a Gantt chart, one panel per system stacked on one time axis: each row is a
 /// checkpoint, its bar runs from the previous checkpoint to this one (the step), labelled with the
 /// offset. Lanes with no checkpoints are left out by the caller.
@@ -103,7 +111,7 @@ pub fn waterfall(heading: &str, lanes: &[Lane]) -> Result<String, ChartError> {
     // Panel height: its rows plus caption and axis.
     let panel_h: Vec<u32> = lanes
         .iter()
-        .map(|l| l.checkpoints.len().max(1) as u32 * ROW_PX + 70)
+        .map(|l| l.checkpoints.len().max(1) as u32 * ROW_PX + 78)
         .collect();
     let height = 40 + panel_h.iter().sum::<u32>();
     let mut svg = String::new();
@@ -141,9 +149,9 @@ fn draw_lane(
         .caption(&lane.label, (FONT, 15))
         .margin_right(20)
         .margin_left(8)
-        .x_label_area_size(28)
+        .x_label_area_size(36)
         .y_label_area_size(label_w)
-        .build_cartesian_2d(0f64..max_ms, (0..n).into_segmented())
+        .build_cartesian_2d(0f64..max_ms, rows(n))
         .map_err(err)?;
     // Row 0 is the first checkpoint, drawn at the top.
     let row = move |i: usize| n - 1 - i;
@@ -158,7 +166,9 @@ fn draw_lane(
             _ => String::new(),
         })
         .x_desc("ms since launch start")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style((FONT, 12))
+        .light_line_style(BLACK.mix(0.04))
         .draw()
         .map_err(err)?;
     let mut prev = 0.0f64;
@@ -168,13 +178,15 @@ fn draw_lane(
         let r = row(i);
         // A zero-length step still shows as a sliver.
         let end = at.max(prev + max_ms / 500.0);
-        bars.push(Rectangle::new(
+        let mut bar = Rectangle::new(
             [
                 (prev, SegmentValue::Exact(r)),
                 (end, SegmentValue::Exact(r + 1)),
             ],
             colour.filled(),
-        ));
+        );
+        bar.set_margin(2, 2, 0, 0);
+        bars.push(bar);
         notes.push(Text::new(
             format!("{at:.0}"),
             (end + max_ms / 200.0, SegmentValue::CenterOf(r)),
@@ -256,9 +268,9 @@ fn draw_bars(
         .caption(caption, (FONT, 15))
         .margin_right(20)
         .margin_left(8)
-        .x_label_area_size(32)
+        .x_label_area_size(36)
         .y_label_area_size(label_w)
-        .build_cartesian_2d(0f64..max, (0..n).into_segmented())
+        .build_cartesian_2d(0f64..max, rows(n))
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -271,7 +283,9 @@ fn draw_bars(
             _ => String::new(),
         })
         .x_desc(unit)
+        .x_label_formatter(&|x| number(*x))
         .label_style((FONT, 12))
+        .light_line_style(BLACK.mix(0.04))
         .draw()
         .map_err(err)?;
     let mut rects = Vec::new();
@@ -280,13 +294,15 @@ fn draw_bars(
         let r = n - 1 - i;
         let (end, note) = match v {
             Some(v) if v.is_finite() && *v >= 0.0 => {
-                rects.push(Rectangle::new(
+                let mut bar = Rectangle::new(
                     [
                         (0.0, SegmentValue::Exact(r)),
                         (*v, SegmentValue::Exact(r + 1)),
                     ],
                     colour(i).filled(),
-                ));
+                );
+                bar.set_margin(3, 3, 0, 0);
+                rects.push(bar);
                 (*v, format!("{v:.1}"))
             }
             _ => (0.0, "not measured".to_string()),
@@ -307,6 +323,23 @@ fn draw_bars(
 
 /// One line of a plot against N: a name and its `(N, value)` points.
 pub type Series = (String, Vec<(f64, f64)>);
+
+/// An axis value without a useless `.0`.
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// The N axis from the decade at or below `lo` to the decade above `hi`: a log axis only labels
+/// decades, so a range between two decades (N = 2 alone, or 10 and 50) would have no labels at all.
+fn decades(lo: f64, hi: f64) -> std::ops::Range<f64> {
+    let lo = 10f64.powf(lo.max(1.0).log10().floor());
+    let hi = 10f64.powf(hi.max(1.0).log10().floor() + 1.0);
+    lo..hi
+}
 
 /// Plots side by side, each `(caption, y unit, series)`, on a logarithmic N axis (N spans 2 to 1000).
 pub fn against_n(
@@ -343,14 +376,17 @@ pub fn against_n(
                 .margin(12)
                 .x_label_area_size(36)
                 .y_label_area_size(56)
-                .build_cartesian_2d((lo / 1.5..hi * 1.5).log_scale(), 0f64..ymax)
+                .build_cartesian_2d(decades(lo, hi).log_scale(), 0f64..ymax)
                 .map_err(err)?;
             chart
                 .configure_mesh()
                 .x_desc("N (concurrent launches)")
                 .y_desc(plot.1.as_str())
                 .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| number(*y))
                 .label_style((FONT, 12))
+                .light_line_style(BLACK.mix(0.04))
+                .light_line_style(BLACK.mix(0.04))
                 .draw()
                 .map_err(err)?;
             for (i, (name, series)) in plot.2.iter().enumerate() {
@@ -374,7 +410,7 @@ pub fn against_n(
             }
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(SeriesLabelPosition::LowerRight)
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .label_font((FONT, 12))
@@ -470,6 +506,32 @@ pub mod tests {
     }
 
     #[test]
+    fn a_single_row_is_drawn() {
+        let svg = waterfall("one", &[lane("only", &[("enter", 3.0)])]).expect("drawn");
+        let doc = parse(&svg);
+        assert_eq!(rects_of(&doc, colour(0)), 1);
+        // The bar has a height (a one-value axis would have none).
+        let bar = doc
+            .descendants()
+            .find(|n| {
+                n.has_tag_name("rect") && n.attribute("fill") == Some(hex(colour(0)).as_str())
+            })
+            .expect("the bar");
+        let h: f64 = bar
+            .attribute("height")
+            .and_then(|h| h.parse().ok())
+            .expect("height");
+        assert!(h > 10.0, "bar height {h}");
+        let svg = bars(
+            "one",
+            "MB/s",
+            &[("p".into(), vec![("x".into(), Some(1.0))])],
+        )
+        .expect("drawn");
+        assert_eq!(rects_of(&parse(&svg), colour(0)), 1);
+    }
+
+    #[test]
     fn empty_or_oversized_input_is_an_error_not_a_panic() {
         assert!(waterfall("x", &[]).is_err());
         assert!(waterfall("x", &[lane("a", &[])]).is_err());
@@ -507,6 +569,15 @@ pub mod tests {
         }
         assert!(texts.contains(&"not measured".to_string()));
         assert!(texts.contains(&"52.0".to_string()));
+    }
+
+    #[test]
+    fn n_axis_spans_whole_decades() {
+        assert_eq!(decades(2.0, 2.0), 1.0..10.0);
+        assert_eq!(decades(10.0, 50.0), 10.0..100.0);
+        assert_eq!(decades(10.0, 1000.0), 10.0..10000.0);
+        assert_eq!(number(100.0), "100");
+        assert_eq!(number(19.44), "19.4");
     }
 
     #[test]
