@@ -7,7 +7,11 @@
 //! ```
 //!
 //! Items (issue 6): 1 time to ready, 2 cold router, 3 throughput, 4 footprint, 5 scale. Results go to
-//! `<out>/report.{md,json}` (and a dated copy); the markdown is also printed.
+//! `<out>/report.{md,json}` and the SVG pictures the page links (`waterfall.svg`, `throughput.svg`,
+//! `scale.svg`; see `charts.rs`), plus dated copies of all; the markdown is also printed.
+//!
+//! `pam-lite-bench draw-timing FILE... --out x.svg` draws `pam-lite --timing-json` files side by side the
+//! way the report draws item 1's waterfalls.
 //!
 //! The Python systems (Keeper's tube, Commander) need the interop venv (`tests/interop/setup.sh`, created
 //! on first use) and a private network namespace (`tests/interop/netns_run.sh`): the benchmark re-runs

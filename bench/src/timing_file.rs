@@ -24,7 +24,6 @@ pub const MAX_MS: f64 = 86_400_000.0;
 
 /// One checkpoint: `ms` after the launch start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TimingEntry {
     pub phase: String,
     pub name: String,
@@ -34,9 +33,8 @@ pub struct TimingEntry {
     pub summary: bool,
 }
 
-/// A launch's waterfall.
+/// A launch's waterfall. Fields the CLI may add later are ignored, so newer files still draw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TimingFile {
     pub entries: Vec<TimingEntry>,
     pub total_ms: f64,
@@ -204,6 +202,46 @@ mod tests {
                 ("create_tube_ok".to_string(), 12.25)
             ]
         );
+    }
+
+    /// What the CLI writes (`Waterfall::to_json`) is what `draw-timing` reads.
+    #[test]
+    fn reads_what_the_cli_writes() {
+        use pam_lite_core::timing::{
+            names, Checkpoint, Waterfall, PHASE_TOTAL, PHASE_WEBRTC_TUNNEL,
+        };
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut w = Waterfall::new(t0);
+        w.push(Checkpoint::new(
+            PHASE_WEBRTC_TUNNEL,
+            names::ENTER,
+            t0 + Duration::from_millis(2),
+        ));
+        w.push(Checkpoint::new(
+            PHASE_WEBRTC_TUNNEL,
+            names::RELAY_CREDS_OK,
+            t0 + Duration::from_millis(385),
+        ));
+        w.push(Checkpoint::new(
+            PHASE_TOTAL,
+            names::READY_FOR_PROMPT,
+            t0 + Duration::from_millis(900),
+        ));
+        let bytes = serde_json::to_vec_pretty(&w.to_json()).unwrap();
+        let t = TimingFile::parse(Path::new("cli.json"), &bytes).expect("the CLI's own format");
+        assert_eq!(t.total_ms, 900.0);
+        assert_eq!(
+            t.checkpoints(),
+            vec![
+                ("enter".to_string(), 2.0),
+                ("relay_creds_ok".to_string(), 385.0)
+            ]
+        );
+        assert!(t
+            .entries
+            .iter()
+            .any(|e| e.summary && e.name == "ready_for_prompt"));
     }
 
     #[test]
