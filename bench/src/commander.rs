@@ -122,7 +122,11 @@ impl Harness {
     }
 
     /// One launch: Commander's `start_rust_tunnel`, then connect to its listener and time the echo.
-    pub fn measure_launch(&self, ticket: &DemoTicket, limit: Duration) -> Result<Duration, String> {
+    pub fn measure_launch(
+        &self,
+        ticket: &DemoTicket,
+        limit: Duration,
+    ) -> Result<CommanderLaunch, String> {
         let mut w = self.take(ticket, settings_target())?;
         let t0 = Instant::now();
         let deadline = t0 + limit;
@@ -159,6 +163,16 @@ impl Harness {
     }
 }
 
+/// What the benchmark can see of one Commander launch from outside: Commander's tunnel path
+/// (`start_rust_tunnel`) has no `PamConnectTiming` checkpoints of its own (only `pam launch` has them).
+#[derive(Debug, Clone, Copy)]
+pub struct CommanderLaunch {
+    /// Launch start → `start_rust_tunnel` returned (its `started` line arrived).
+    pub returned: Duration,
+    /// Launch start → first byte echoed through Commander's listener.
+    pub first_echo: Duration,
+}
+
 fn parse(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or(Value::Null)
 }
@@ -169,14 +183,18 @@ fn settings_target() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7))
 }
 
-fn launch_and_echo(p: &mut Proc, t0: Instant, deadline: Instant) -> Result<Duration, String> {
+fn launch_and_echo(
+    p: &mut Proc,
+    t0: Instant,
+    deadline: Instant,
+) -> Result<CommanderLaunch, String> {
     p.send_line(&json!({"type": "launch", "trickle": true}).to_string())?;
-    let started = loop {
+    let (started, returned) = loop {
         match p.line(deadline) {
             Some(l) => {
                 let v = parse(&l);
                 if v["type"] == "started" {
-                    break v;
+                    break (v, Instant::now());
                 }
             }
             None => {
@@ -199,7 +217,12 @@ fn launch_and_echo(p: &mut Proc, t0: Instant, deadline: Instant) -> Result<Durat
     let mut last_error = String::from("none");
     while Instant::now() < deadline {
         match echo_once(listen, deadline) {
-            Ok(at) => return Ok(at.saturating_duration_since(t0)),
+            Ok(at) => {
+                return Ok(CommanderLaunch {
+                    returned: returned.saturating_duration_since(t0),
+                    first_echo: at.saturating_duration_since(t0),
+                })
+            }
             Err(e) => {
                 last_error = e;
                 thread::sleep(Duration::from_millis(5));

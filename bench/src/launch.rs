@@ -224,11 +224,16 @@ impl Tunnel {
     }
 
     /// The checkpoints so far, as offsets from the launch start.
-    pub fn waterfall(&mut self) -> Vec<(String, Duration)> {
+    pub fn waterfall(&mut self) -> Vec<Mark> {
         self.pump_events(Duration::ZERO);
         self.checkpoints
             .iter()
-            .map(|c| (c.name.clone(), c.at.saturating_duration_since(self.started)))
+            .map(|c| Mark {
+                phase: c.phase.to_string(),
+                name: c.name.clone(),
+                at: c.at.saturating_duration_since(self.started),
+                summary: c.is_summary(),
+            })
             .collect()
     }
 
@@ -263,7 +268,32 @@ impl Tunnel {
 pub struct LaunchSample {
     pub tube_ready: Duration,
     pub first_echo: Duration,
-    pub waterfall: Vec<(String, Duration)>,
+    pub waterfall: Vec<Mark>,
+}
+
+/// One checkpoint of one launch, as an offset from its start (a core `Checkpoint`, or a moment the
+/// benchmark itself observed, under [`BENCH_PHASE`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mark {
+    pub phase: String,
+    pub name: String,
+    pub at: Duration,
+    /// A Commander-style summary line rather than a checkpoint.
+    pub summary: bool,
+}
+
+/// The phase of the moments the benchmark observes from outside the launch.
+pub const BENCH_PHASE: &str = "pam-lite-bench";
+
+impl Mark {
+    pub fn bench(name: &str, at: Duration) -> Mark {
+        Mark {
+            phase: BENCH_PHASE.into(),
+            name: name.into(),
+            at,
+            summary: false,
+        }
+    }
 }
 
 /// Launch, connect to the tunnel listener right away (the connection waits in the backlog until the

@@ -7,7 +7,11 @@
 //! ```
 //!
 //! Items (issue 6): 1 time to ready, 2 cold router, 3 throughput, 4 footprint, 5 scale. Results go to
-//! `<out>/report.{md,json}` (and a dated copy); the markdown is also printed.
+//! `<out>/report.{md,json}` and the SVG pictures the page links (`waterfall.svg`, `throughput.svg`,
+//! `scale.svg`; see `charts.rs`), plus dated copies of all; the markdown is also printed.
+//!
+//! `pam-lite-bench draw-timing FILE... --out x.svg` draws `pam-lite --timing-json` files side by side the
+//! way the report draws item 1's waterfalls.
 //!
 //! The Python systems (Keeper's tube, Commander) need the interop venv (`tests/interop/setup.sh`, created
 //! on first use) and a private network namespace (`tests/interop/netns_run.sh`): the benchmark re-runs
@@ -15,6 +19,7 @@
 //! "not measured" and why; everything else still runs. Every wait is bounded; only 127.0.0.1 (and the
 //! namespace's private address) is used.
 
+mod charts;
 mod cli;
 mod commander;
 mod footprint;
@@ -29,6 +34,7 @@ mod scale;
 mod stats;
 mod targets;
 mod throughput;
+mod timing_file;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -108,6 +114,19 @@ enum Sub {
         #[arg(long, default_value_t = 256)]
         mib: u64,
     },
+    /// Draw `--timing-json` files (from `pam-lite … --timing-json FILE`) side by side as one Gantt chart
+    /// of their checkpoints, as the report draws item 1's waterfalls.
+    DrawTiming {
+        /// Timing files, one lane each, in this order.
+        #[arg(required = true, num_args = 1..=charts::MAX_LANES, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// The SVG to write.
+        #[arg(long, value_name = "SVG")]
+        out: PathBuf,
+        /// The chart's heading.
+        #[arg(long, default_value = "Launch waterfall")]
+        title: String,
+    },
     /// Profiling aid: LAUNCHES sequential `fast` launches on the reference network (item 1's), each to
     /// its first echoed byte.
     #[command(hide = true)]
@@ -150,6 +169,11 @@ fn main() -> ExitCode {
         }
         Some(Sub::ProfileLaunch { runtime, launches }) => {
             return report_aid(ready::profile(*runtime, *launches))
+        }
+        Some(Sub::DrawTiming { files, out, title }) => {
+            return report_aid(
+                draw_timing(files, out, title).map_err(|e| format!("draw-timing: {e}")),
+            )
         }
         _ => {}
     }
@@ -337,9 +361,9 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         footprint,
         scale,
     };
-    let md = report::markdown(&report);
+    let charts = report::charts(&report);
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    write_results(&args.out, &report.meta.date_utc, &md, &json)?;
+    let md = write_results(&args.out, &report, &charts, &json)?;
     println!("{md}");
     eprintln!(
         "pam-lite-bench: wrote {}/report.md and report.json ({:.0} s)",
@@ -416,9 +440,18 @@ fn command_line() -> String {
     .to_string()
 }
 
-fn write_results(out: &Path, date: &str, md: &str, json: &str) -> Result<(), String> {
+/// `report.{md,json}` and the charts they link, plus dated copies of all (a dated page links its own
+/// dated charts, so a later run does not change an older page's pictures). Returns report.md's text.
+fn write_results(
+    out: &Path,
+    report: &Report,
+    charts: &report::Charts,
+    json: &str,
+) -> Result<String, String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let stamp: String = date
+    let stamp: String = report
+        .meta
+        .date_utc
         .chars()
         .filter_map(|c| match c {
             '0'..='9' => Some(c),
@@ -426,14 +459,51 @@ fn write_results(out: &Path, date: &str, md: &str, json: &str) -> Result<(), Str
             _ => None,
         })
         .collect();
-    for (name, body) in [
-        ("report.md".to_string(), md),
+    let dated = format!("bench-{stamp}-");
+    let md = report::markdown(report, charts, "");
+    let dated_md = report::markdown(report, charts, &dated);
+    let mut files = vec![
+        ("report.md".to_string(), md.as_str()),
         ("report.json".to_string(), json),
-        (format!("bench-{stamp}.md"), md),
+        (format!("bench-{stamp}.md"), dated_md.as_str()),
         (format!("bench-{stamp}.json"), json),
-    ] {
+    ];
+    for (name, svg) in charts.files() {
+        files.push((name.to_string(), svg));
+        files.push((format!("{dated}{name}"), svg));
+    }
+    for (name, body) in files {
         let p = out.join(&name);
         std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))?;
     }
-    Ok(())
+    Ok(md)
+}
+
+/// `draw-timing`: every file is read and checked before anything is drawn; one lane per file, labelled
+/// with its file name.
+fn draw_timing(files: &[PathBuf], out: &Path, title: &str) -> Result<String, String> {
+    let mut lanes = Vec::new();
+    for f in files {
+        let t = timing_file::TimingFile::read(f).map_err(|e| e.to_string())?;
+        let label = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| f.display().to_string());
+        lanes.push(charts::Lane {
+            label: timing_file::safe_text(&label),
+            checkpoints: t.checkpoints(),
+        });
+    }
+    if let Some(empty) = lanes.iter().find(|l| l.checkpoints.is_empty()) {
+        return Err(format!("{} has no checkpoints to draw", empty.label));
+    }
+    let svg =
+        charts::waterfall(&timing_file::safe_text(title), &lanes).map_err(|e| e.to_string())?;
+    std::fs::write(out, svg).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    Ok(format!(
+        "wrote {} ({} waterfall{})",
+        out.display(),
+        lanes.len(),
+        if lanes.len() == 1 { "" } else { "s" }
+    ))
 }

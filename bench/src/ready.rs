@@ -12,11 +12,12 @@ use pam_lite_core::profile::Profile;
 use pam_lite_emulator::{DemoTicket, Emulator};
 use serde::Serialize;
 
-use crate::launch::{self, Runtime};
+use crate::launch::{self, Mark, Runtime};
 use crate::network::Network;
 use crate::plan::Plan;
 use crate::procs::PrivateDir;
 use crate::stats::{self, Summary};
+use crate::timing_file::{TimingEntry, TimingFile};
 use crate::{cli, commander, targets};
 
 /// What runs a launch.
@@ -88,8 +89,10 @@ pub struct ReadyRow {
     pub p95_vs_fast: Option<f64>,
     /// Why the row has no numbers.
     pub not_measured: Option<String>,
-    /// Median offset of every checkpoint (in-process rows), in order.
-    pub waterfall_p50_ms: Vec<(String, f64)>,
+    /// The median launch's waterfall in the CLI's `--timing-json` form: the median offset of every
+    /// checkpoint (the core's, for in-process rows) plus the moments the benchmark sees itself
+    /// (`tube_ready`, Commander's `start_rust_tunnel_returned`, `first_byte_echoed`), in time order.
+    pub waterfall: Option<TimingFile>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,7 +119,18 @@ pub struct Runners {
 
 enum Sample {
     InProcess(launch::LaunchSample),
-    Process(Duration),
+    /// A launch in another process: its first echo, and what else the benchmark saw of it.
+    Process {
+        first_echo: Duration,
+        marks: Vec<Mark>,
+    },
+}
+
+/// Names of the moments the benchmark observes (phase [`launch::BENCH_PHASE`]).
+pub mod marks {
+    pub const TUBE_READY: &str = "tube_ready";
+    pub const FIRST_BYTE_ECHOED: &str = "first_byte_echoed";
+    pub const START_RUST_TUNNEL_RETURNED: &str = "start_rust_tunnel_returned";
 }
 
 /// A finished job: which system, and how its launch went.
@@ -136,11 +150,22 @@ fn run_one(
         }
         SystemKind::CliProcess { runtime, profile } => {
             let bin = runners.pam_lite.as_ref().map_err(Clone::clone)?;
-            cli::measure_launch(bin, ticket_file, profile, *runtime, limit).map(Sample::Process)
+            cli::measure_launch(bin, ticket_file, profile, *runtime, limit).map(|d| {
+                Sample::Process {
+                    first_echo: d,
+                    marks: vec![Mark::bench(marks::FIRST_BYTE_ECHOED, d)],
+                }
+            })
         }
         SystemKind::Commander => {
             let h = runners.commander.as_ref().map_err(Clone::clone)?;
-            h.measure_launch(ticket, limit).map(Sample::Process)
+            h.measure_launch(ticket, limit).map(|l| Sample::Process {
+                first_echo: l.first_echo,
+                marks: vec![
+                    Mark::bench(marks::START_RUST_TUNNEL_RETURNED, l.returned),
+                    Mark::bench(marks::FIRST_BYTE_ECHOED, l.first_echo),
+                ],
+            })
         }
     }
 }
@@ -300,34 +325,55 @@ fn row(
 ) -> ReadyRow {
     let mut echo = Vec::new();
     let mut ready = Vec::new();
-    let mut offsets: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    // (phase, name) → (summary, offsets of every launch that reached it).
+    let mut offsets: BTreeMap<(String, String), (bool, Vec<f64>)> = BTreeMap::new();
     let mut first_error = None;
+    let mut add = |marks: &[Mark]| {
+        // A checkpoint a launch passes twice (a retried offer's) counts at its first pass.
+        let mut seen = std::collections::HashSet::new();
+        for m in marks {
+            let key = (m.phase.clone(), m.name.clone());
+            if seen.insert(key.clone()) {
+                let e = offsets.entry(key).or_insert((m.summary, Vec::new()));
+                e.1.push(m.at.as_secs_f64() * 1000.0);
+            }
+        }
+    };
     for r in results {
         match r {
             Ok(Sample::InProcess(s)) => {
                 echo.push(s.first_echo);
                 ready.push(s.tube_ready);
-                let mut seen = std::collections::HashSet::new();
-                for (name, at) in &s.waterfall {
-                    if seen.insert(name.clone()) {
-                        offsets
-                            .entry(name.clone())
-                            .or_default()
-                            .push(at.as_secs_f64() * 1000.0);
-                    }
-                }
+                let mut all = s.waterfall.clone();
+                all.push(Mark::bench(marks::TUBE_READY, s.tube_ready));
+                all.push(Mark::bench(marks::FIRST_BYTE_ECHOED, s.first_echo));
+                add(&all);
             }
-            Ok(Sample::Process(d)) => echo.push(*d),
+            Ok(Sample::Process { first_echo, marks }) => {
+                echo.push(*first_echo);
+                add(marks);
+            }
             Err(e) => {
                 first_error.get_or_insert_with(|| e.clone());
             }
         }
     }
-    let mut waterfall: Vec<(String, f64)> = offsets
+    let mut entries: Vec<TimingEntry> = offsets
         .into_iter()
-        .filter_map(|(name, mut v)| stats::summarize_ms(&mut v).map(|s| (name, s.p50_ms)))
+        .filter_map(|((phase, name), (summary, mut v))| {
+            stats::summarize_ms(&mut v).map(|s| TimingEntry {
+                phase,
+                name,
+                ms: s.p50_ms,
+                summary,
+            })
+        })
         .collect();
-    waterfall.sort_by(|a, b| a.1.total_cmp(&b.1));
+    entries.sort_by(|a, b| a.ms.total_cmp(&b.ms));
+    let waterfall = (!entries.is_empty()).then(|| TimingFile {
+        total_ms: entries.iter().map(|e| e.ms).fold(0.0, f64::max),
+        entries,
+    });
     ReadyRow {
         system,
         first_echo: stats::summarize(&echo),
@@ -339,7 +385,7 @@ fn row(
         p50_vs_fast: None,
         p95_vs_fast: None,
         not_measured,
-        waterfall_p50_ms: waterfall,
+        waterfall,
     }
 }
 
@@ -370,23 +416,79 @@ mod tests {
 
     #[test]
     fn rows_count_failures_and_order_the_waterfall() {
+        let core = |name: &str, ms: u64| Mark {
+            phase: "pam-launch:webrtc-tunnel".into(),
+            name: name.into(),
+            at: Duration::from_millis(ms),
+            summary: false,
+        };
         let ok = Ok(Sample::InProcess(launch::LaunchSample {
             tube_ready: Duration::from_millis(90),
             first_echo: Duration::from_millis(100),
-            waterfall: vec![
-                ("b".into(), Duration::from_millis(20)),
-                ("a".into(), Duration::from_millis(10)),
-                ("b".into(), Duration::from_millis(80)),
-            ],
+            waterfall: vec![core("b", 20), core("a", 10), core("b", 80)],
         }));
         let bad: Result<Sample, String> = Err("boom".into());
         let r = row(systems().remove(0), &[&ok, &bad], 3, None);
         assert_eq!((r.ok, r.failed, r.skipped), (1, 1, 3));
         assert_eq!(r.first_error.as_deref(), Some("boom"));
         assert_eq!(r.first_echo.map(|s| s.p50_ms), Some(100.0));
+        let w = r.waterfall.expect("a waterfall");
+        let got: Vec<(&str, &str, f64)> = w
+            .entries
+            .iter()
+            .map(|e| (e.phase.as_str(), e.name.as_str(), e.ms))
+            .collect();
         assert_eq!(
-            r.waterfall_p50_ms,
-            vec![("a".to_string(), 10.0), ("b".to_string(), 20.0)]
+            got,
+            vec![
+                ("pam-launch:webrtc-tunnel", "a", 10.0),
+                ("pam-launch:webrtc-tunnel", "b", 20.0),
+                (launch::BENCH_PHASE, marks::TUBE_READY, 90.0),
+                (launch::BENCH_PHASE, marks::FIRST_BYTE_ECHOED, 100.0),
+            ]
         );
+        assert_eq!(w.total_ms, 100.0);
+        w.validate()
+            .expect("the report's waterfall is a valid timing file");
+    }
+
+    #[test]
+    fn process_rows_keep_what_the_bench_saw_as_medians() {
+        let commander = |ret: u64, echo: u64| {
+            Ok(Sample::Process {
+                first_echo: Duration::from_millis(echo),
+                marks: vec![
+                    Mark::bench(
+                        marks::START_RUST_TUNNEL_RETURNED,
+                        Duration::from_millis(ret),
+                    ),
+                    Mark::bench(marks::FIRST_BYTE_ECHOED, Duration::from_millis(echo)),
+                ],
+            })
+        };
+        let (a, b, c) = (
+            commander(500, 900),
+            commander(700, 1000),
+            commander(600, 2000),
+        );
+        let real = || {
+            systems()
+                .into_iter()
+                .find(|s| s.kind == SystemKind::Commander)
+                .expect("a Commander row")
+        };
+        let r = row(real(), &[&a, &b, &c], 0, None);
+        let w = r.waterfall.expect("a waterfall");
+        let got: Vec<(&str, f64)> = w.entries.iter().map(|e| (e.name.as_str(), e.ms)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (marks::START_RUST_TUNNEL_RETURNED, 600.0),
+                (marks::FIRST_BYTE_ECHOED, 1000.0)
+            ]
+        );
+        // No launch succeeded: no waterfall.
+        let bad: Result<Sample, String> = Err("down".into());
+        assert!(row(real(), &[&bad], 0, None).waterfall.is_none());
     }
 }

@@ -5,9 +5,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::charts::{self, ChartError, Lane};
 use crate::footprint::FootprintItem;
 use crate::plan::Plan;
-use crate::ready::ReadyItem;
+use crate::ready::{ReadyItem, SystemKind};
 use crate::scale::ScaleResult;
 use crate::throughput::ThroughputItem;
 
@@ -236,8 +237,159 @@ fn ready_section(md: &mut String, title: &str, item: &Item<ReadyItem>) {
     let _ = writeln!(md);
 }
 
-/// The markdown page.
-pub fn markdown(r: &Report) -> String {
+/// The report's pictures. `None`: the item did not run, so there is nothing to draw (and no link).
+pub struct Charts {
+    pub waterfall: Option<Result<String, ChartError>>,
+    pub throughput: Option<Result<String, ChartError>>,
+    pub scale: Option<Result<String, ChartError>>,
+}
+
+impl Charts {
+    /// `(file name without prefix, svg)` of every chart that was drawn.
+    pub fn files(&self) -> Vec<(&'static str, &str)> {
+        [
+            (WATERFALL_SVG, &self.waterfall),
+            (THROUGHPUT_SVG, &self.throughput),
+            (SCALE_SVG, &self.scale),
+        ]
+        .into_iter()
+        .filter_map(|(name, c)| match c {
+            Some(Ok(svg)) => Some((name, svg.as_str())),
+            _ => None,
+        })
+        .collect()
+    }
+}
+
+pub const WATERFALL_SVG: &str = "waterfall.svg";
+pub const THROUGHPUT_SVG: &str = "throughput.svg";
+pub const SCALE_SVG: &str = "scale.svg";
+
+/// The systems whose waterfalls item 1's picture puts side by side: pam-lite's fast schedule,
+/// Commander's schedule replayed by pam-lite, and the real Commander.
+fn in_waterfall_chart(kind: &SystemKind) -> bool {
+    matches!(
+        kind,
+        SystemKind::InProcess {
+            runtime: crate::launch::Runtime::Smol,
+            profile: "fast" | "commander-1984",
+        } | SystemKind::Commander
+    )
+}
+
+/// Draw the report's pictures (see [`Charts`]).
+pub fn charts(r: &Report) -> Charts {
+    let waterfall = match &r.time_to_ready {
+        Item::Done(it) => {
+            let lanes: Vec<Lane> = it
+                .rows
+                .iter()
+                .filter(|row| in_waterfall_chart(&row.system.kind))
+                .filter_map(|row| {
+                    row.waterfall.as_ref().map(|w| Lane {
+                        label: format!("{} (median of {} launches)", row.system.label, row.ok),
+                        checkpoints: w.checkpoints(),
+                    })
+                })
+                .collect();
+            Some(charts::waterfall(
+                "Time to ready: where each launch's time goes (median checkpoint offsets)",
+                &lanes,
+            ))
+        }
+        _ => None,
+    };
+    let throughput = match &r.throughput {
+        Item::Done(t) => {
+            let panel = |f: fn(&crate::throughput::ThroughputRow) -> Option<f64>| {
+                t.rows
+                    .iter()
+                    .map(|row| (row.system.clone(), f(row)))
+                    .collect::<Vec<_>>()
+            };
+            Some(charts::bars(
+                &format!(
+                    "Tunnel throughput on loopback, {} MiB one-way",
+                    t.bytes >> 20
+                ),
+                "MB/s (10^6 bytes per second)",
+                &[
+                    ("One connection".to_string(), panel(|r| r.single_mb_s)),
+                    (
+                        format!("{} connections at once", t.parallel_conns),
+                        panel(|r| r.parallel_mb_s),
+                    ),
+                ],
+            ))
+        }
+        _ => None,
+    };
+    let scale = match &r.scale {
+        Item::Done(rows) => {
+            let ok: Vec<&ScaleResult> = rows.iter().filter(|s| s.echo_ok > 0).collect();
+            let points = |f: fn(&ScaleResult) -> Option<f64>| -> Vec<(f64, f64)> {
+                ok.iter()
+                    .filter_map(|s| f(s).map(|v| (s.n as f64, v)))
+                    .collect()
+            };
+            Some(charts::against_n(
+                "Scale: N concurrent launches in one smol process",
+                &[
+                    (
+                        "Memory with N tunnels open".to_string(),
+                        "RSS (MiB)".to_string(),
+                        vec![(
+                            "RSS, N tunnels open".to_string(),
+                            points(|s| Some(s.rss_open_kib as f64 / 1024.0)),
+                        )],
+                    ),
+                    (
+                        "p99 against N".to_string(),
+                        "ms since launch start".to_string(),
+                        vec![
+                            (
+                                "TubeReady p99".to_string(),
+                                points(|s| s.tube_ready.map(|v| v.p99_ms)),
+                            ),
+                            (
+                                "first echo p99".to_string(),
+                                points(|s| s.first_echo.map(|v| v.p99_ms)),
+                            ),
+                        ],
+                    ),
+                ],
+            ))
+        }
+        _ => None,
+    };
+    Charts {
+        waterfall,
+        throughput,
+        scale,
+    }
+}
+
+/// The markdown line that shows a chart (or says why it is missing); `prefix` goes before the file name.
+fn picture(
+    md: &mut String,
+    chart: &Option<Result<String, ChartError>>,
+    prefix: &str,
+    file: &str,
+    alt: &str,
+) {
+    match chart {
+        Some(Ok(_)) => {
+            let _ = writeln!(md, "![{alt}]({prefix}{file})\n");
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(md, "_{alt}: {e}._\n");
+        }
+        None => {}
+    }
+}
+
+/// The markdown page; its pictures are `<prefix><name>.svg` next to it.
+pub fn markdown(r: &Report, charts: &Charts, prefix: &str) -> String {
     let mut md = String::new();
     let m = &r.meta;
     let _ = writeln!(
@@ -259,6 +411,13 @@ pub fn markdown(r: &Report) -> String {
         }
     );
     ready_section(&mut md, "1. Time to ready", &r.time_to_ready);
+    picture(
+        &mut md,
+        &charts.waterfall,
+        prefix,
+        WATERFALL_SVG,
+        "Launch waterfalls of pam-lite fast, commander-1984 and the real Commander",
+    );
     ready_section(&mut md, "2. Cold router (one offer retry)", &r.cold_router);
 
     let _ = writeln!(md, "## 3. Tunnel throughput (loopback)\n");
@@ -321,6 +480,13 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(md, "Skipped: {skipped}\n");
         }
     }
+    picture(
+        &mut md,
+        &charts.throughput,
+        prefix,
+        THROUGHPUT_SVG,
+        "Throughput per system",
+    );
 
     let _ = writeln!(md, "## 4. Footprint\n");
     match &r.footprint {
@@ -452,6 +618,13 @@ pub fn markdown(r: &Report) -> String {
                 }
             }
             let _ = writeln!(md);
+            picture(
+                &mut md,
+                &charts.scale,
+                prefix,
+                SCALE_SVG,
+                "Memory and p99 against N",
+            );
         }
         Item::Failed { error } => {
             let _ = writeln!(md, "Not measured: {error}\n");
@@ -462,19 +635,20 @@ pub fn markdown(r: &Report) -> String {
     }
 
     if let Item::Done(it) = &r.time_to_ready {
-        if let Some(fast) = it.rows.first().filter(|r| !r.waterfall_p50_ms.is_empty()) {
+        if let Some((fast, w)) = it
+            .rows
+            .first()
+            .and_then(|r| r.waterfall.as_ref().map(|w| (r, w)))
+        {
             let _ = writeln!(
                 md,
-                "## Where `fast · smol`'s time goes (median checkpoint offsets, item 1)\n\n| checkpoint | ms |\n|---|---|"
+                "## Where `{}`'s time goes (median checkpoint offsets, item 1)\n\n| checkpoint | ms |\n|---|---|",
+                fast.system.label
             );
-            for (name, at) in &fast.waterfall_p50_ms {
-                let _ = writeln!(md, "| {name} | {at:.0} |");
+            for (name, at) in w.checkpoints() {
+                let _ = writeln!(md, "| {} | {at:.0} |", cell(&name));
             }
-            let _ = writeln!(
-                md,
-                "| first byte echoed (p50) | {} |\n",
-                ms(fast.first_echo.map(|s| s.p50_ms))
-            );
+            let _ = writeln!(md);
         }
     }
     md
@@ -489,6 +663,177 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00 UTC");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
         assert_eq!(utc(1_764_165_600), "2025-11-26 14:00 UTC");
+    }
+
+    fn row(system: crate::ready::System, ok: usize, cps: &[(&str, f64)]) -> crate::ready::ReadyRow {
+        use crate::timing_file::{TimingEntry, TimingFile};
+        crate::ready::ReadyRow {
+            system,
+            first_echo: None,
+            tube_ready: None,
+            ok,
+            failed: 0,
+            skipped: 0,
+            first_error: None,
+            p50_vs_fast: None,
+            p95_vs_fast: None,
+            not_measured: None,
+            waterfall: (!cps.is_empty()).then(|| TimingFile {
+                entries: cps
+                    .iter()
+                    .map(|(n, ms)| TimingEntry {
+                        phase: "p".into(),
+                        name: n.to_string(),
+                        ms: *ms,
+                        summary: false,
+                    })
+                    .collect(),
+                total_ms: cps.iter().map(|c| c.1).fold(0.0, f64::max),
+            }),
+        }
+    }
+
+    fn report(time_to_ready: Item<ReadyItem>, scale: Item<Vec<ScaleResult>>) -> Report {
+        Report {
+            meta: Meta {
+                date_utc: utc(0),
+                machine: "m".into(),
+                cores: 2,
+                kernel: "k".into(),
+                git_commit: None,
+                netns: false,
+                command: "c".into(),
+                wall_secs: 1.0,
+            },
+            plan: Plan::new(crate::plan::Mode::Tiny),
+            time_to_ready,
+            cold_router: Item::Skipped {
+                skipped: "test".into(),
+            },
+            throughput: Item::Skipped {
+                skipped: "test".into(),
+            },
+            footprint: Item::Skipped {
+                skipped: "test".into(),
+            },
+            scale,
+        }
+    }
+
+    #[test]
+    fn the_waterfall_picture_holds_fast_commander_1984_and_the_real_commander() {
+        use crate::charts::tests::{parse, rects_of, texts};
+        let systems = crate::ready::systems();
+        let mut rows = Vec::new();
+        for s in systems {
+            let cps: Vec<(&str, f64)> = match &s.kind {
+                SystemKind::Commander => vec![
+                    ("start_rust_tunnel_returned", 4000.0),
+                    ("first_byte_echoed", 5200.0),
+                ],
+                SystemKind::InProcess {
+                    profile: "commander-1984",
+                    ..
+                } => vec![
+                    ("enter", 1.0),
+                    ("pre_offer_sleep_done", 2500.0),
+                    ("first_byte_echoed", 3300.0),
+                ],
+                _ => vec![
+                    ("enter", 1.0),
+                    ("relay_creds_ok", 300.0),
+                    ("create_tube_ok", 310.0),
+                    ("first_byte_echoed", 2200.0),
+                ],
+            };
+            rows.push(row(s, 3, &cps));
+        }
+        let item = ReadyItem {
+            network: crate::network::Network::REFERENCE,
+            launches_per_system: 3,
+            concurrency: 1,
+            floor_ms: 325,
+            floor_with_gateway_ms: 865,
+            fast_p50_vs_floor: None,
+            fast_p50_vs_floor_with_gateway: None,
+            rows,
+            wall_secs: 1.0,
+        };
+        let r = report(
+            Item::Done(item),
+            Item::Done(vec![
+                ScaleResult {
+                    n: 10,
+                    echo_ok: 10,
+                    rss_open_kib: 20_480,
+                    ..ScaleResult::default()
+                },
+                ScaleResult {
+                    n: 50,
+                    echo_ok: 0,
+                    first_error: Some("all failed".into()),
+                    ..ScaleResult::default()
+                },
+            ]),
+        );
+        let c = charts(&r);
+        let svg = c
+            .waterfall
+            .as_ref()
+            .expect("item 1 ran")
+            .as_ref()
+            .expect("drawn");
+        let doc = parse(svg);
+        let t = texts(&doc);
+        // Exactly three lanes, in the systems' order, each with one bar per checkpoint.
+        let lanes: Vec<&String> = t
+            .iter()
+            .filter(|s| s.contains("(median of 3 launches)"))
+            .collect();
+        assert_eq!(
+            lanes,
+            vec![
+                "pam-lite fast · smol (median of 3 launches)",
+                "pam-lite commander-1984 · smol (median of 3 launches)",
+                "Commander 18.1.8 (real, Python) (median of 3 launches)"
+            ]
+        );
+        assert_eq!(rects_of(&doc, crate::charts::colour(0)), 4);
+        assert_eq!(rects_of(&doc, crate::charts::colour(1)), 3);
+        assert_eq!(rects_of(&doc, crate::charts::colour(2)), 2);
+        assert!(t.iter().any(|s| s == "start_rust_tunnel_returned"));
+        // Items that did not run draw nothing; a failed N is left out of the scale picture.
+        assert!(c.throughput.is_none());
+        assert!(c.scale.as_ref().is_some_and(|s| s.is_ok()));
+        let names: Vec<&str> = c.files().iter().map(|f| f.0).collect();
+        assert_eq!(names, vec![WATERFALL_SVG, SCALE_SVG]);
+        // The page links what was drawn, under the prefix it is given.
+        let md = markdown(&r, &c, "bench-X-");
+        assert!(md.contains("](bench-X-waterfall.svg)"), "{md}");
+        assert!(md.contains("](bench-X-scale.svg)"), "{md}");
+        assert!(!md.contains("throughput.svg"), "{md}");
+    }
+
+    #[test]
+    fn a_chart_that_cannot_be_drawn_says_why_in_the_page() {
+        let r = report(
+            Item::Skipped {
+                skipped: "t".into(),
+            },
+            Item::Done(vec![ScaleResult {
+                n: 2,
+                first_error: Some("boom".into()),
+                ..ScaleResult::default()
+            }]),
+        );
+        let c = charts(&r);
+        assert!(c.scale.as_ref().is_some_and(|s| s.is_err()));
+        let md = markdown(&r, &c, "");
+        assert!(
+            md.contains("Memory and p99 against N: chart not drawn: no points to draw"),
+            "{md}"
+        );
+        assert!(c.files().is_empty());
     }
 
     #[test]

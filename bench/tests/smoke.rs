@@ -1,5 +1,5 @@
 //! The benchmark harness still builds and runs: one tiny iteration (`--tiny`: 1 launch per system, 1 MiB,
-//! N = 2) whose JSON must hold real numbers for the pam-lite rows. This is not a benchmark: nothing here
+//! N = 2) whose JSON must hold real numbers for the pam-lite rows, and whose page links its pictures. This is not a benchmark: nothing here
 //! asserts on speed.
 //!
 //! The Python systems (Keeper's tube, Commander) are left out unless PAM_LITE_BENCH_SMOKE_PYTHON=1 (they
@@ -89,6 +89,45 @@ fn tiny_run_writes_every_item() {
     assert_eq!(scale.len(), 1);
     assert_eq!(scale[0]["n"], 2);
     assert_eq!(scale[0]["echo_ok"], 2, "{}", scale[0]);
+
+    // The pictures: linked from the page, well-formed, one lane / bar per system with its label.
+    for (file, labels) in [
+        (
+            "waterfall.svg",
+            &[
+                "pam-lite fast · smol (median of 1 launches)",
+                "pam-lite commander-1984 · smol (median of 1 launches)",
+                "first_byte_echoed",
+            ][..],
+        ),
+        (
+            "throughput.svg",
+            &[
+                "pam-lite pair · smol",
+                "pam-lite pair · blocking",
+                "raw TCP loopback",
+            ][..],
+        ),
+        (
+            "scale.svg",
+            &["RSS, N tunnels open", "TubeReady p99", "first echo p99"][..],
+        ),
+    ] {
+        assert!(
+            md.contains(&format!("]({file})")),
+            "{file} not linked from:\n{md}"
+        );
+        let svg = std::fs::read_to_string(out.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let texts: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .filter_map(|n| n.text().map(str::trim))
+            .collect();
+        for l in labels {
+            assert!(texts.contains(l), "{file}: {l} in {texts:?}");
+        }
+    }
 
     let _ = std::fs::remove_dir_all(&out);
 }
