@@ -2,11 +2,14 @@
 //! has a type of its own (a bad router URL, an SDP the peer refused, an undecodable controller response), the
 //! error carries that type rather than its text, so callers can match on it. The CLI maps each variant to
 //! its documented process exit code (`cli/src/exit.rs`); the core knows nothing about processes.
+//! Text that came from outside (router, gateway, WebRTC stack) is shown through [`crate::text::sanitize`]:
+//! one line, no control characters, capped.
 
 use std::time::Duration;
 
 use crate::router::endpoints::{EndpointError, RouterCallError};
 use crate::rtc::PeerError;
+use crate::text::sanitize;
 use crate::tube::conns::TubeError;
 
 /// The reason a launch (or a gateway-side tube) failed.
@@ -16,17 +19,17 @@ pub enum LaunchError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
     /// The router could not be reached or kept failing below HTTP (Commander's text).
-    #[error("router unreachable: {0}")]
+    #[error("router unreachable: {}", sanitize(.0))]
     RouterUnreachable(String),
     /// The router answered with an error that is not worth retrying, or retries ran out (Commander's
     /// text, which names the router's response code).
-    #[error("router refused the request: {0}")]
+    #[error("router refused the request: {}", sanitize(.0))]
     Router(String),
     /// The gateway is not in the router's list of online gateways (after every attempt).
-    #[error("gateway {gateway_uid} is not online (checked {attempts} time(s))")]
+    #[error("gateway {} is not online (checked {attempts} time(s))", sanitize(.gateway_uid))]
     GatewayOffline { gateway_uid: String, attempts: u32 },
     /// The gateway answered the offer with an error (its own text).
-    #[error("gateway error: {0}")]
+    #[error("gateway error: {}", sanitize(.0))]
     Gateway(String),
     /// A wait ran past its bound.
     #[error("timed out after {waited:?} waiting for {what}")]
@@ -35,13 +38,13 @@ pub enum LaunchError {
         waited: Duration,
     },
     /// The WebSocket to the router failed or closed before the answer arrived (the driver's reason).
-    #[error("router WebSocket failed: {0}")]
+    #[error("router WebSocket failed: {}", sanitize(.0))]
     WebSocket(String),
     /// The peer broke the protocol (undecryptable answer, malformed frame, bad SDP).
     #[error("protocol error: {0}")]
     Protocol(#[from] ProtocolError),
     /// The WebRTC session ended (remote close, ICE failure): the WebRTC stack's reason.
-    #[error("WebRTC session closed: {0}")]
+    #[error("WebRTC session closed: {}", sanitize(.0))]
     Disconnected(String),
 }
 
@@ -70,10 +73,10 @@ pub enum ProtocolError {
     #[error("offer response: {0}")]
     OfferResponse(RouterCallError),
     /// The non-streaming offer response held something other than an SDP answer.
-    #[error("expected an SDP answer in the offer response, got {0}")]
+    #[error("expected an SDP answer in the offer response, got {}", sanitize(.0))]
     NotAnAnswer(String),
     /// The offer attempt's reply could not be understood (Commander's text).
-    #[error("{0}")]
+    #[error("{}", sanitize(.0))]
     OfferAttempt(String),
     /// The tube refused to open the terminal's connection.
     #[error("opening the terminal connection: {0}")]

@@ -214,10 +214,9 @@ impl Client {
 /// How a failed router call counts for the offer retry.
 pub(super) fn router_failure(e: RouterCallError) -> AttemptFailure {
     match e {
-        RouterCallError::Http { status, .. } => AttemptFailure::Http {
-            status,
-            text: e.to_string(),
-        },
+        // The body only: `commander_message` adds "<status>: error: <reason>, message: " itself, so
+        // passing the whole Display here printed that prefix twice (issue 13).
+        RouterCallError::Http { status, body, .. } => AttemptFailure::Http { status, text: body },
         RouterCallError::Router { code, ref message } => AttemptFailure::Router {
             code_name: code.name().to_string(),
             message: message.clone(),
