@@ -1256,6 +1256,43 @@ mod tests {
         assert_eq!(Ticket::parse(b"[1]").unwrap_err(), TicketError::NotAnObject);
     }
 
+    /// Issue 13: an unknown field's name is the file's text and reached the terminal raw.
+    #[test]
+    fn unknown_field_names_are_sanitised_in_the_warning() {
+        let mut v = sample();
+        v["evil\u{1b}[2J\rpam-lite: ok\nfake"] = json!(1);
+        let t = parse(&v).unwrap();
+        let w = t.warnings(0).join("\n");
+        assert!(!w.contains(['\u{1b}', '\r']), "{w:?}");
+        assert!(w.contains("evil\\u{1b}[2J\\rpam-lite: ok\\nfake"), "{w:?}");
+    }
+
+    #[test]
+    fn a_ca_that_is_not_a_certificate_names_tls_ca_pem() {
+        let mut v = sample();
+        v["tls_ca_pem"] =
+            json!("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n");
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("tls_ca_pem"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_ticket_readable_by_others_warns_loudly_a_private_one_does_not() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("pam-lite-perm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.json");
+        std::fs::write(&path, sample().to_string()).unwrap();
+        for (mode, loud) in [(0o644, true), (0o640, true), (0o600, false), (0o400, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let t = Ticket::load(&path).unwrap();
+            let w = t.warnings(0).join("\n");
+            assert_eq!(w.contains("UNPROTECTED TICKET FILE"), loud, "{mode:o}: {w}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn describe_and_debug_redact_every_secret() {
         let t = parse(&sample()).unwrap();

@@ -82,3 +82,60 @@ pub enum ProtocolError {
     #[error("opening the terminal connection: {0}")]
     Tube(#[from] TubeError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "x\u{1b}[31mred\rpam-lite: ok\nfake line\u{9b}2J\u{202e}";
+
+    fn assert_safe(shown: &str) {
+        assert!(
+            !shown.contains(['\n', '\r', '\u{1b}', '\u{9b}', '\u{202e}']),
+            "{shown:?}"
+        );
+    }
+
+    /// Every variant that carries outside text (router message, gateway payload, WebSocket reason,
+    /// WebRTC reason, offer reply) shows it through the sanitiser: escapes, CR and fake lines stay inert.
+    #[test]
+    fn outside_text_in_every_error_is_one_safe_line() {
+        let errors = [
+            LaunchError::RouterUnreachable(HOSTILE.into()),
+            LaunchError::Router(HOSTILE.into()),
+            LaunchError::GatewayOffline {
+                gateway_uid: HOSTILE.into(),
+                attempts: 1,
+            },
+            LaunchError::Gateway(HOSTILE.into()),
+            LaunchError::WebSocket(HOSTILE.into()),
+            LaunchError::Disconnected(HOSTILE.into()),
+            LaunchError::Protocol(ProtocolError::NotAnAnswer(HOSTILE.into())),
+            LaunchError::Protocol(ProtocolError::OfferAttempt(HOSTILE.into())),
+            LaunchError::Protocol(ProtocolError::Answer(PeerError::Sdp(HOSTILE.into()))),
+            LaunchError::Protocol(ProtocolError::Answer(PeerError::Rtc(HOSTILE.into()))),
+            LaunchError::Protocol(ProtocolError::Answer(PeerError::Candidate {
+                candidate: HOSTILE.into(),
+                reason: HOSTILE.into(),
+            })),
+            LaunchError::Protocol(ProtocolError::OfferResponse(RouterCallError::Router {
+                code: crate::router::proto::RouterResponseCode::RrcGeneralError,
+                message: HOSTILE.into(),
+            })),
+            LaunchError::Protocol(ProtocolError::OfferResponse(RouterCallError::Decode(
+                HOSTILE.into(),
+            ))),
+        ];
+        for e in errors {
+            let shown = e.to_string();
+            assert_safe(&shown);
+            assert!(shown.contains("pam-lite: ok\\nfake line"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_huge_gateway_payload_is_capped() {
+        let shown = LaunchError::Gateway("A".repeat(1 << 20)).to_string();
+        assert!(shown.len() < 1000, "{}", shown.len());
+    }
+}

@@ -231,6 +231,23 @@ mod tests {
     use crate::profile::Profile;
     use crate::LaunchError;
 
+    /// Issue 13: "429: error: …, message: 429: error: …" — the HTTP prefix was printed twice, and the
+    /// router's reason and body reached the terminal raw.
+    #[test]
+    fn a_router_http_error_is_shown_once_and_sanitised() {
+        use crate::router::endpoints::RouterCallError;
+        let failure = super::router_failure(RouterCallError::Http {
+            status: 429,
+            reason: "Too Many\r\u{1b}[2J".into(),
+            body: "slow down\npam-lite: session ended normally\u{1b}]0;x\u{7}".into(),
+        });
+        let shown = failure.into_launch_error(1).to_string();
+        assert_eq!(shown.matches("429").count(), 1, "{shown}");
+        assert_eq!(shown.matches("error:").count(), 1, "{shown}");
+        assert!(!shown.contains(['\n', '\r', '\u{1b}', '\u{7}']), "{shown}");
+        assert!(shown.contains("slow down\\npam-lite"), "{shown}");
+    }
+
     #[test]
     fn commander_fetches_relay_creds_first_then_binds() {
         let mut h = Harness::new(HarnessConfig {
