@@ -119,7 +119,10 @@ pub(crate) fn prepare(
         tracing::info!(router_url = %ticket.router_url, "router URL from KROUTER_URL");
     }
     for w in ticket.warnings(unix_ms() / 1000) {
-        eprintln!("pam-lite: warning: {}", pam_lite_core::text::sanitize_max(&w, 1000));
+        eprintln!(
+            "pam-lite: warning: {}",
+            pam_lite_core::text::sanitize_max(&w, 1000)
+        );
     }
     Ok((env, ticket))
 }

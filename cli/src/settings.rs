@@ -56,13 +56,15 @@ pub fn from_env(
         match lookup(name)?.into_string() {
             Ok(v) => Some(v),
             Err(_) => {
-                not_utf8.borrow_mut().get_or_insert_with(|| name.to_string());
+                not_utf8
+                    .borrow_mut()
+                    .get_or_insert_with(|| name.to_string());
                 None
             }
         }
     };
     let mut profile = Profile::by_name(profile_name).map_err(|e| CliError::Usage(e.to_string()))?;
-    let applied = profile.apply_env(&get);
+    let applied = profile.apply_env(get);
     let timing = timing_flag || get(PAM_CONNECT_TIMING).is_some_and(|v| truthy(&v));
     let router_url = get(KROUTER_URL).filter(|v| !v.trim().is_empty());
     let skip_tls_verify = get(VERIFY_SSL).is_some_and(|v| falsy(&v));

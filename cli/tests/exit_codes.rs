@@ -79,7 +79,12 @@ fn cases() -> Vec<Case> {
             Box::new(|| {
                 let emu = emulator(EmulatorConfig::default());
                 let t = ticket_file("ok.json", &emu.ticket().to_json_string());
-                common::run(&["ticket", "check", t.to_str().unwrap()], &[], b"", DEADLINE)
+                common::run(
+                    &["ticket", "check", t.to_str().unwrap()],
+                    &[],
+                    b"",
+                    DEADLINE,
+                )
             }),
         ),
         (
@@ -231,11 +236,14 @@ fn every_documented_exit_code_is_produced_and_no_other() {
     let mut seen = BTreeSet::new();
     let mut failures = Vec::new();
     for (name, want, h) in handles {
-        let r = h.join().unwrap_or_else(|_| panic!("{name}: the case panicked"));
+        let r = h
+            .join()
+            .unwrap_or_else(|_| panic!("{name}: the case panicked"));
         match r.code {
-            Some(code) if !documented.contains_key(&code) => {
-                failures.push(format!("{name}: undocumented exit code {code}: {}", r.stderr))
-            }
+            Some(code) if !documented.contains_key(&code) => failures.push(format!(
+                "{name}: undocumented exit code {code}: {}",
+                r.stderr
+            )),
             Some(code) if code == want => {
                 seen.insert(code);
                 // The last line is one sanitised line, never a library's dump (2 is clap's usage text).
@@ -252,7 +260,10 @@ fn every_documented_exit_code_is_produced_and_no_other() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
     for (code, why) in NOT_YET_END_TO_END {
-        assert!(!seen.contains(code), "{code} is now covered: remove it from NOT_YET_END_TO_END");
+        assert!(
+            !seen.contains(code),
+            "{code} is now covered: remove it from NOT_YET_END_TO_END"
+        );
         assert!(documented.contains_key(code), "{code}: {why}");
         seen.insert(*code);
     }

@@ -37,7 +37,10 @@ fn needles(emu: &Emulator) -> Vec<(String, String)> {
         n.push((name.to_string(), b64.encode(&bytes)));
         n.push((name.to_string(), b64url.encode(&bytes)));
         n.push((name.to_string(), hex(&bytes)));
-        n.push((name.to_string(), format!("{bytes:?}").trim_matches(['[', ']']).to_string()));
+        n.push((
+            name.to_string(),
+            format!("{bytes:?}").trim_matches(['[', ']']).to_string(),
+        ));
         if let Ok(s) = std::str::from_utf8(&bytes) {
             n.push((name.to_string(), s.to_string()));
         }
@@ -90,8 +93,15 @@ fn traced_run(emu: &Emulator, args: &[&str], stdin: &[u8], env: &[(&str, &str)])
     // The launch must really have run (a trace of a failure proves little), with the config that holds
     // the secrets traced (without them) at least once.
     assert_eq!(r.code, Some(0), "{args:?}:\n{}", r.stderr);
-    assert!(r.stderr.len() > 10_000, "{args:?}: a short trace?\n{}", r.stderr);
-    assert!(r.stderr.contains("cfg=ClientConfig"), "{args:?}: config not traced");
+    assert!(
+        r.stderr.len() > 10_000,
+        "{args:?}: a short trace?\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("cfg=ClientConfig"),
+        "{args:?}: config not traced"
+    );
     let needles = needles(emu);
     // The search can fail: every secret is found, in one of its forms, in the ticket file itself.
     let ticket_text = std::fs::read_to_string(args[args.len() - 1]).unwrap();
@@ -122,7 +132,14 @@ fn a_traced_launch_prints_no_secret() {
     for runtime in ["smol", "blocking"] {
         traced_run(
             &emu,
-            &["launch", "--stdin", "--runtime", runtime, "--ticket", t.to_str().unwrap()],
+            &[
+                "launch",
+                "--stdin",
+                "--runtime",
+                runtime,
+                "--ticket",
+                t.to_str().unwrap(),
+            ],
             b"echo hi\nexit\n",
             &[("SHELL", "/bin/sh")],
         );
@@ -152,7 +169,14 @@ fn a_traced_tunnel_prints_no_secret() {
     for runtime in ["smol", "blocking"] {
         traced_run(
             &emu,
-            &["tunnel", "--stdio", "--runtime", runtime, "--ticket", t.to_str().unwrap()],
+            &[
+                "tunnel",
+                "--stdio",
+                "--runtime",
+                runtime,
+                "--ticket",
+                t.to_str().unwrap(),
+            ],
             b"ping through the tunnel\n",
             &[],
         );

@@ -248,11 +248,7 @@ impl Peer {
         now: Instant,
     ) -> Result<String, PeerError> {
         let offer = SdpOffer::from_sdp_string(sdp).map_err(sdp_error)?;
-        let answer = self
-            .rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(sdp_error)?;
+        let answer = self.rtc.sdp_api().accept_offer(offer).map_err(sdp_error)?;
         self.drain(now);
         Ok(insert_session_attributes(
             &answer.to_sdp_string(),
@@ -547,9 +543,14 @@ mod tests {
         let now = pam_lite_dev_clock::origin();
         let mut a = Peer::new(Role::Offerer, "x", now);
         a.create_offer(now).unwrap();
-        let err = a.accept_answer("v=0\r\n\u{1b}[2Jgarbage\r\n", now).unwrap_err();
+        let err = a
+            .accept_answer("v=0\r\n\u{1b}[2Jgarbage\r\n", now)
+            .unwrap_err();
         let shown = err.to_string();
-        assert!(!shown.contains('\n') && !shown.contains('\u{1b}'), "{shown}");
+        assert!(
+            !shown.contains('\n') && !shown.contains('\u{1b}'),
+            "{shown}"
+        );
         assert!(!shown.contains("0x7f"), "{shown}");
     }
 

@@ -22,8 +22,7 @@ pub fn sanitize(s: &str) -> String {
 /// [`sanitize`] with an explicit cap (the CLI's final line allows a longer, composed message).
 pub fn sanitize_max(s: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max_chars * 2));
-    let mut shown = 0usize;
-    for c in s.chars() {
+    for (shown, c) in s.chars().enumerate() {
         if shown >= max_chars {
             out.push('…');
             break;
@@ -35,7 +34,6 @@ pub fn sanitize_max(s: &str, max_chars: usize) -> String {
             c if is_unsafe(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
         }
-        shown += 1;
     }
     out
 }

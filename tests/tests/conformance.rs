@@ -373,10 +373,7 @@ macro_rules! conformance_suite {
                 let h = spawn(c);
                 match launch(&h, Duration::from_secs(30)) {
                     Outcome::Failed(e, took) => {
-                        assert!(
-                            pam_lite_tests::exit_codes::launch_exit_code(&e) == 4,
-                            "{e}"
-                        );
+                        assert!(pam_lite_tests::exit_codes::launch_exit_code(&e) == 4, "{e}");
                         assert!(took < Duration::from_secs(20), "took {took:?}");
                     }
                     other => panic!("expected an error, got {other:?}"),
