@@ -113,13 +113,16 @@ pub(crate) fn prepare(
     common: &CommonArgs,
     mut ticket: Ticket,
 ) -> Result<(EnvSettings, Ticket), CliError> {
-    let env = settings::from_env(&common.profile, common.timing, |k| std::env::var(k).ok())?;
+    let env = settings::from_env(&common.profile, common.timing, |k| std::env::var_os(k))?;
     if let Some(url) = &env.router_url {
         ticket.override_router_url(url, settings::KROUTER_URL)?;
         tracing::info!(router_url = %ticket.router_url, "router URL from KROUTER_URL");
     }
     for w in ticket.warnings(unix_ms() / 1000) {
-        eprintln!("pam-lite: warning: {w}");
+        eprintln!(
+            "pam-lite: warning: {}",
+            pam_lite_core::text::sanitize_max(&w, 1000)
+        );
     }
     Ok((env, ticket))
 }

@@ -11,11 +11,13 @@ use tracing_subscriber::EnvFilter;
 
 use crate::terminal;
 
-/// The default filter for a verbosity count (`-v` repeated). Without `-v` the client's own "launch
-/// failed" warning is hidden: the CLI prints the same error as its last line anyway.
+/// The default filter for a verbosity count (`-v` repeated). Without `-v` only pam-lite's own warnings
+/// show (the CLI, the core, the drivers); a library's warning (str0m, rustls, tungstenite…) is about its
+/// internals and would end a successful run with noise on stderr, so libraries show errors only. The
+/// client's own "launch failed" warning is hidden too: the CLI prints the same error as its last line.
 pub fn default_filter(verbose: u8) -> &'static str {
     match verbose {
-        0 => "warn,pam_lite_core::client=error",
+        0 => "error,pam_lite=warn,pam_lite_core=warn,pam_lite_core::client=error,pam_lite_blocking=warn,pam_lite_smol=warn,pam_lite_emulator=warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
@@ -33,7 +35,9 @@ pub fn init(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(StderrRawAware)
         .with_target(verbose >= 2)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // No colours: the writer escapes every control character (outside text in a field must not
+        // reach the terminal raw), which would escape the formatter's own colour codes too.
+        .with_ansi(false)
         .try_init();
 }
 
@@ -54,10 +58,11 @@ struct RawAwareWriter;
 impl Write for RawAwareWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut err = std::io::stderr().lock();
+        let line = one_line(buf);
         if terminal::raw_mode_on() {
-            err.write_all(&crlf(buf))?;
+            err.write_all(&crlf(&line))?;
         } else {
-            err.write_all(buf)?;
+            err.write_all(&line)?;
         }
         Ok(buf.len())
     }
@@ -65,6 +70,17 @@ impl Write for RawAwareWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stderr().flush()
     }
+}
+
+/// One formatted event as one safe line: the formatter writes each event in one call, ending in `\n`;
+/// everything before that end goes through the sanitiser (a field holding a router's text with an
+/// escape sequence or a fake newline is shown escaped), capped generously for trace-level dumps.
+pub fn one_line(buf: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(buf);
+    let body = text.strip_suffix('\n').unwrap_or(&text);
+    let mut out = pam_lite_core::text::sanitize_max(body, 16 * 1024).into_bytes();
+    out.push(b'\n');
+    out
 }
 
 /// `\n` → `\r\n` (a `\r\n` already there stays as it is).
@@ -92,8 +108,52 @@ mod tests {
     }
 
     #[test]
+    fn log_lines_never_carry_control_characters() {
+        let out = one_line(b"WARN ignoring: \x1b[2J\rfake\npam-lite: ok\n");
+        assert_eq!(out, b"WARN ignoring: \\u{1b}[2J\\rfake\\npam-lite: ok\n");
+    }
+
+    /// Issue 13: a successful run ended with a library's warning on stderr without `-v`.
+    #[test]
+    fn library_warnings_are_hidden_by_default_ours_are_not() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl Write for Capture {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let cap = Capture::default();
+        let writer = cap.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new(default_filter(0)))
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            tracing::warn!(target: "str0m::ice_", "library noise");
+            tracing::warn!(target: "rustls::conn", "library noise");
+            tracing::warn!(target: "pam_lite_core::client", "launch failed (printed by the CLI)");
+            tracing::warn!(target: "pam_lite_blocking::tls", "TLS verification DISABLED");
+            tracing::warn!(target: "pam_lite::launch", "ticket warning");
+            tracing::error!(target: "str0m", "library error");
+        });
+        let text = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("library noise"), "{text}");
+        assert!(!text.contains("launch failed"), "{text}");
+        assert!(text.contains("TLS verification DISABLED"), "{text}");
+        assert!(text.contains("ticket warning"), "{text}");
+        assert!(text.contains("library error"), "{text}");
+    }
+
+    #[test]
     fn verbosity_levels() {
-        assert!(default_filter(0).starts_with("warn"));
+        assert!(default_filter(0).starts_with("error,pam_lite=warn"));
         assert_eq!(default_filter(1), "info");
         assert_eq!(default_filter(9), "trace");
     }

@@ -31,6 +31,8 @@ use crate::exit::CliError;
 use crate::ticket::Ticket;
 
 fn main() -> ExitCode {
+    // Before any ticket is read: no core dump of this process may hold its secrets.
+    secret::disable_core_dumps();
     terminal::install_panic_hook();
     let cli = Cli::parse();
     let verbose = match &cli.command {
@@ -47,7 +49,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pam-lite: {e}");
+            // The one place a failure is printed: one line, control characters escaped, capped, however
+            // much outside text the error carries (the core's errors sanitise their parts already).
+            eprintln!(
+                "pam-lite: {}",
+                pam_lite_core::text::sanitize_max(&e.to_string(), 2000)
+            );
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
     }
@@ -118,7 +125,7 @@ fn ticket_check(file: &std::path::Path) -> Result<(), CliError> {
     println!("launch ticket {}: OK", file.display());
     print!("{}", ticket.describe());
     for w in ticket.warnings(unix_now_secs()) {
-        println!("warning: {w}");
+        println!("warning: {}", pam_lite_core::text::sanitize_max(&w, 1000));
     }
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! Commander's environment variables, resolved once per run (spec §7): the timing profile knobs,
 //! `PAM_CONNECT_TIMING`, `KROUTER_URL`, `VERIFY_SSL`. Lookups go through a function so tests can use a map.
 
+use std::cell::RefCell;
+use std::ffi::OsString;
+
 use pam_lite_core::profile::Profile;
 
 use crate::exit::CliError;
@@ -39,18 +42,38 @@ pub struct EnvSettings {
 }
 
 /// Build the profile `profile_name` with the environment applied, plus the other variables.
+///
+/// `lookup` returns the raw OS value (`std::env::var_os`): a value that is not UTF-8 is an error that
+/// names the variable (exit 3), never silently treated as unset, which would quietly drop a setting
+/// (a `KROUTER_URL` or `VERIFY_SSL` the user believes is in force).
 pub fn from_env(
     profile_name: &str,
     timing_flag: bool,
-    lookup: impl Fn(&str) -> Option<String>,
+    lookup: impl Fn(&str) -> Option<OsString>,
 ) -> Result<EnvSettings, CliError> {
+    let not_utf8: RefCell<Option<String>> = RefCell::new(None);
+    let get = |name: &str| -> Option<String> {
+        match lookup(name)?.into_string() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                not_utf8
+                    .borrow_mut()
+                    .get_or_insert_with(|| name.to_string());
+                None
+            }
+        }
+    };
     let mut profile = Profile::by_name(profile_name).map_err(|e| CliError::Usage(e.to_string()))?;
-    profile
-        .apply_env(&lookup)
-        .map_err(|e| CliError::Config(e.to_string()))?;
-    let timing = timing_flag || lookup(PAM_CONNECT_TIMING).is_some_and(|v| truthy(&v));
-    let router_url = lookup(KROUTER_URL).filter(|v| !v.trim().is_empty());
-    let skip_tls_verify = lookup(VERIFY_SSL).is_some_and(|v| falsy(&v));
+    let applied = profile.apply_env(get);
+    let timing = timing_flag || get(PAM_CONNECT_TIMING).is_some_and(|v| truthy(&v));
+    let router_url = get(KROUTER_URL).filter(|v| !v.trim().is_empty());
+    let skip_tls_verify = get(VERIFY_SSL).is_some_and(|v| falsy(&v));
+    if let Some(name) = not_utf8.into_inner() {
+        return Err(CliError::Config(format!(
+            "environment variable {name} is not valid UTF-8"
+        )));
+    }
+    applied.map_err(|e| CliError::Config(e.to_string()))?;
     Ok(EnvSettings {
         profile,
         timing,
@@ -64,12 +87,30 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let map: HashMap<String, OsString> = pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    /// Issue 13: a value that is not UTF-8 was silently ignored.
+    #[cfg(unix)]
+    #[test]
+    fn a_value_that_is_not_utf8_is_an_error_naming_the_variable() {
+        use std::os::unix::ffi::OsStringExt as _;
+        for name in [KROUTER_URL, VERIFY_SSL, "PAM_WEBRTC_POLL_MS"] {
+            let e = from_env("fast", false, |k| {
+                (k == name).then(|| OsString::from_vec(vec![b'h', 0xff, b'x']))
+            })
+            .unwrap_err();
+            assert_eq!(e.exit_code(), 3, "{name}");
+            assert_eq!(
+                e.to_string(),
+                format!("environment variable {name} is not valid UTF-8")
+            );
+        }
     }
 
     #[test]

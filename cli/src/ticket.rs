@@ -116,6 +116,38 @@ impl CredentialType {
     }
 }
 
+/// `Some(mode)` when the open file is readable or writable by group or others (Unix only).
+#[cfg(unix)]
+fn loose_mode(file: &std::fs::File) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = file.metadata().ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn loose_mode(_file: &std::fs::File) -> Option<u32> {
+    None
+}
+
+/// Every certificate in `pem` parses and is usable as a trust anchor (what the driver will do with it).
+fn check_ca_pem(pem: &str) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::CertificateDer;
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE block".into());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots
+            .add(cert)
+            .map_err(|e| format!("certificate {} is not a usable CA: {e}", i + 1))?;
+    }
+    Ok(())
+}
+
 /// A validated launch ticket. `Debug` shows no secret (see [`Secret`]).
 #[derive(Debug, Clone)]
 pub struct Ticket {
@@ -154,6 +186,9 @@ pub struct Ticket {
     /// Top-level keys this version does not know (kept for a warning, not an error: newer exporters may
     /// add fields).
     pub unknown_fields: Vec<String>,
+    /// The ticket file's Unix mode when group or others may read it (`None`: private, or not from a
+    /// file). A loud warning, like ssh's, not a refusal: see TICKET.md "File permissions".
+    pub loose_file_mode: Option<u32>,
 }
 
 /// guacd connection parameters (`hostname`, `username`, `password`, …). `Debug` redacts secret values
@@ -425,6 +460,7 @@ impl Ticket {
             path: path.to_path_buf(),
             source,
         })?;
+        let loose_file_mode = loose_mode(&file);
         let mut bytes = Vec::new();
         file.take(MAX_TICKET_BYTES + 1)
             .read_to_end(&mut bytes)
@@ -437,10 +473,15 @@ impl Ticket {
                 path: path.to_path_buf(),
             });
         }
-        Ticket::parse(&bytes).map_err(|error| TicketLoadError::Invalid {
+        // The file's bytes hold every secret of the ticket: wiped as soon as they are parsed.
+        let parsed = Ticket::parse(&bytes);
+        zeroize::Zeroize::zeroize(&mut bytes);
+        let mut ticket = parsed.map_err(|error| TicketLoadError::Invalid {
             path: path.to_path_buf(),
             error,
-        })
+        })?;
+        ticket.loose_file_mode = loose_file_mode;
+        Ok(ticket)
     }
 
     /// Parse and validate ticket JSON.
@@ -489,7 +530,13 @@ impl Ticket {
                     "expected PEM text with a -----BEGIN CERTIFICATE----- block",
                 ))
             }
-            other => other.map(str::to_string),
+            Some(pem) => {
+                // Checked here, not when the driver builds its TLS config: a bad CA is a bad ticket
+                // (exit 3, naming the field), not a local error found halfway through the launch.
+                check_ca_pem(pem).map_err(|r| TicketError::field("tls_ca_pem", r))?;
+                Some(pem.to_string())
+            }
+            None => None,
         };
 
         // --- auth
@@ -757,6 +804,7 @@ impl Ticket {
             has_gateway_public_key,
             two_factor_value,
             unknown_fields,
+            loose_file_mode: None,
         })
     }
 
@@ -830,9 +878,19 @@ impl Ticket {
     pub fn warnings(&self, now_unix: u64) -> Vec<String> {
         let mut w = Vec::new();
         if !self.unknown_fields.is_empty() {
+            // Field names are the file's text: sanitised (a name can hold escape sequences).
+            let names: Vec<String> = self
+                .unknown_fields
+                .iter()
+                .take(20)
+                .map(|n| pam_lite_core::text::sanitize_max(n, 60))
+                .collect();
+            w.push(format!("unknown fields ignored: {}", names.join(", ")));
+        }
+        if let Some(mode) = self.loose_file_mode {
             w.push(format!(
-                "unknown fields ignored: {}",
-                self.unknown_fields.join(", ")
+                "UNPROTECTED TICKET FILE: permissions {mode:04o} let other users read its session token \
+                 and secrets; run `chmod 600` on it"
             ));
         }
         if self.has_turn {
@@ -861,7 +919,7 @@ impl Ticket {
     pub fn describe(&self) -> String {
         let mut s = String::new();
         let mut line = |k: &str, v: &str| {
-            let _ = writeln!(s, "  {k:<22} {v}");
+            let _ = writeln!(s, "  {k:<22} {}", pam_lite_core::text::sanitize(v));
         };
         line("version", &TICKET_VERSION.to_string());
         line("router_url", &self.router_url);
@@ -1196,6 +1254,43 @@ mod tests {
         assert!(matches!(err, TicketError::Json(_)));
         assert!(!err.to_string().contains("SECRET"));
         assert_eq!(Ticket::parse(b"[1]").unwrap_err(), TicketError::NotAnObject);
+    }
+
+    /// Issue 13: an unknown field's name is the file's text and reached the terminal raw.
+    #[test]
+    fn unknown_field_names_are_sanitised_in_the_warning() {
+        let mut v = sample();
+        v["evil\u{1b}[2J\rpam-lite: ok\nfake"] = json!(1);
+        let t = parse(&v).unwrap();
+        let w = t.warnings(0).join("\n");
+        assert!(!w.contains(['\u{1b}', '\r']), "{w:?}");
+        assert!(w.contains("evil\\u{1b}[2J\\rpam-lite: ok\\nfake"), "{w:?}");
+    }
+
+    #[test]
+    fn a_ca_that_is_not_a_certificate_names_tls_ca_pem() {
+        let mut v = sample();
+        v["tls_ca_pem"] =
+            json!("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n");
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("tls_ca_pem"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_ticket_readable_by_others_warns_loudly_a_private_one_does_not() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("pam-lite-perm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.json");
+        std::fs::write(&path, sample().to_string()).unwrap();
+        for (mode, loud) in [(0o644, true), (0o640, true), (0o600, false), (0o400, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let t = Ticket::load(&path).unwrap();
+            let w = t.warnings(0).join("\n");
+            assert_eq!(w.contains("UNPROTECTED TICKET FILE"), loud, "{mode:o}: {w}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! has a type of its own (a bad router URL, an SDP the peer refused, an undecodable controller response), the
 //! error carries that type rather than its text, so callers can match on it. The CLI maps each variant to
 //! its documented process exit code (`cli/src/exit.rs`); the core knows nothing about processes.
+//! Text that came from outside (router, gateway, WebRTC stack) is shown through [`crate::text::sanitize`]:
+//! one line, no control characters, capped.
 
 use std::time::Duration;
 
 use crate::router::endpoints::{EndpointError, RouterCallError};
 use crate::rtc::PeerError;
+use crate::text::sanitize;
 use crate::tube::conns::TubeError;
 
 /// The reason a launch (or a gateway-side tube) failed.
@@ -16,17 +19,17 @@ pub enum LaunchError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
     /// The router could not be reached or kept failing below HTTP (Commander's text).
-    #[error("router unreachable: {0}")]
+    #[error("router unreachable: {}", sanitize(.0))]
     RouterUnreachable(String),
     /// The router answered with an error that is not worth retrying, or retries ran out (Commander's
     /// text, which names the router's response code).
-    #[error("router refused the request: {0}")]
+    #[error("router refused the request: {}", sanitize(.0))]
     Router(String),
     /// The gateway is not in the router's list of online gateways (after every attempt).
-    #[error("gateway {gateway_uid} is not online (checked {attempts} time(s))")]
+    #[error("gateway {} is not online (checked {attempts} time(s))", sanitize(.gateway_uid))]
     GatewayOffline { gateway_uid: String, attempts: u32 },
     /// The gateway answered the offer with an error (its own text).
-    #[error("gateway error: {0}")]
+    #[error("gateway error: {}", sanitize(.0))]
     Gateway(String),
     /// A wait ran past its bound.
     #[error("timed out after {waited:?} waiting for {what}")]
@@ -35,13 +38,13 @@ pub enum LaunchError {
         waited: Duration,
     },
     /// The WebSocket to the router failed or closed before the answer arrived (the driver's reason).
-    #[error("router WebSocket failed: {0}")]
+    #[error("router WebSocket failed: {}", sanitize(.0))]
     WebSocket(String),
     /// The peer broke the protocol (undecryptable answer, malformed frame, bad SDP).
     #[error("protocol error: {0}")]
     Protocol(#[from] ProtocolError),
     /// The WebRTC session ended (remote close, ICE failure): the WebRTC stack's reason.
-    #[error("WebRTC session closed: {0}")]
+    #[error("WebRTC session closed: {}", sanitize(.0))]
     Disconnected(String),
 }
 
@@ -70,12 +73,69 @@ pub enum ProtocolError {
     #[error("offer response: {0}")]
     OfferResponse(RouterCallError),
     /// The non-streaming offer response held something other than an SDP answer.
-    #[error("expected an SDP answer in the offer response, got {0}")]
+    #[error("expected an SDP answer in the offer response, got {}", sanitize(.0))]
     NotAnAnswer(String),
     /// The offer attempt's reply could not be understood (Commander's text).
-    #[error("{0}")]
+    #[error("{}", sanitize(.0))]
     OfferAttempt(String),
     /// The tube refused to open the terminal's connection.
     #[error("opening the terminal connection: {0}")]
     Tube(#[from] TubeError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "x\u{1b}[31mred\rpam-lite: ok\nfake line\u{9b}2J\u{202e}";
+
+    fn assert_safe(shown: &str) {
+        assert!(
+            !shown.contains(['\n', '\r', '\u{1b}', '\u{9b}', '\u{202e}']),
+            "{shown:?}"
+        );
+    }
+
+    /// Every variant that carries outside text (router message, gateway payload, WebSocket reason,
+    /// WebRTC reason, offer reply) shows it through the sanitiser: escapes, CR and fake lines stay inert.
+    #[test]
+    fn outside_text_in_every_error_is_one_safe_line() {
+        let errors = [
+            LaunchError::RouterUnreachable(HOSTILE.into()),
+            LaunchError::Router(HOSTILE.into()),
+            LaunchError::GatewayOffline {
+                gateway_uid: HOSTILE.into(),
+                attempts: 1,
+            },
+            LaunchError::Gateway(HOSTILE.into()),
+            LaunchError::WebSocket(HOSTILE.into()),
+            LaunchError::Disconnected(HOSTILE.into()),
+            LaunchError::Protocol(ProtocolError::NotAnAnswer(HOSTILE.into())),
+            LaunchError::Protocol(ProtocolError::OfferAttempt(HOSTILE.into())),
+            LaunchError::Protocol(ProtocolError::Answer(PeerError::Sdp(HOSTILE.into()))),
+            LaunchError::Protocol(ProtocolError::Answer(PeerError::Rtc(HOSTILE.into()))),
+            LaunchError::Protocol(ProtocolError::Answer(PeerError::Candidate {
+                candidate: HOSTILE.into(),
+                reason: HOSTILE.into(),
+            })),
+            LaunchError::Protocol(ProtocolError::OfferResponse(RouterCallError::Router {
+                code: crate::router::proto::RouterResponseCode::RrcGeneralError,
+                message: HOSTILE.into(),
+            })),
+            LaunchError::Protocol(ProtocolError::OfferResponse(RouterCallError::Decode(
+                HOSTILE.into(),
+            ))),
+        ];
+        for e in errors {
+            let shown = e.to_string();
+            assert_safe(&shown);
+            assert!(shown.contains("pam-lite: ok\\nfake line"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_huge_gateway_payload_is_capped() {
+        let shown = LaunchError::Gateway("A".repeat(1 << 20)).to_string();
+        assert!(shown.len() < 1000, "{}", shown.len());
+    }
 }

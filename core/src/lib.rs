@@ -40,6 +40,7 @@ pub mod relay;
 pub mod router;
 pub mod rtc;
 pub mod signaling;
+pub mod text;
 pub mod timing;
 pub mod tube;
 

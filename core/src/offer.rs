@@ -239,6 +239,15 @@ impl LaunchOffer {
     }
 }
 
+/// The guacd parameters (passwords, private keys, passphrases) are wiped when the offer is dropped.
+impl Drop for TerminalOffer {
+    fn drop(&mut self) {
+        for v in self.guacd_params.values_mut() {
+            zeroize::Zeroize::zeroize(v);
+        }
+    }
+}
+
 impl std::fmt::Debug for LaunchOffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LaunchOffer")

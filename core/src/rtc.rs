@@ -54,14 +54,69 @@ pub enum PeerEvent {
 /// Errors from SDP and candidate handling. Inputs here come from the remote peer, so they are never panics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeerError {
-    #[error("invalid SDP: {0}")]
+    #[error("invalid SDP: {}", crate::text::sanitize(.0))]
     Sdp(String),
-    #[error("invalid ICE candidate {candidate:?}: {reason}")]
+    #[error("invalid ICE candidate {}: {}", crate::text::sanitize_max(.candidate, 120), crate::text::sanitize(.reason))]
     Candidate { candidate: String, reason: String },
     #[error("no offer is pending, so an answer cannot be applied")]
     NoPendingOffer,
-    #[error("WebRTC error: {0}")]
+    #[error("WebRTC error: {}", crate::text::sanitize(.0))]
     Rtc(String),
+}
+
+/// A parser's complaint about peer SDP, as something a user can read: the first line only, with the
+/// parser's internal positions (combine prints them as memory addresses, `0x7f…`) removed and the length
+/// capped. The full text helps nobody and leaks process layout.
+fn sdp_error(e: impl std::fmt::Display) -> PeerError {
+    PeerError::Sdp(parser_summary(&e.to_string()))
+}
+
+fn parser_summary(full: &str) -> String {
+    let first = full.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let words: Vec<String> = first
+        .split(' ')
+        .map(|w| {
+            let t = w.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+            let hex = t
+                .strip_prefix("0x")
+                .or_else(|| t.strip_prefix("0X"))
+                .is_some_and(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit()));
+            if hex {
+                "<position>".to_string()
+            } else {
+                w.to_string()
+            }
+        })
+        .collect();
+    crate::text::sanitize_max(words.join(" ").trim(), 200)
+}
+
+/// An answer must pick a DTLS role (`a=setup:active` or `passive`, RFC 5763 §5). `actpass` is what an
+/// *offer* says, so an "answer" with it is most likely our own offer echoed back by a broken or hostile
+/// router; str0m would accept it and the launch would only fail ~19 s later when DTLS never starts.
+/// Refusing it here makes that a protocol error at once.
+fn check_answer_role(sdp: &str) -> Result<(), PeerError> {
+    for line in sdp.lines() {
+        if let Some(role) = line.trim().strip_prefix("a=setup:") {
+            match role.trim() {
+                "active" | "passive" => {}
+                "actpass" => {
+                    return Err(PeerError::Sdp(
+                        "the answer offers both DTLS roles (a=setup:actpass), as an offer does: \
+                         is it our own offer echoed back?"
+                            .into(),
+                    ))
+                }
+                other => {
+                    return Err(PeerError::Sdp(format!(
+                        "the answer's DTLS role a=setup:{} is not active or passive",
+                        crate::text::sanitize_max(other, 40)
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One WebRTC peer carrying one Keeper tube.
@@ -168,12 +223,13 @@ impl Peer {
 
     /// Offerer: apply the remote answer.
     pub fn accept_answer(&mut self, sdp: &str, now: Instant) -> Result<(), PeerError> {
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
+        check_answer_role(sdp)?;
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(sdp_error)?;
         let pending = self.pending_offer.take().ok_or(PeerError::NoPendingOffer)?;
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
-            .map_err(|e| PeerError::Sdp(e.to_string()))?;
+            .map_err(sdp_error)?;
         self.drain(now);
         Ok(())
     }
@@ -191,12 +247,8 @@ impl Peer {
         extra_attributes: &[String],
         now: Instant,
     ) -> Result<String, PeerError> {
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| PeerError::Sdp(e.to_string()))?;
-        let answer = self
-            .rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| PeerError::Sdp(e.to_string()))?;
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(sdp_error)?;
+        let answer = self.rtc.sdp_api().accept_offer(offer).map_err(sdp_error)?;
         self.drain(now);
         Ok(insert_session_attributes(
             &answer.to_sdp_string(),
@@ -214,7 +266,7 @@ impl Peer {
         }
         let c = Candidate::from_sdp_string(trimmed).map_err(|e| PeerError::Candidate {
             candidate: trimmed.chars().take(200).collect(),
-            reason: e.to_string(),
+            reason: parser_summary(&e.to_string()),
         })?;
         self.rtc.add_remote_candidate(c);
         self.drain(now);
@@ -467,6 +519,39 @@ mod tests {
             }
         }
         assert_eq!(got.as_deref(), Some(&b"hello"[..]));
+    }
+
+    #[test]
+    fn our_own_offer_echoed_back_is_refused_at_once() {
+        let now = pam_lite_dev_clock::origin();
+        let mut a = Peer::new(Role::Offerer, "x", now);
+        let offer = a.create_offer(now).unwrap();
+        assert!(offer.contains("a=setup:actpass"));
+        let err = a.accept_answer(&offer, now).unwrap_err();
+        assert!(err.to_string().contains("actpass"), "{err}");
+        // The offer is still pending: a real answer can follow.
+        assert!(a.awaiting_answer());
+        let mut b = Peer::new(Role::Answerer, "x", now);
+        let answer = b.accept_offer(&offer, &[], now).unwrap();
+        a.accept_answer(&answer, now).unwrap();
+    }
+
+    #[test]
+    fn parser_errors_are_one_line_without_addresses() {
+        let s = parser_summary("Parse error at 0x7ffd1234abcd\nUnexpected `x`\nExpected `=`");
+        assert_eq!(s, "Parse error at <position>");
+        let now = pam_lite_dev_clock::origin();
+        let mut a = Peer::new(Role::Offerer, "x", now);
+        a.create_offer(now).unwrap();
+        let err = a
+            .accept_answer("v=0\r\n\u{1b}[2Jgarbage\r\n", now)
+            .unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            !shown.contains('\n') && !shown.contains('\u{1b}'),
+            "{shown}"
+        );
+        assert!(!shown.contains("0x7f"), "{shown}");
     }
 
     #[test]

@@ -147,15 +147,13 @@ impl Harness {
             [4; 32],
             t0,
         );
-        let offer = LaunchOffer {
-            conversation_type: match cfg.session {
-                Session::Tunnel => "tunnel".into(),
-                Session::Terminal(_) => "ssh".into(),
-            },
-            ..LaunchOffer::tunnel(Some(TargetHost {
-                host_name: "10.9.9.9".into(),
-                port: 22,
-            }))
+        let mut offer = LaunchOffer::tunnel(Some(TargetHost {
+            host_name: "10.9.9.9".into(),
+            port: 22,
+        }));
+        offer.conversation_type = match cfg.session {
+            Session::Tunnel => "tunnel".into(),
+            Session::Terminal(_) => "ssh".into(),
         };
         let client = Client::new(
             ClientConfig {

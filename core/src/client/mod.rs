@@ -109,6 +109,20 @@ pub struct ClientConfig {
     pub unix_ms_at_start: u64,
 }
 
+/// The token, the seed and the offer's credentials are wiped when the configuration is dropped (the
+/// client keeps its copy for the whole launch; a copy that is dropped must not linger in freed memory).
+impl Drop for ClientConfig {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        self.session_token.zeroize();
+        self.traffic_seed.zeroize();
+        // Not a `Drop` on `LaunchOffer` itself: callers build offers with struct-update syntax.
+        if let Some(v) = &mut self.offer.two_factor_value {
+            v.zeroize();
+        }
+    }
+}
+
 impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientConfig")

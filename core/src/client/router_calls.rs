@@ -214,10 +214,9 @@ impl Client {
 /// How a failed router call counts for the offer retry.
 pub(super) fn router_failure(e: RouterCallError) -> AttemptFailure {
     match e {
-        RouterCallError::Http { status, .. } => AttemptFailure::Http {
-            status,
-            text: e.to_string(),
-        },
+        // The body only: `commander_message` adds "<status>: error: <reason>, message: " itself, so
+        // passing the whole Display here printed that prefix twice (issue 13).
+        RouterCallError::Http { status, body, .. } => AttemptFailure::Http { status, text: body },
         RouterCallError::Router { code, ref message } => AttemptFailure::Router {
             code_name: code.name().to_string(),
             message: message.clone(),
@@ -231,6 +230,23 @@ mod tests {
     use super::super::harness::{Harness, HarnessConfig};
     use crate::profile::Profile;
     use crate::LaunchError;
+
+    /// Issue 13: "429: error: …, message: 429: error: …" — the HTTP prefix was printed twice, and the
+    /// router's reason and body reached the terminal raw.
+    #[test]
+    fn a_router_http_error_is_shown_once_and_sanitised() {
+        use crate::router::endpoints::RouterCallError;
+        let failure = super::router_failure(RouterCallError::Http {
+            status: 429,
+            reason: "Too Many\r\u{1b}[2J".into(),
+            body: "slow down\npam-lite: session ended normally\u{1b}]0;x\u{7}".into(),
+        });
+        let shown = failure.into_launch_error(1).to_string();
+        assert_eq!(shown.matches("429").count(), 1, "{shown}");
+        assert_eq!(shown.matches("error:").count(), 1, "{shown}");
+        assert!(!shown.contains(['\n', '\r', '\u{1b}', '\u{7}']), "{shown}");
+        assert!(shown.contains("slow down\\npam-lite"), "{shown}");
+    }
 
     #[test]
     fn commander_fetches_relay_creds_first_then_binds() {

@@ -145,7 +145,15 @@ impl Client {
         let needed = (self.ws_required() && !self.offer_done())
             || (self.cfg.trickle_ice && !self.offer.answer_applied);
         if needed && was != WsState::Closed {
-            self.finish(Err(LaunchError::WebSocket(reason)));
+            // Never opened: the router could not be reached at the WebSocket step (refused, DNS, an
+            // untrusted certificate). That is the same failure as an unreachable router over HTTP, and
+            // EXIT_CODES.md gives it code 4; `WebSocket` (9) is for a socket that was up and then failed.
+            let error = if was == WsState::Connecting {
+                LaunchError::RouterUnreachable(format!("router WebSocket: {reason}"))
+            } else {
+                LaunchError::WebSocket(reason)
+            };
+            self.finish(Err(error));
             return true;
         }
         false
@@ -206,7 +214,7 @@ impl Client {
 mod tests {
     use std::time::Duration;
 
-    use super::super::harness::{Harness, HarnessConfig, ROUTER_ONE_WAY};
+    use super::super::harness::{Harness, HarnessConfig};
     use crate::profile::Profile;
     use crate::{Input, LaunchError};
 
@@ -267,10 +275,29 @@ mod tests {
     }
 
     #[test]
+    fn a_websocket_that_never_opened_is_an_unreachable_router() {
+        // Issue 13: a refused or untrusted connection at the WebSocket step exited 9 where
+        // EXIT_CODES.md says 4 (router unreachable).
+        let mut h = Harness::new(HarnessConfig {
+            ws_never_opens: true,
+            ..HarnessConfig::default()
+        });
+        h.run_until(Duration::from_secs(10), |h| !h.ws_connects.is_empty());
+        h.client_input(Input::WsClosed {
+            reason: "connection refused".into(),
+        });
+        assert_eq!(
+            h.finished,
+            Some(Err(LaunchError::RouterUnreachable(
+                "router WebSocket: connection refused".into()
+            )))
+        );
+    }
+
+    #[test]
     fn losing_the_websocket_before_the_answer_ends_the_launch() {
         let mut h = Harness::new(HarnessConfig::default());
-        h.run_until(Duration::from_secs(10), |h| !h.ws_connects.is_empty());
-        h.run_for(ROUTER_ONE_WAY * 4);
+        h.run_until(Duration::from_secs(10), |h| h.client.ws.is_open());
         assert!(h.tube_ready.is_none());
         h.client_input(Input::WsClosed {
             reason: "reset by peer".into(),

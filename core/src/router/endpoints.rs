@@ -282,6 +282,8 @@ pub enum RouterCallError {
     Decode(String),
 }
 
+use crate::text::sanitize;
+
 impl fmt::Display for RouterCallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -290,12 +292,18 @@ impl fmt::Display for RouterCallError {
                 reason,
                 body,
             } => {
-                write!(f, "{status}: error: {reason}, message: {body}")
+                // Reason, body and message are the router's text: shown sanitised (crate::text).
+                write!(
+                    f,
+                    "{status}: error: {}, message: {}",
+                    sanitize(reason),
+                    sanitize(body)
+                )
             }
             RouterCallError::Router { code, message } => {
-                write!(f, "{message} response code: {}", code.name())
+                write!(f, "{} response code: {}", sanitize(message), code.name())
             }
-            RouterCallError::Decode(m) => f.write_str(m),
+            RouterCallError::Decode(m) => f.write_str(&sanitize(m)),
         }
     }
 }

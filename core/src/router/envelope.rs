@@ -371,6 +371,13 @@ pub struct Tokens {
     pub encrypted_session_token: Vec<u8>,
 }
 
+/// The transmission key is wiped when the tokens are dropped (a new pair is made per request).
+impl Drop for Tokens {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.transmission_key);
+    }
+}
+
 impl Tokens {
     /// A fresh random transmission key, encrypted to `key`, plus the encrypted session token
     /// (the raw token bytes, i.e. `base64url_decode(params.session_token)`).

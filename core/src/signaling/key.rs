@@ -19,9 +19,12 @@ impl TunnelKey {
         Hkdf::<Sha256>::new(Some(nonce), seed)
             .expand(TUNNEL_KEY_INFO, &mut okm)
             .expect("32 bytes is within HKDF-SHA256's output limit");
-        TunnelKey {
+        let key = TunnelKey {
             cipher: Aes256Gcm::new(&okm.into()),
-        }
+        };
+        // The derived key bytes: wiped once the cipher holds them.
+        zeroize::Zeroize::zeroize(&mut okm);
+        key
     }
 
     /// `tunnel_encrypt`: std base64 of `iv(12) ‖ ciphertext ‖ tag(16)`.
