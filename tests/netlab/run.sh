@@ -188,6 +188,8 @@ ECHO_PORT=7000
 # tunnel target a TCP echo on gw; the ticket in $WORK/ticket.json.
 emulator_up() {
   bg gw echo "$PROBE" tcp-echo 127.0.0.1 "$ECHO_PORT"
+  # The target must listen before the tunnel opens (python starts slowly on a busy machine).
+  wait_for 10 nsx gw sh -c "ss -ltn | grep -q '127.0.0.1:$ECHO_PORT '" || { echo "the echo target did not start"; return 1; }
   rm -f "$WORK/ticket.json"
   bg gw emulator "$PAM_LITE_BIN" emulator --listen "$GW_IP:$ROUTER_PORT" --gateway-udp "$GW_IP:0" \
     --target "127.0.0.1:$ECHO_PORT" --ticket-out "$WORK/ticket.json" -v
