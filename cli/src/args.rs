@@ -60,7 +60,8 @@ pub enum Command {
     /// closes or you press Ctrl-C.
     #[command(after_help = EXIT_CODES_HELP)]
     Tunnel(TunnelArgs),
-    /// Run the emulated router and gateway on 127.0.0.1 and write a launch ticket for them.
+    /// Run the emulated router and gateway (on 127.0.0.1 unless --listen / --gateway-udp say otherwise) and
+    /// write a launch ticket for them.
     Emulator(EmulatorArgs),
     /// Work with launch tickets.
     #[command(subcommand)]
@@ -147,9 +148,28 @@ pub struct CommonArgs {
     /// Write the checkpoint waterfall as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub timing_json: Option<PathBuf>,
+    /// Local address of the UDP socket the WebRTC connection uses. Default: `0.0.0.0:0` (all interfaces,
+    /// a free port) with a ticket, which announces every up, non-loopback interface address as an ICE host
+    /// candidate so a gateway on another host can answer; `127.0.0.1:0` with --demo (its gateway is local).
+    /// Give one address (e.g. `192.0.2.10:0`) to announce only that one, or a fixed port for a firewall
+    /// rule. The chosen candidates are logged at -v.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub udp_bind: Option<SocketAddr>,
     /// More logs on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides. Secrets are never logged.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+impl CommonArgs {
+    /// Where the UDP socket binds: `--udp-bind`, else loopback for the in-process demo (whose gateway is on
+    /// 127.0.0.1) and all interfaces for a real ticket (whose gateway is on another host).
+    pub fn udp_bind(&self, demo: bool) -> SocketAddr {
+        self.udp_bind.unwrap_or(if demo {
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -212,6 +232,10 @@ pub struct EmulatorArgs {
     /// Address of the emulated router (HTTP + WebSocket). Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
+    /// Address of the emulated gateway's UDP socket (its only ICE host candidate). Port 0 picks a free
+    /// port. Give a routable address to serve clients on other hosts (e.g. in the NAT lab).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR:PORT")]
+    pub gateway_udp: SocketAddr,
     /// Write the launch ticket here (default: print it on stdout).
     #[arg(long, value_name = "FILE")]
     pub ticket_out: Option<PathBuf>,
@@ -335,6 +359,40 @@ mod tests {
             "h:1"
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn udp_bind_defaults_to_loopback_for_the_demo_and_all_interfaces_for_a_ticket() {
+        let common = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Tunnel(a) = cli.command else {
+                panic!("not tunnel")
+            };
+            (a.common, a.source.demo)
+        };
+        let (c, demo) = common(&["pam-lite", "tunnel", "--demo", "--stdio"]);
+        assert_eq!(c.udp_bind(demo), "127.0.0.1:0".parse().unwrap());
+        let (c, demo) = common(&["pam-lite", "tunnel", "--ticket", "t", "--stdio"]);
+        assert_eq!(c.udp_bind(demo), "0.0.0.0:0".parse().unwrap());
+        let (c, demo) = common(&[
+            "pam-lite",
+            "tunnel",
+            "--ticket",
+            "t",
+            "--stdio",
+            "--udp-bind",
+            "192.0.2.1:4000",
+        ]);
+        assert_eq!(c.udp_bind(demo), "192.0.2.1:4000".parse().unwrap());
+        assert!(Cli::try_parse_from([
+            "pam-lite",
+            "tunnel",
+            "--demo",
+            "--stdio",
+            "--udp-bind",
+            "nowhere"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -153,6 +153,7 @@ pub fn config_from_args(a: &EmulatorArgs) -> Result<EmulatorConfig, CliError> {
     };
     Ok(EmulatorConfig {
         listen: a.listen,
+        gateway_udp: a.gateway_udp,
         tls: a.tls,
         target,
         router_rtt: ms(a.router_rtt_ms),

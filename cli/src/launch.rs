@@ -77,8 +77,9 @@ pub fn client_config(
     }
 }
 
-/// The driver settings for this ticket: extra CA (`tls_ca_pem`), `verify_tls` / `VERIFY_SSL`.
-pub fn driver_config(ticket: &Ticket, env: &EnvSettings) -> DriverConfig {
+/// The driver settings for this ticket: extra CA (`tls_ca_pem`), `verify_tls` / `VERIFY_SSL`, and the UDP
+/// socket's address (`udp_bind`, see [`CommonArgs::udp_bind`]; unspecified = announce the interfaces).
+pub fn driver_config(ticket: &Ticket, env: &EnvSettings, udp_bind: SocketAddr) -> DriverConfig {
     let insecure = !ticket.verify_tls || env.skip_tls_verify;
     if insecure {
         tracing::warn!(
@@ -90,6 +91,7 @@ pub fn driver_config(ticket: &Ticket, env: &EnvSettings) -> DriverConfig {
             extra_ca_pem: ticket.tls_ca_pem.as_ref().map(|p| p.as_bytes().to_vec()),
             insecure,
         },
+        udp_bind,
         ..DriverConfig::default()
     }
 }
@@ -165,7 +167,7 @@ pub fn launch(args: &LaunchArgs, ticket: Ticket) -> Result<(), CliError> {
     let inputs = runner::start(
         args.common.runtime,
         client,
-        driver_config(&ticket, &env),
+        driver_config(&ticket, &env, args.common.udp_bind(args.source.demo)),
         None,
         tx.clone(),
     )?;
@@ -437,7 +439,7 @@ pub fn tunnel(args: &TunnelArgs, ticket: Ticket, listener: TcpListener) -> Resul
     let inputs = runner::start(
         args.common.runtime,
         client,
-        driver_config(&ticket, &env),
+        driver_config(&ticket, &env, args.common.udp_bind(args.source.demo)),
         Some(listener),
         tx,
     )?;

@@ -40,6 +40,10 @@ pub fn proxy_command(exe: &Path, ticket: &Path, args: &SshArgs) -> String {
     if args.common.no_trickle_ice {
         parts.push("--no-trickle-ice".into());
     }
+    if let Some(addr) = args.common.udp_bind {
+        parts.push("--udp-bind".into());
+        parts.push(addr.to_string());
+    }
     if args.common.timing {
         parts.push("--timing".into());
     }

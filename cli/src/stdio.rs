@@ -65,7 +65,7 @@ pub fn tunnel_stdio(args: &TunnelArgs, ticket: Ticket) -> Result<(), CliError> {
     let started = runner::start_with_flow(
         args.common.runtime,
         client,
-        launch::driver_config(&ticket, &env),
+        launch::driver_config(&ticket, &env, args.common.udp_bind(args.source.demo)),
         None,
         tx,
     )?;

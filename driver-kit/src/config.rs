@@ -64,10 +64,12 @@ impl std::fmt::Debug for TlsConfig {
 /// Everything a driver needs besides the node itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriverConfig {
-    /// Address the node's single UDP socket binds to. Default `127.0.0.1:0`.
+    /// Address the node's single UDP socket binds to. Default `127.0.0.1:0` (tests, the demo); the CLI binds
+    /// `0.0.0.0:0` for a real ticket so a gateway on another host can reach it.
     pub udp_bind: SocketAddr,
     /// Addresses announced as host candidates when `udp_bind` is unspecified (`0.0.0.0:0` / `[::]:0`);
-    /// the bound port is added to each. Must be empty or equal to the bound IP otherwise.
+    /// the bound port is added to each. Empty there: the up, non-loopback interface addresses of the
+    /// socket's family ([`crate::host_candidates`]). Must be empty or equal to the bound IP otherwise.
     pub candidate_ips: Vec<IpAddr>,
     pub tls: TlsConfig,
     pub http_body_limit: u64,

@@ -5,6 +5,7 @@
 //! * [`config`] — [`DriverConfig`] / [`TlsConfig`], the same for every runtime;
 //! * [`tls`] — the TLS policy as a rustls `ClientConfig` (ring provider, extra CA, `--insecure`);
 //! * [`udp`] — binding the node's socket, its host candidates, address checks, a non-blocking send queue;
+//! * [`host_candidates`] — which interface addresses a socket bound to all interfaces announces;
 //! * [`flow`] — the node's backpressure for local sockets, applied by the driver itself;
 //! * [`http`] — URL logging and (feature `blocking-http`) a blocking ureq client for thread-based runtimes;
 //! * [`ws`] — the router WebSocket request, endpoint, bounds and close wording;
@@ -62,6 +63,7 @@ pub mod config;
 pub mod dispatch;
 pub mod flow;
 pub mod forward;
+pub mod host_candidates;
 pub mod http;
 pub mod runtime;
 pub mod tls;

@@ -14,6 +14,7 @@ use pam_lite_core::Datagram;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::DriverConfig;
+use crate::host_candidates;
 
 /// Where the node's socket is bound and which addresses it is announced as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +83,8 @@ impl Addressing {
 }
 
 /// Bind the node's UDP socket per `config`, with SO_RCVBUF/SO_SNDBUF raised to `config.socket_buffer`.
+/// Bound to all interfaces without explicit `candidate_ips`, it announces the machine's interface addresses
+/// ([`host_candidates`]).
 /// The socket is returned blocking, as std makes it; a runtime that waits for readiness switches it.
 pub fn bind(config: &DriverConfig) -> io::Result<(UdpSocket, Addressing)> {
     let socket = Socket::new(
@@ -106,7 +109,18 @@ pub fn bind(config: &DriverConfig) -> io::Result<(UdpSocket, Addressing)> {
     }
     socket.bind(&config.udp_bind.into())?;
     let socket: UdpSocket = socket.into();
-    let addressing = Addressing::new(socket.local_addr()?, &config.candidate_ips)?;
+    let local = socket.local_addr()?;
+    let addressing = if local.ip().is_unspecified() && config.candidate_ips.is_empty() {
+        Addressing::new(local, &host_candidates::interface_ips(local))?
+    } else {
+        Addressing::new(local, &config.candidate_ips)?
+    };
+    let candidates: Vec<String> = addressing
+        .candidates
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    tracing::info!(%local, candidates = %candidates.join(" "), "UDP socket bound; host candidates");
     Ok((socket, addressing))
 }
 

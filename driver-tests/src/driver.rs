@@ -505,14 +505,30 @@ pub fn unspecified_bind_announces_explicit_candidates_and_reports_real_addresses
     assert_eq!((&buf[..n], from), (&b"out"[..], candidate));
 }
 
-pub fn unspecified_bind_without_candidates_is_refused<R: Runtime>() {
-    let (node, _ctl) = puppet();
+/// Bound to all interfaces with no explicit candidates, the runtime announces the machine's interface
+/// addresses (never a loopback one while another is up), each with the bound port, then completes.
+pub fn unspecified_bind_without_candidates_announces_interfaces<R: Runtime>() {
+    let (node, ctl) = puppet();
     let config = DriverConfig {
         udp_bind: "0.0.0.0:0".parse().unwrap(),
         ..DriverConfig::default()
     };
-    let err = R::spawn(node, config).unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    let handle = R::spawn(node, config).unwrap();
+    let local = handle.local_addr();
+    assert!(local.ip().is_unspecified());
+    let expected = pam_lite_driver_kit::host_candidates::interface_ips(local);
+    for ip in &expected {
+        assert_eq!(
+            ctl.next(WAIT),
+            Some(Input::LocalCandidate {
+                addr: std::net::SocketAddr::new(*ip, local.port()),
+                kind: CandidateKind::Host
+            })
+        );
+    }
+    assert_eq!(ctl.next(WAIT), Some(Input::GatheringComplete));
+    let all_loopback = expected.iter().all(|ip| ip.is_loopback());
+    assert!(all_loopback || expected.iter().all(|ip| !ip.is_loopback()));
 }
 
 fn https_result<R: Runtime>(tls: TlsConfig, ca: &TestCa) -> Input {

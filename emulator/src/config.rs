@@ -15,6 +15,9 @@ use crate::target::TargetConfig;
 pub struct EmulatorConfig {
     /// Where the router listens (HTTP + WebSocket on one port). Port 0 picks a free one.
     pub listen: SocketAddr,
+    /// Where the gateway's UDP socket binds (its only ICE host candidate, so a specific address). Port 0
+    /// picks a free one. Default `127.0.0.1:0`.
+    pub gateway_udp: SocketAddr,
     /// Serve HTTPS/WSS with a certificate from a CA generated at start ([`crate::DemoTicket::ca_pem`]).
     pub tls: bool,
     /// Fix every random choice of the emulator (server key, session token, uids, traffic seed, RNGs) for
@@ -68,6 +71,7 @@ impl Default for EmulatorConfig {
     fn default() -> Self {
         EmulatorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            gateway_udp: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls: false,
             seed: None,
             protocol: "ssh".into(),
@@ -121,6 +125,12 @@ impl EmulatorConfig {
         {
             return Err("gateway_version must be one word (e.g. 2.2.9)".into());
         }
+        if self.gateway_udp.ip().is_unspecified() {
+            return Err(format!(
+                "gateway_udp {}: give a specific address (it is the gateway's host candidate)",
+                self.gateway_udp
+            ));
+        }
         if !self.listen.ip().is_loopback() {
             tracing::warn!(listen = %self.listen, "the emulator listens beyond loopback");
         }
@@ -131,6 +141,20 @@ impl EmulatorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_udp_must_be_a_specific_address() {
+        let c = EmulatorConfig {
+            gateway_udp: "0.0.0.0:0".parse().unwrap(),
+            ..EmulatorConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("gateway_udp"));
+        let c = EmulatorConfig {
+            gateway_udp: "198.19.2.2:0".parse().unwrap(),
+            ..EmulatorConfig::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
+    }
 
     #[test]
     fn default_is_a_perfect_world() {

@@ -56,8 +56,11 @@ impl GatewayNode for pam_lite_core::gateway::Gateway {
 pub type ReplySink = Box<dyn FnMut(u64, String) + Send>;
 
 /// Knobs of the gateway machine.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HostConfig {
+    /// Where the gateway's UDP socket binds; its address is the gateway's only ICE host candidate, so it
+    /// must be a specific address (default `127.0.0.1:0`).
+    pub udp_bind: SocketAddr,
     pub target: TargetConfig,
     /// Router ↔ gateway round trip: each controller message and reply waits half of it.
     pub router_rtt: Duration,
@@ -67,6 +70,19 @@ pub struct HostConfig {
     pub udp_outbound: UdpImpairment,
     /// Seed of the impairment RNGs (same seed, same fate for the same traffic).
     pub impairment_seed: u64,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            udp_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            target: TargetConfig::default(),
+            router_rtt: Duration::ZERO,
+            udp_inbound: UdpImpairment::default(),
+            udp_outbound: UdpImpairment::default(),
+            impairment_seed: 0,
+        }
+    }
 }
 
 enum Event {
@@ -128,7 +144,7 @@ impl ControllerInbox {
 }
 
 impl GatewayHost {
-    /// Bind the gateway's UDP socket on 127.0.0.1 and start the node built by `make_node` (given the start
+    /// Bind the gateway's UDP socket on `config.udp_bind` and start the node built by `make_node` (given the start
     /// instant). `replies` receives every controller reply.
     pub fn start<N: GatewayNode>(
         make_node: impl FnOnce(Instant) -> N + Send + 'static,
@@ -139,7 +155,16 @@ impl GatewayHost {
             imp.validate()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         }
-        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        if config.udp_bind.ip().is_unspecified() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the gateway's UDP address {} must be a specific address (it is its host candidate)",
+                    config.udp_bind
+                ),
+            ));
+        }
+        let socket = UdpSocket::bind(config.udp_bind)?;
         let udp_addr = socket.local_addr()?;
         socket.set_read_timeout(Some(UDP_POLL))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -664,6 +689,29 @@ mod tests {
         assert_eq!(&buf[..n], b"ping");
         assert_eq!(from, host.udp_addr());
         assert!(t0.elapsed() >= Duration::from_millis(60));
+    }
+
+    #[test]
+    fn udp_binds_where_configured_and_refuses_an_unspecified_address() {
+        // 127.0.0.2 is loopback too on Linux, but not the default: the socket must be where it was told.
+        let (host, _rx) = start(HostConfig {
+            udp_bind: "127.0.0.2:0".parse().expect("addr"),
+            ..Default::default()
+        });
+        assert_eq!(host.udp_addr().ip().to_string(), "127.0.0.2");
+        assert_ne!(host.udp_addr().port(), 0);
+        let err = GatewayHost::start(
+            |_| Fake {
+                out: VecDeque::new(),
+            },
+            HostConfig {
+                udp_bind: "0.0.0.0:0".parse().expect("addr"),
+                ..Default::default()
+            },
+            Box::new(|_, _| {}),
+        )
+        .expect_err("unspecified");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]

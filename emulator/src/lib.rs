@@ -185,6 +185,7 @@ impl Emulator {
             ..GatewayConfig::default()
         };
         let host_config = gateway_host::HostConfig {
+            udp_bind: config.gateway_udp,
             target: config.target.clone(),
             router_rtt: config.gateway_rtt,
             udp_inbound: config.udp_to_gateway,

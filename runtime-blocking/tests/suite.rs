@@ -85,8 +85,8 @@ fn unspecified_bind_announces_explicit_candidates_and_reports_real_addresses() {
 }
 
 #[test]
-fn unspecified_bind_without_candidates_is_refused() {
-    driver::unspecified_bind_without_candidates_is_refused::<R>();
+fn unspecified_bind_without_candidates_announces_interfaces() {
+    driver::unspecified_bind_without_candidates_announces_interfaces::<R>();
 }
 
 #[test]

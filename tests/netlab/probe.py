@@ -5,6 +5,7 @@
   probe.py map IP:PORT IP:PORT             from ONE socket, ask two reflectors how they see us; print both
   probe.py udp-reach IP:PORT               exit 0 if a reflector at IP:PORT answers within 2 s
   probe.py tcp-listen IP PORT              accept TCP connections and answer "ok" (runs until killed)
+  probe.py tcp-echo IP PORT                echo each TCP connection until it half-closes (a tunnel target; until killed)
   probe.py tcp-reach IP:PORT               exit 0 if a TCP connect + "ok" succeeds within 2 s
 """
 import selectors
@@ -58,6 +59,26 @@ def main():
             c, _ = srv.accept()
             c.sendall(b"ok")
             c.close()
+    elif mode == "tcp-echo":
+        # Echo every connection back until its sender half-closes, then close (a tunnel target).
+        import threading
+
+        def echo(c):
+            c.settimeout(30)
+            with c:
+                try:
+                    while True:
+                        b = c.recv(65536)
+                        if not b:
+                            break
+                        c.sendall(b)
+                except OSError:
+                    pass
+
+        srv = socket.create_server((args[0], int(args[1])))
+        while True:
+            c, _ = srv.accept()
+            threading.Thread(target=echo, args=(c,), daemon=True).start()
     elif mode == "tcp-reach":
         try:
             with socket.create_connection(hostport(args[0]), timeout=2) as c:
