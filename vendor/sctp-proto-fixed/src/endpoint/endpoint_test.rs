@@ -4058,3 +4058,88 @@ fn measure_queue_transfer() {
         );
     }
 }
+
+/// Not a correctness test: the CPU cost of a bulk transfer through one
+/// association pair in memory (no sockets, no latency, no loss), both sides in
+/// one thread, so the sender's per-poll queue bookkeeping shows at full
+/// weight. Run:
+/// `SCTP_BULK_MIB=256 cargo test --release --lib bulk_transfer_throughput -- --ignored --nocapture`
+#[test]
+#[ignore = "a throughput measurement; run on demand with --release"]
+fn bulk_transfer_throughput() -> Result<()> {
+    let si: u16 = 1;
+    let mib: usize = std::env::var("SCTP_BULK_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let total = mib << 20;
+    let (mut pair, client_ch, server_ch) = create_association_pair(AckMode::NoDelay, 0)?;
+    establish_session_pair(&mut pair, client_ch, server_ch, si)?;
+    // Keep the measurement in memory: the harness otherwise also sends every
+    // packet through a real UDP socket.
+    pair.client.socket = None;
+    pair.server.socket = None;
+
+    let msg = Bytes::from(vec![0x5a; 16 * 1024]);
+    let (mut sent, mut received) = (0, 0);
+    let mut buf = vec![0u8; 64 * 1024];
+    let start = std::time::Instant::now();
+    let cpu_start = thread_cpu_ticks();
+    let mut rounds = 0u64;
+    while received < total {
+        rounds += 1;
+        assert!(rounds < 100_000_000, "transfer stalled at {received} bytes");
+        while sent < total && pair.client_conn_mut(client_ch).buffered_amount() < 4 << 20 {
+            sent += pair
+                .client_stream(client_ch, si)?
+                .write_sctp(&msg, PayloadProtocolIdentifier::Binary)?;
+        }
+        // Each endpoint takes its datagrams one at a time and polls after
+        // each, as a socket-driven endpoint does: a transmit poll per SACK.
+        let inbound = mem::take(&mut pair.client.inbound);
+        if inbound.is_empty() {
+            pair.drive_client();
+        }
+        for datagram in inbound {
+            pair.client.inbound.push_back(datagram);
+            pair.drive_client();
+        }
+        let inbound = mem::take(&mut pair.server.inbound);
+        for datagram in inbound {
+            pair.server.inbound.push_back(datagram);
+            pair.drive_server();
+        }
+        while let Some(chunks) = pair.server_stream(server_ch, si)?.read_sctp()? {
+            let n = chunks.read(&mut buf)?;
+            assert!(buf[..n].iter().all(|&b| b == 0x5a));
+            received += n;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // CPU time is steadier than wall time on a shared machine (Linux only).
+    let cpu = match (cpu_start, thread_cpu_ticks()) {
+        (Some(a), Some(b)) => format!(
+            ", {:.2} s CPU = {:.1} MB/s per CPU second",
+            (b - a) as f64 / 100.0,
+            total as f64 / ((b - a).max(1) as f64 / 100.0) / 1e6
+        ),
+        _ => String::new(),
+    };
+    println!(
+        "bulk_transfer_throughput: {mib} MiB in {secs:.2} s = {:.1} MB/s{cpu}",
+        total as f64 / secs / 1e6
+    );
+    Ok(())
+}
+
+/// This thread's user + system time in clock ticks (USER_HZ, 100 on Linux).
+fn thread_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ').skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
