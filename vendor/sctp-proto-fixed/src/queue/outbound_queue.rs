@@ -1,3 +1,4 @@
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use std::time::Instant;
 
@@ -18,6 +19,11 @@ pub(crate) struct OutboundQueue {
     inflight: PayloadQueue,
     next_message_id: u64,
     next_unstarted_message_id: u64,
+    /// TSNs of the in-flight chunks that carry a lifetime, in TSN order. Only these can
+    /// expire, so `expired_inflight` walks them instead of every in-flight TSN: on a
+    /// reliable (or retransmit-limited) channel the list stays empty and expiry costs
+    /// nothing per transmit poll.
+    timed_inflight: VecDeque<u32>,
 }
 
 impl OutboundQueue {
@@ -83,6 +89,9 @@ impl OutboundQueue {
         *next_tsn = next_tsn.wrapping_add(1);
         chunk.since = Some(now);
         chunk.nsent = 1;
+        if chunk.deadline.is_some() {
+            self.timed_inflight.push_back(chunk.tsn);
+        }
         self.inflight.push_no_check(chunk.clone());
         Some(chunk)
     }
@@ -96,7 +105,17 @@ impl OutboundQueue {
     }
 
     pub(crate) fn pop(&mut self, tsn: u32) -> Option<ChunkPayloadData> {
-        self.inflight.pop(tsn)
+        let chunk = self.inflight.pop(tsn)?;
+        // Chunks leave the flight queue in TSN order, so no timed TSN at or before
+        // this one is still in flight.
+        while self
+            .timed_inflight
+            .front()
+            .is_some_and(|&timed| crate::util::sna32lte(timed, tsn))
+        {
+            self.timed_inflight.pop_front();
+        }
+        Some(chunk)
     }
 
     pub(crate) fn mark_as_acked(&mut self, tsn: u32) -> usize {
@@ -170,8 +189,7 @@ impl OutboundQueue {
     /// messages are excluded. Collect before abandonment mutates the queues so
     /// expiry is independent of send limits.
     pub(crate) fn expired_inflight(&self, now: Instant) -> Vec<u32> {
-        self.inflight
-            .sorted
+        self.timed_inflight
             .iter()
             .copied()
             .filter(|tsn| {

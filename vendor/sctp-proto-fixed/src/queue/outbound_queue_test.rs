@@ -352,3 +352,37 @@ fn pending_expiry_deadlines_ssn_wrap_and_exemptions() {
         assert!(q.expire_pending(now).is_none());
     }
 }
+
+#[test]
+fn expiry_walks_only_timed_inflight_chunks() {
+    use core::time::Duration;
+    let now = Instant::now();
+    let mut q = OutboundQueue::default();
+    // A reliable message, a timed one (two fragments), then another reliable one.
+    q.push(message(1, false, 1));
+    let mut timed = message(2, false, 2);
+    for c in &mut timed {
+        c.reliability = Some((crate::ReliabilityType::Timed, 10));
+    }
+    q.push(timed);
+    q.push(message(3, false, 1));
+    let mut tsn = u32::MAX - 1;
+    for _ in 0..4 {
+        q.send_next(&mut tsn, now).unwrap();
+    }
+    assert_eq!(q.timed_inflight.len(), 2);
+    assert!(q.expired_inflight(now).is_empty());
+    let later = now + Duration::from_millis(10);
+    assert_eq!(q.expired_inflight(later), vec![u32::MAX, 0]);
+
+    // Retiring the reliable head leaves the timed chunks indexed; retiring
+    // past them empties the index (across the TSN wrap).
+    q.pop(u32::MAX - 1).unwrap();
+    assert_eq!(q.expired_inflight(later), vec![u32::MAX, 0]);
+    q.pop(u32::MAX).unwrap();
+    assert_eq!(q.expired_inflight(later), vec![0]);
+    q.pop(0).unwrap();
+    assert!(q.timed_inflight.is_empty());
+    assert!(q.expired_inflight(later).is_empty());
+    assert_eq!(q.inflight_len(), 1);
+}
