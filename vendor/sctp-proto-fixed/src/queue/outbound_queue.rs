@@ -2,7 +2,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use std::time::Instant;
 
-use super::payload_queue::PayloadQueue;
+use super::inflight_queue::InflightQueue;
 use super::pending_queue::PendingQueue;
 use crate::chunk::chunk_payload_data::ChunkPayloadData;
 
@@ -16,7 +16,7 @@ mod tests;
 #[derive(Debug, Default)]
 pub(crate) struct OutboundQueue {
     pending: PendingQueue,
-    inflight: PayloadQueue,
+    inflight: InflightQueue,
     next_message_id: u64,
     next_unstarted_message_id: u64,
     /// TSNs of the in-flight chunks that carry a lifetime, in TSN order. Only these can
@@ -76,7 +76,7 @@ impl OutboundQueue {
         Some((stream, unordered, bytes))
     }
 
-    /// Assign the next TSN and retain the chunk in the hash-indexed flight queue.
+    /// Assign the next TSN and retain the chunk in the TSN-indexed flight queue.
     pub(crate) fn send_next(
         &mut self,
         next_tsn: &mut u32,
@@ -223,11 +223,10 @@ impl OutboundQueue {
     }
 
     pub(crate) fn earliest_outstanding_tsn(&self) -> Option<u32> {
-        self.inflight.sorted.iter().copied().find(|tsn| {
-            self.inflight
-                .get(*tsn)
-                .is_some_and(|c| !c.acked && !c.abandoned)
-        })
+        self.inflight
+            .iter()
+            .find(|c| !c.acked && !c.abandoned)
+            .map(|c| c.tsn)
     }
 
     pub(crate) fn inflight_len(&self) -> usize {
