@@ -3506,6 +3506,45 @@ fn test_data_retransmission_wraps_tsn() -> Result<()> {
 }
 
 #[test]
+fn test_retransmission_walk_is_skipped_only_when_nothing_is_marked() -> Result<()> {
+    let now = Instant::now();
+    for cumulative_tsn in [10, u32::MAX - 1] {
+        let mut a = association_with_inflight_data(cumulative_tsn, now);
+        // Building the fixture touched chunks through get_mut: one walk clears it.
+        assert!(a.get_data_packets_to_retransmit(now).is_empty());
+        assert!(!a.outbound_queue.retransmit_may_be_marked());
+
+        // A window-limited walk stops early, so the remaining marks keep the walk on.
+        a.on_retransmission_timeout(Timer::T3RTX, 1);
+        a.cwnd = 7;
+        let packets = a.get_data_packets_to_retransmit(now);
+        assert_eq!(packets.len(), 1);
+        assert_retransmitted_packet(&packets[0], &[cumulative_tsn.wrapping_add(1)]);
+        assert!(a.outbound_queue.retransmit_may_be_marked());
+
+        a.cwnd = 1400;
+        let packets = a.get_data_packets_to_retransmit(now);
+        assert_eq!(packets.len(), 1);
+        assert_retransmitted_packet(
+            &packets[0],
+            &[cumulative_tsn.wrapping_add(2), cumulative_tsn.wrapping_add(3)],
+        );
+        assert!(!a.outbound_queue.retransmit_may_be_marked());
+        assert!(a.get_data_packets_to_retransmit(now).is_empty());
+
+        // A mark made through get_mut is still found.
+        a.outbound_queue
+            .get_mut(cumulative_tsn.wrapping_add(3))
+            .unwrap()
+            .retransmit = true;
+        let packets = a.get_data_packets_to_retransmit(now);
+        assert_eq!(packets.len(), 1);
+        assert_retransmitted_packet(&packets[0], &[cumulative_tsn.wrapping_add(3)]);
+    }
+    Ok(())
+}
+
+#[test]
 fn test_poll_transmit_at_tsn_wraparound() {
     let mut a = Association {
         state: AssociationState::Established,

@@ -3946,10 +3946,16 @@ impl Association {
     /// or abandoned yet.
     fn get_data_packets_to_retransmit(&mut self, now: Instant) -> Vec<Packet> {
         self.expire_inflight_messages(now);
+        // Without a T3-rtx timeout since the last complete walk nothing is
+        // marked: skip walking every in-flight TSN on every transmit poll.
+        if !self.outbound_queue.retransmit_may_be_marked() {
+            return vec![];
+        }
         let awnd = core::cmp::min(self.cwnd, self.rwnd);
         let mut chunks: Vec<ChunkPayloadData> = vec![];
         let mut bytes_to_send = 0;
         let mut done = false;
+        let mut walked_all = false;
         let mut i = 0;
         while !done {
             let tsn = self
@@ -3979,6 +3985,7 @@ impl Association {
 
                 bytes_to_send += c.user_data.len();
             } else {
+                walked_all = true;
                 break; // end of pending data
             }
 
@@ -4000,6 +4007,11 @@ impl Association {
             c.retransmit = false;
             c.nsent += 1;
             chunk.nsent = c.nsent;
+        }
+        // Every marked chunk the walk passed was either selected (and unmarked
+        // just above) or abandoned (which unmarks it).
+        if walked_all {
+            self.outbound_queue.retransmit_walk_completed();
         }
         self.bundle_data_chunks_into_packets(chunks)
     }

@@ -24,6 +24,12 @@ pub(crate) struct OutboundQueue {
     /// reliable (or retransmit-limited) channel the list stays empty and expiry costs
     /// nothing per transmit poll.
     timed_inflight: VecDeque<u32>,
+    /// False only while no in-flight chunk can carry a `retransmit` mark, so the
+    /// T3-rtx retransmission walk can be skipped on every transmit poll. Set by
+    /// every way a mark can be made (`mark_all_to_retransmit`, and `get_mut`,
+    /// through which callers may change any flag); cleared by the walk once it
+    /// has visited every in-flight chunk.
+    retransmit_may_be_marked: bool,
 }
 
 impl OutboundQueue {
@@ -101,7 +107,18 @@ impl OutboundQueue {
     }
 
     pub(crate) fn get_mut(&mut self, tsn: u32) -> Option<&mut ChunkPayloadData> {
+        self.retransmit_may_be_marked = true;
         self.inflight.get_mut(tsn)
+    }
+
+    /// Whether the retransmission walk can find a marked chunk.
+    pub(crate) fn retransmit_may_be_marked(&self) -> bool {
+        self.retransmit_may_be_marked
+    }
+
+    /// The retransmission walk visited every in-flight chunk and left none marked.
+    pub(crate) fn retransmit_walk_completed(&mut self) {
+        self.retransmit_may_be_marked = false;
     }
 
     pub(crate) fn pop(&mut self, tsn: u32) -> Option<ChunkPayloadData> {
@@ -203,6 +220,7 @@ impl OutboundQueue {
     }
 
     pub(crate) fn mark_all_to_retransmit(&mut self) {
+        self.retransmit_may_be_marked = true;
         self.inflight.mark_all_to_retransmit();
     }
 
