@@ -547,9 +547,6 @@ mod test {
         raw[8..12].copy_from_slice(&[1, 2, 3, 4]);
         let mut zeroed = raw.clone();
         zeroed[8..12].copy_from_slice(&[0; 4]);
-        assert_eq!(
-            generate_packet_checksum(&Bytes::from(raw)),
-            crc32c(&zeroed)
-        );
+        assert_eq!(generate_packet_checksum(&Bytes::from(raw)), crc32c(&zeroed));
     }
 }

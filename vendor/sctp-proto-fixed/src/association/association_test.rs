@@ -3527,7 +3527,10 @@ fn test_retransmission_walk_is_skipped_only_when_nothing_is_marked() -> Result<(
         assert_eq!(packets.len(), 1);
         assert_retransmitted_packet(
             &packets[0],
-            &[cumulative_tsn.wrapping_add(2), cumulative_tsn.wrapping_add(3)],
+            &[
+                cumulative_tsn.wrapping_add(2),
+                cumulative_tsn.wrapping_add(3),
+            ],
         );
         assert!(!a.outbound_queue.retransmit_may_be_marked());
         assert!(a.get_data_packets_to_retransmit(now).is_empty());

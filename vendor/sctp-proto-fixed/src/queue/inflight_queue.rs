@@ -166,7 +166,10 @@ mod tests {
         // Only the lowest TSN can be popped.
         assert!(q.pop(first + 1).is_none());
         for i in 0..6 {
-            assert_eq!(q.pop(first.wrapping_add(i)).unwrap().tsn, first.wrapping_add(i));
+            assert_eq!(
+                q.pop(first.wrapping_add(i)).unwrap().tsn,
+                first.wrapping_add(i)
+            );
         }
         assert_eq!((q.len(), q.get_num_bytes()), (0, 0));
         assert!(q.pop(3).is_none());
@@ -183,10 +186,7 @@ mod tests {
         q.push_no_check(chunk(8, 4));
         assert_eq!(q.len(), 3);
         assert!(q.get(9).is_none() && q.get(11).is_none());
-        assert_eq!(
-            q.iter().map(|c| c.tsn).collect::<Vec<_>>(),
-            vec![8, 10, 13]
-        );
+        assert_eq!(q.iter().map(|c| c.tsn).collect::<Vec<_>>(), vec![8, 10, 13]);
         assert_eq!(q.pop(8).unwrap().tsn, 8);
         // The hole at 9 is skipped: 10 is now the lowest TSN.
         assert!(q.pop(9).is_none());
