@@ -34,6 +34,11 @@ fi
 step "tests (unit, simulation, properties, snapshots, drivers, CLI incl. ssh/scp through the tunnel)"
 cargo test --workspace --locked
 
+# The patched sctp-proto the workspace builds with ([patch.crates-io] in Cargo.toml): its own suite, with
+# its own Cargo.lock (it is not a workspace member).
+step "vendored sctp-proto (vendor/sctp-proto-fixed) test suite"
+cargo test --locked --manifest-path vendor/sctp-proto-fixed/Cargo.toml
+
 # ---------------------------------------------------------------------------------------------------------
 # Keeper interop (issue 5): a Python venv with Keeper's own tube library and Commander (pinned, from PyPI),
 # then tests/tests/keeper_interop.rs inside a private network namespace. Bounded (~2 min here, hard cap

@@ -5,6 +5,10 @@
 //! spinner) has been dropped and the terminal is restored.
 
 mod args;
+#[cfg(feature = "demo")]
+mod demo;
+#[cfg(not(feature = "demo"))]
+#[path = "demo_off.rs"]
 mod demo;
 mod docs;
 mod exit;

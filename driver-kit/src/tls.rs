@@ -1,8 +1,8 @@
 //! The TLS policy of every driver, turned into what each client library wants: a rustls [`ClientConfig`]
 //! (tungstenite, futures-rustls, hyper) and, with the `blocking-http` feature, a `ureq::tls::TlsConfig`.
 //!
-//! rustls runs with the **ring** provider picked explicitly: str0m's aws-lc-rs backend may switch on
-//! rustls' aws-lc feature in the same build, and then rustls' implicit default provider would be ambiguous.
+//! rustls runs with the **aws-lc-rs** provider picked explicitly: the one str0m's DTLS already uses, so the
+//! binary carries a single crypto library, and rustls' implicit process default never matters.
 
 use std::sync::Arc;
 
@@ -34,7 +34,7 @@ impl From<TlsSetupError> for std::io::Error {
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// The certificates of the extra CA PEM (empty when none is configured).

@@ -371,7 +371,7 @@ impl TestCa {
         .unwrap();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key_pair.serialize_der().into());
         let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()
