@@ -634,6 +634,9 @@ impl Node for Gateway {
                 stream,
                 payload,
             } => self.on_controller_message(reply_to, stream, &payload),
+            Input::Stream { stream, .. } => {
+                tracing::debug!(?stream, "no stream was opened (relays not wired yet)");
+            }
             Input::Datagram(d) => {
                 let now = self.now;
                 if let Some(idx) = self

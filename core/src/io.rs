@@ -70,6 +70,23 @@ pub struct Datagram {
     pub contents: Vec<u8>,
 }
 
+/// A byte stream to a TURN server (TURN over TCP, or over TLS for `turns:`), opened and owned by the
+/// driver on the core's [`Output::StreamOpen`]. Numbered by the core, unique within one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId(pub u32);
+
+/// What happened on a stream the driver opened ([`Input::Stream`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The connection (and, for TLS, the handshake) is up; `local` is the socket's own address.
+    Connected { local: SocketAddr },
+    /// Bytes read from the stream, in order (any chunking: the core reassembles its framing).
+    Data(Vec<u8>),
+    /// The stream is gone: it could not be opened (refused, timed out, TLS failed), the server closed it,
+    /// or it failed. `reason` is shown to users. Nothing more comes from this stream.
+    Closed { reason: String },
+}
+
 /// The kind of a local ICE candidate the driver discovered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CandidateKind {
@@ -132,6 +149,11 @@ pub enum Input {
     /// The driver will report no more local candidates.
     GatheringComplete,
     Command(Command),
+    /// Something happened on a stream opened by [`Output::StreamOpen`].
+    Stream {
+        stream: StreamId,
+        event: StreamEvent,
+    },
     /// Gateway role: the router relays a controller message (a `GatewayAction` JSON) to this gateway.
     /// `reply_to` identifies it; every [`Output::ControllerReply`] for it carries the same value.
     ControllerMessage {
@@ -148,6 +170,25 @@ pub enum Output {
     WsConnect(WsConnect),
     WsClose,
     Transmit(Datagram),
+    /// Open a TCP connection to `to` (TLS on top when `tls_name` is set: verify the server's certificate
+    /// for that name with the driver's trust policy), for TURN over TCP/TLS. Answer with
+    /// [`Input::Stream`]: `Connected`, then `Data` as bytes arrive, and one final `Closed`. Bound the
+    /// connect and handshake (the core also gives up on its own schedule and closes the stream).
+    StreamOpen {
+        stream: StreamId,
+        to: SocketAddr,
+        tls_name: Option<String>,
+    },
+    /// Write `data` to the stream, after everything written before. The driver buffers what the socket
+    /// cannot take yet, bounded: past its bound it closes the stream (reporting `Closed`) rather than grow.
+    StreamWrite {
+        stream: StreamId,
+        data: Vec<u8>,
+    },
+    /// Close the stream; report nothing more from it.
+    StreamClose {
+        stream: StreamId,
+    },
     /// A named timing checkpoint (Commander's names where Commander has one).
     Checkpoint(Checkpoint),
     /// WebRTC is connected (ICE + DTLS), like Commander's `connection_state == "connected"`.

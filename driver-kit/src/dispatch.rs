@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pam_lite_core::{
-    CandidateKind, Command, Datagram, HttpRequest, Input, Node, Output, WsConnect,
+    CandidateKind, Command, Datagram, HttpRequest, Input, Node, Output, StreamEvent, StreamId,
+    WsConnect,
 };
 
 use crate::config::DriverConfig;
@@ -61,6 +62,31 @@ pub trait Io {
     fn ws_close(&mut self);
     /// Hand `out` to the application; `false` when the application is gone.
     fn deliver(&mut self, out: Output) -> bool;
+    /// Open a TCP (and TLS, when `tls_name` is set) stream to a TURN server; answer with
+    /// `Input::Stream` events for `stream`: `Connected`, `Data`…, one final `Closed`. The default: this
+    /// runtime has no streams (TURN over TCP/TLS is then reported unreachable, UDP relays still work).
+    fn stream_open(
+        &mut self,
+        stream: StreamId,
+        to: SocketAddr,
+        tls_name: Option<String>,
+    ) -> Option<Input> {
+        let _ = (to, tls_name);
+        Some(Input::Stream {
+            stream,
+            event: StreamEvent::Closed {
+                reason: "this runtime cannot open TCP streams".into(),
+            },
+        })
+    }
+    /// Write to an open stream (in order; bounded buffering, see `Output::StreamWrite`).
+    fn stream_write(&mut self, stream: StreamId, data: Vec<u8>) {
+        let _ = (stream, data);
+    }
+    /// Close a stream; nothing more is reported from it.
+    fn stream_close(&mut self, stream: StreamId) {
+        let _ = stream;
+    }
 }
 
 /// What a runtime's wait loop must do after a [`Dispatcher::turn`].
@@ -209,6 +235,19 @@ impl<N: Node> Dispatcher<N> {
             Output::WsConnect(connect) => io.ws_connect(connect),
             Output::WsClose => {
                 io.ws_close();
+                None
+            }
+            Output::StreamOpen {
+                stream,
+                to,
+                tls_name,
+            } => io.stream_open(stream, to, tls_name),
+            Output::StreamWrite { stream, data } => {
+                io.stream_write(stream, data);
+                None
+            }
+            Output::StreamClose { stream } => {
+                io.stream_close(stream);
                 None
             }
             Output::Finished(result) => {

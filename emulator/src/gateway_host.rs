@@ -485,6 +485,19 @@ impl<N: GatewayNode> Loop<N> {
                 self.pending.remove(&conn);
             }
             Output::Finished(result) => tracing::debug!(?result, "gateway node finished"),
+            // The emulated gateway's relays run over UDP only (TURN over TCP is the client's need).
+            Output::StreamOpen { stream, .. } => {
+                self.input(
+                    Input::Stream {
+                        stream,
+                        event: pam_lite_core::StreamEvent::Closed {
+                            reason: "the emulated gateway opens no TCP streams".into(),
+                        },
+                    },
+                    now,
+                );
+            }
+            Output::StreamWrite { .. } | Output::StreamClose { .. } => {}
             Output::Checkpoint(_)
             | Output::Connected
             | Output::TubeReady

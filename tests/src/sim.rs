@@ -334,6 +334,20 @@ impl Sim {
                         self.record.finished = Some(r);
                     }
                 }
+                // The simulated network has no TCP: a stream to a TURN server is refused at once.
+                Output::StreamOpen { stream, .. } => {
+                    let at = self.now;
+                    self.schedule(
+                        at,
+                        Event::ToClient(Input::Stream {
+                            stream,
+                            event: pam_lite_core::StreamEvent::Closed {
+                                reason: "no TCP in the simulation".into(),
+                            },
+                        }),
+                    );
+                }
+                Output::StreamWrite { .. } | Output::StreamClose { .. } => {}
                 Output::ConnectTarget { .. }
                 | Output::ControllerReply { .. }
                 | Output::TargetResize { .. } => {}

@@ -396,6 +396,9 @@ impl Node for Client {
             Input::ControllerMessage { .. } => {
                 tracing::debug!("a client ignores controller messages");
             }
+            Input::Stream { stream, .. } => {
+                tracing::debug!(?stream, "no stream was opened (relays not wired yet)");
+            }
         }
         self.advance();
     }

@@ -28,6 +28,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+pub use crate::{StreamEvent, StreamId};
 use clock::Clock;
 use stun::{Binding, BindingResult};
 pub use turn::TurnTransport;
@@ -37,6 +38,9 @@ use turn::{Allocation, State};
 #[derive(Clone, PartialEq, Eq)]
 pub struct TurnServer {
     pub addr: SocketAddr,
+    /// The name the server was configured by (`krelay.keepersecurity.com`): verified by TLS for `turns:`,
+    /// and shown in messages.
+    pub name: String,
     pub transport: TurnTransport,
     pub username: String,
     pub password: String,
@@ -46,6 +50,7 @@ impl fmt::Debug for TurnServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TurnServer")
             .field("addr", &self.addr)
+            .field("name", &self.name)
             .field("transport", &self.transport)
             .field("username", &self.username)
             .field("password", &"<redacted>")
@@ -124,33 +129,22 @@ pub enum RelayEvent {
     Gathered,
 }
 
-/// A stream to a TURN server (one per TCP/TLS allocation), opened and owned by the driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StreamId(pub u32);
-
 /// I/O the driver performs for the relay layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayIo {
     /// A datagram from the node's UDP socket.
     Datagram { to: SocketAddr, data: Vec<u8> },
-    /// Open a TCP (or TLS, `tls: true`) connection; answer with [`StreamEvent::Connected`] or `Closed`.
+    /// Open a TCP connection (TLS on top, verified for `tls_name`, when set); answer with
+    /// [`StreamEvent::Connected`] or `Closed`.
     StreamOpen {
         stream: StreamId,
         to: SocketAddr,
-        tls: bool,
+        tls_name: Option<String>,
     },
     /// Write these bytes to the stream, in order.
     StreamWrite { stream: StreamId, data: Vec<u8> },
     /// Close the stream.
     StreamClose { stream: StreamId },
-}
-
-/// What happened on a stream the driver opened.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamEvent {
-    Connected { local: SocketAddr },
-    Data(Vec<u8>),
-    Closed,
 }
 
 /// Data a peer sent through one of our relays: hand it to the ICE agent as received on `relay`.
@@ -203,7 +197,7 @@ impl Relays {
                     io.push_back(RelayIo::StreamOpen {
                         stream: StreamId(i as u32),
                         to: s.addr,
-                        tls: s.transport == TurnTransport::Tls,
+                        tls_name: (s.transport == TurnTransport::Tls).then(|| s.name.clone()),
                     });
                 }
                 Allocation::new(
@@ -279,7 +273,7 @@ impl Relays {
                 let server = a.server();
                 a.handle(server, self.local, &bytes, &clock, now);
             }
-            StreamEvent::Closed => a.stream_closed(&clock, now),
+            StreamEvent::Closed { .. } => a.stream_closed(&clock, now),
         }
         self.collect(now);
     }

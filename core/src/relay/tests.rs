@@ -232,6 +232,7 @@ fn turn_config(password: &str) -> impl FnOnce(SocketAddr) -> RelayConfig + '_ {
         stun: vec![],
         turn: vec![TurnServer {
             addr: server,
+            name: "turn.test".into(),
             transport: TurnTransport::Udp,
             username: USER.into(),
             password: password.into(),
@@ -387,6 +388,7 @@ fn turn_over_a_stream_allocates_and_relays() {
         |server| RelayConfig {
             turn: vec![TurnServer {
                 addr: server,
+                name: "turn.test".into(),
                 transport: TurnTransport::Tcp,
                 username: USER.into(),
                 password: PASS.into(),
@@ -401,7 +403,7 @@ fn turn_over_a_stream_allocates_and_relays() {
     w.run_until(t0 + Duration::from_millis(500), TransportType::Tcp);
     assert!(matches!(
         w.streams.first(),
-        Some(RelayIo::StreamOpen { tls: false, .. })
+        Some(RelayIo::StreamOpen { tls_name: None, .. })
     ));
     let relay = w.relay_addr().expect("allocated over the stream");
     assert!(w.relays.send(relay, peer, b"over tcp", w.now));
@@ -414,6 +416,7 @@ fn a_stream_that_cannot_open_fails_the_allocation_as_unreachable() {
     let config = RelayConfig {
         turn: vec![TurnServer {
             addr: addr("198.51.100.1:443"),
+            name: "turn.test".into(),
             transport: TurnTransport::Tls,
             username: USER.into(),
             password: PASS.into(),
@@ -427,12 +430,14 @@ fn a_stream_that_cannot_open_fails_the_allocation_as_unreachable() {
         Some(RelayIo::StreamOpen {
             stream: StreamId(0),
             to: addr("198.51.100.1:443"),
-            tls: true
+            tls_name: Some("turn.test".into())
         })
     );
     r.handle_stream(
         StreamId(0),
-        StreamEvent::Closed,
+        StreamEvent::Closed {
+            reason: "refused".into(),
+        },
         t0 + Duration::from_millis(3),
     );
     assert_eq!(
