@@ -15,6 +15,11 @@ pub const DEFAULT_WS_FRAME_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// How long a driver keeps sending after [`pam_lite_core::Output::Finished`] (graceful close datagrams).
 pub const DEFAULT_FINISH_FLUSH: Duration = Duration::from_millis(200);
+/// How long a driver waits for a TURN server's TCP connect plus TLS handshake (`Output::StreamOpen`).
+/// A reachable server answers within a few round trips; 10 s still covers lost SYNs (Linux resends the
+/// first after 1 s and 3 s) on a bad path, while a black-holed server is given up long before the kernel's
+/// own ~2 minute connect timeout. The core may give up sooner on its own schedule (it closes the stream).
+pub const DEFAULT_STREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest PEM file accepted as an extra CA (a CA bundle is a few hundred KiB at most).
 pub const MAX_CA_PEM_BYTES: u64 = 1024 * 1024;
 
@@ -78,6 +83,8 @@ pub struct DriverConfig {
     pub socket_buffer: usize,
     /// How long the driver keeps transmitting after `Output::Finished`.
     pub finish_flush: Duration,
+    /// Bound on a stream's TCP connect plus TLS handshake (see [`DEFAULT_STREAM_CONNECT_TIMEOUT`]).
+    pub stream_connect_timeout: Duration,
 }
 
 impl Default for DriverConfig {
@@ -90,6 +97,7 @@ impl Default for DriverConfig {
             ws_frame_limit: DEFAULT_WS_FRAME_LIMIT,
             socket_buffer: DEFAULT_SOCKET_BUFFER,
             finish_flush: DEFAULT_FINISH_FLUSH,
+            stream_connect_timeout: DEFAULT_STREAM_CONNECT_TIMEOUT,
         }
     }
 }

@@ -66,6 +66,7 @@ pub mod forward;
 pub mod host_candidates;
 pub mod http;
 pub mod runtime;
+pub mod stream;
 pub mod tls;
 pub mod udp;
 pub mod ws;

@@ -1,5 +1,5 @@
 //! The shared test suites every runtime must pass, as plain generic functions over
-//! [`pam_lite_driver_kit::Runtime`] ([`driver`], [`forward`]), and their helpers: a puppet node the test
+//! [`pam_lite_driver_kit::Runtime`] ([`driver`], [`forward`], [`stream`]), and their helpers: a puppet node the test
 //! steers, echo nodes, a tiny HTTP/1.1 stub server, WebSocket servers, a test CA, and a thread-based
 //! WebSocket client ([`ws_client`]) for tests that talk to a router directly. Everything listens on
 //! 127.0.0.1 only.
@@ -19,6 +19,7 @@ use pam_lite_core::{Datagram, Input, Node, Output};
 
 pub mod driver;
 pub mod forward;
+pub mod stream;
 pub mod ws_client;
 
 pub use socket2;

@@ -18,11 +18,12 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use mio::net::UdpSocket;
+use mio::net::{TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use pam_lite_core::{Datagram, HttpRequest, Input, Node, Output, WsConnect};
+use pam_lite_core::{Datagram, HttpRequest, Input, Node, Output, StreamId, WsConnect};
 use pam_lite_driver_kit::dispatch::MAX_DATAGRAM;
 use pam_lite_driver_kit::http::HttpClient;
+use pam_lite_driver_kit::stream::Streams;
 use pam_lite_driver_kit::udp::{self, TxQueue};
 use pam_lite_driver_kit::{Dispatcher, DriverConfig, FlowControl, Io, Next, Stopped};
 
@@ -35,6 +36,8 @@ pub const EVENT_QUEUE: usize = 1024;
 const INPUT_BATCH: usize = 256;
 const UDP: Token = Token(0);
 const WAKE: Token = Token(1);
+/// TURN streams: `STREAMS + key` (the kit's key of each stream; 2 is the WebSocket's).
+const STREAMS: usize = 16;
 
 /// Wakes the loop, but only when it sleeps: a sender first queues, then calls [`Wake::wake`]; the loop
 /// first sets `sleeping`, then looks at the queues once more before it blocks.
@@ -183,7 +186,8 @@ where
                 done: done_tx,
                 wake: loop_wake.clone(),
                 http,
-                ws: WsConn::new(tls, config.ws_frame_limit),
+                ws: WsConn::new(tls.clone(), config.ws_frame_limit),
+                streams: Streams::new(tls, config.stream_connect_timeout),
                 registry,
                 outputs: outputs_tx,
             };
@@ -219,6 +223,7 @@ struct LoopIo {
     wake: Arc<Wake>,
     http: HttpClient,
     ws: WsConn,
+    streams: Streams<TcpStream>,
     registry: Registry,
     outputs: Sender<Output>,
 }
@@ -271,6 +276,29 @@ impl Io for LoopIo {
     fn deliver(&mut self, out: Output) -> bool {
         self.outputs.send(out).is_ok()
     }
+
+    fn stream_open(
+        &mut self,
+        stream: StreamId,
+        to: SocketAddr,
+        tls_name: Option<String>,
+    ) -> Option<Input> {
+        let registry = &self.registry;
+        self.streams.open(stream, to, tls_name, |socket, key| {
+            let mut socket = TcpStream::from_std(socket);
+            let token = Token(STREAMS.wrapping_add(key));
+            registry.register(&mut socket, token, Interest::READABLE | Interest::WRITABLE)?;
+            Ok(socket)
+        })
+    }
+
+    fn stream_write(&mut self, stream: StreamId, data: Vec<u8>) {
+        self.streams.write(stream, data);
+    }
+
+    fn stream_close(&mut self, stream: StreamId) {
+        self.streams.close(stream);
+    }
 }
 
 struct Loop<N> {
@@ -304,9 +332,14 @@ impl<N: Node> Loop<N> {
                 self.dispatcher.feed(input, &mut self.io);
                 continue;
             }
-            let wake_at = [wait, self.io.ws.deadline()].into_iter().flatten().min();
+            self.io.streams.expire(now);
+            if self.feed_streams() {
+                continue;
+            }
+            let deadlines = [wait, self.io.ws.deadline(), self.io.streams.deadline()];
+            let wake_at = deadlines.into_iter().flatten().min();
             let mut timeout = wake_at.map(|t| t.saturating_duration_since(now));
-            if udp_pending || self.take_inputs() {
+            if udp_pending || self.io.streams.busy() || self.take_inputs() {
                 timeout = Some(Duration::ZERO);
             } else {
                 // A swap, not a store: it reads the sender's last swap, so whatever that sender queued
@@ -323,6 +356,7 @@ impl<N: Node> Loop<N> {
                     return Err(e);
                 }
             }
+            self.io.streams.resume();
             for event in events.iter() {
                 match event.token() {
                     UDP => {
@@ -333,12 +367,14 @@ impl<N: Node> Loop<N> {
                         }
                     }
                     ws::TOKEN => self.io.ws.ready(&self.io.registry, &mut ws_inputs),
+                    Token(t) if t >= STREAMS => self.io.streams.ready(t - STREAMS),
                     _ => {} // WAKE: the queues are looked at below
                 }
             }
             for input in ws_inputs.drain(..) {
                 self.dispatcher.feed(input, &mut self.io);
             }
+            self.feed_streams();
             if udp_pending {
                 let socket = &self.socket;
                 let drained = self
@@ -350,6 +386,17 @@ impl<N: Node> Loop<N> {
         }
         tracing::debug!("driver stopped");
         Ok(())
+    }
+
+    /// Feed what the streams produced (one at a time: an input may close a stream, dropping its rest);
+    /// `true` if anything came.
+    fn feed_streams(&mut self) -> bool {
+        let mut any = false;
+        while let Some(input) = self.io.streams.pop() {
+            self.dispatcher.feed(input, &mut self.io);
+            any = true;
+        }
+        any
     }
 
     /// Feed a batch from the input queues; `true` if anything came (more may be waiting).

@@ -7,12 +7,14 @@
 //! [`TxQueue`] for writability.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
-use pam_lite_core::{Datagram, HttpRequest, Input, Node, Output, WsConnect};
+use pam_lite_core::{Datagram, HttpRequest, Input, Node, Output, StreamId, WsConnect};
 use pam_lite_driver_kit::dispatch::MAX_DATAGRAM;
+use pam_lite_driver_kit::stream::Streams;
 use pam_lite_driver_kit::udp::{self, Addressing, TxQueue};
 use pam_lite_driver_kit::{Dispatcher, DriverConfig, FlowControl, Io, Next, Stopped};
 use smol::channel::{self, Receiver, Sender};
@@ -76,6 +78,7 @@ impl Prepared {
             tx: TxQueue::default(),
             http: self.http,
             ws: WsSlot::Idle,
+            streams: Streams::new(self.tls.clone(), self.config.stream_connect_timeout),
             tls: self.tls,
             ws_frame_limit: self.config.ws_frame_limit,
             outputs,
@@ -253,6 +256,7 @@ enum Wake {
     Readable,
     Writable,
     Ws(Option<Input>),
+    Streams,
     Timer,
 }
 
@@ -263,6 +267,9 @@ struct TaskIo {
     tx: TxQueue,
     http: HttpClient,
     ws: WsSlot,
+    /// TURN streams, polled by the node task like everything else (no task per stream: the node may run
+    /// on the caller's executor, see [`spawn_on`]).
+    streams: Streams<Async<TcpStream>>,
     tls: Arc<rustls::ClientConfig>,
     ws_frame_limit: usize,
     outputs: Sender<Output>,
@@ -292,6 +299,48 @@ impl Io for TaskIo {
     fn deliver(&mut self, out: Output) -> bool {
         self.outputs.try_send(out).is_ok()
     }
+
+    fn stream_open(
+        &mut self,
+        stream: StreamId,
+        to: SocketAddr,
+        tls_name: Option<String>,
+    ) -> Option<Input> {
+        self.streams
+            .open(stream, to, tls_name, |socket, _| Async::new(socket))
+    }
+
+    fn stream_write(&mut self, stream: StreamId, data: Vec<u8>) {
+        self.streams.write(stream, data);
+    }
+
+    fn stream_close(&mut self, stream: StreamId) {
+        self.streams.close(stream);
+    }
+}
+
+/// Resolves when a stream has inputs for the dispatcher (after making the progress its readiness
+/// allows). Cancel-safe: all state is in `streams`.
+async fn stream_progress(streams: &mut Streams<Async<TcpStream>>) {
+    future::poll_fn(|cx| loop {
+        let ready: Vec<usize> = streams
+            .watch()
+            .filter(|(_, socket, wants_write)| {
+                let readable = socket.poll_readable(cx).is_ready();
+                readable | (*wants_write && socket.poll_writable(cx).is_ready())
+            })
+            .map(|(key, ..)| key)
+            .collect();
+        if ready.is_empty() && !streams.busy() {
+            return Poll::Pending;
+        }
+        streams.resume();
+        ready.into_iter().for_each(|key| streams.ready(key));
+        if streams.busy() {
+            return Poll::Ready(());
+        }
+    })
+    .await
 }
 
 async fn run_loop<N: Node>(
@@ -307,12 +356,15 @@ async fn run_loop<N: Node>(
             Next::Stop => break,
             Next::Wait(at) => at,
         };
+        io.streams.expire(Instant::now());
+        let wake_at = [wake_at, io.streams.deadline()].into_iter().flatten().min();
         let wake = {
             let TaskIo {
                 socket,
                 tx,
                 http,
                 ws,
+                streams,
                 ..
             } = &mut *io;
             let waiting = tx.is_waiting();
@@ -338,6 +390,10 @@ async fn run_loop<N: Node>(
                 }
             };
             let ws = async { Wake::Ws(ws.next().await) };
+            let streams = async {
+                stream_progress(streams).await;
+                Wake::Streams
+            };
             let timer = async {
                 match wake_at {
                     Some(t) => {
@@ -348,7 +404,7 @@ async fn run_loop<N: Node>(
                 }
             };
             future::race(
-                future::race(app, http),
+                future::race(app, future::race(http, streams)),
                 future::race(future::race(readable, writable), future::race(ws, timer)),
             )
             .await
@@ -368,6 +424,11 @@ async fn run_loop<N: Node>(
             Wake::Writable => {
                 let socket = io.socket.get_ref();
                 io.tx.flush(|b, to| socket.send_to(b, to));
+            }
+            Wake::Streams => {
+                while let Some(input) = io.streams.pop() {
+                    dispatcher.feed(input, io);
+                }
             }
             Wake::Ws(None) | Wake::Timer => {}
         }

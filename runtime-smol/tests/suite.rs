@@ -1,7 +1,7 @@
 //! The shared suites of `pam-lite-driver-tests` on this runtime: one line per test, the assertions live
 //! in the suites (the same for every runtime).
 
-use pam_lite_driver_tests::{driver, forward};
+use pam_lite_driver_tests::{driver, forward, stream};
 use pam_lite_smol::Smol as R;
 
 #[test]
@@ -122,4 +122,34 @@ fn gateway_side_dials_target_and_pipes_with_half_close() {
 #[test]
 fn gateway_side_reports_a_refused_target() {
     forward::gateway_side_reports_a_refused_target::<R>();
+}
+
+#[test]
+fn tcp_stream_echoes_megabytes_and_closes_on_request() {
+    stream::tcp_stream_echoes_megabytes_and_closes_on_request::<R>();
+}
+
+#[test]
+fn tcp_stream_closed_by_the_server_reports_closed_once() {
+    stream::tcp_stream_closed_by_the_server_reports_closed_once::<R>();
+}
+
+#[test]
+fn tcp_stream_connect_refused_closes_with_a_reason() {
+    stream::tcp_stream_connect_refused_closes_with_a_reason::<R>();
+}
+
+#[test]
+fn tcp_stream_write_bound_closes_when_the_server_does_not_read() {
+    stream::tcp_stream_write_bound_closes_when_the_server_does_not_read::<R>();
+}
+
+#[test]
+fn tls_stream_verifies_the_name_and_echoes() {
+    stream::tls_stream_verifies_the_name_and_echoes::<R>();
+}
+
+#[test]
+fn stream_connect_and_handshake_are_bounded() {
+    stream::stream_connect_and_handshake_are_bounded::<R>();
 }
