@@ -41,12 +41,13 @@ pub const UDP_BATCH: usize = 64;
 /// Methods that can fail at once return the input that reports it (`Some(Input::HttpError{..})`, …); the
 /// dispatcher feeds it after the current output drain, never re-entrantly.
 ///
-/// **Adding an I/O kind** (e.g. issue #9's TURN over TCP/TLS: "open a stream to a TURN server, write to it,
-/// close it"): add one `Output` variant in the core, one method here *with a default body* that answers
+/// **Adding an I/O kind** (as issue #9's TURN over TCP/TLS was: "open a stream to a TURN server, write to
+/// it, close it"): add one `Output` variant in the core, one method here *with a default body* that answers
 /// with the failure input (so runtimes that do not support it yet keep compiling and behave correctly),
 /// one arm in [`Dispatcher`]'s `perform`, and one `Input` kind the runtime feeds back (stream opened / data /
 /// closed). The wait loops and every caller of the dispatcher stay as they are; each runtime that wants
-/// the feature overrides the method and adds the stream to what it waits on.
+/// the feature overrides the method and adds the new sources to what it waits on. Put the state machine
+/// in the kit (like [`crate::stream::Streams`]) so each runtime only waits.
 pub trait Io {
     /// Send `datagram` from the node's UDP socket (its source was checked: it is this socket). Must not
     /// block: queue or drop when the socket's buffer is full (UDP may lose it anyway).
@@ -63,8 +64,9 @@ pub trait Io {
     /// Hand `out` to the application; `false` when the application is gone.
     fn deliver(&mut self, out: Output) -> bool;
     /// Open a TCP (and TLS, when `tls_name` is set) stream to a TURN server; answer with
-    /// `Input::Stream` events for `stream`: `Connected`, `Data`…, one final `Closed`. The default: this
-    /// runtime has no streams (TURN over TCP/TLS is then reported unreachable, UDP relays still work).
+    /// `Input::Stream` events for `stream`: `Connected`, `Data`…, one final `Closed`. Both runtimes hand
+    /// this and the next two to their [`crate::stream::Streams`]. The default: this runtime has no streams
+    /// (TURN over TCP/TLS is then reported unreachable, UDP relays still work).
     fn stream_open(
         &mut self,
         stream: StreamId,

@@ -3,20 +3,22 @@
 //! waits lives here, once:
 //!
 //! * [`config`] — [`DriverConfig`] / [`TlsConfig`], the same for every runtime;
-//! * [`tls`] — the TLS policy as a rustls `ClientConfig` (ring provider, extra CA, `--insecure`);
+//! * [`tls`] — the TLS policy as a rustls `ClientConfig` (aws-lc-rs provider, extra CA, `--insecure`);
 //! * [`udp`] — binding the node's socket, its host candidates, address checks, a non-blocking send queue;
 //! * [`host_candidates`] — which interface addresses a socket bound to all interfaces announces;
 //! * [`flow`] — the node's backpressure for local sockets, applied by the driver itself;
 //! * [`http`] — URL logging and (feature `blocking-http`) a blocking ureq client for thread-based runtimes;
 //! * [`ws`] — the router WebSocket request, endpoint, bounds and close wording;
 //! * [`forward`] — the forwarder's routing of connection outputs;
+//! * [`stream`] — TURN over TCP/TLS: the streams' whole state machine ([`stream::Streams`]) over a runtime's
+//!   socket type, so a runtime only waits for readiness;
 //! * [`dispatch`] — the [`Dispatcher`] that owns the node and the [`Io`] trait a runtime implements;
 //! * [`runtime`] — the traits the application sees ([`Runtime`], [`NodeHandle`], [`Forward`]).
 //!
 //! ```text
 //!   pam-lite-core (sans-IO Node)
 //!        │
-//!   pam-lite-driver-kit  ── Dispatcher<N> + trait Io, config, TLS, UDP, flow, WS request, routing
+//!   pam-lite-driver-kit  ── Dispatcher<N> + trait Io, config, TLS, UDP, flow, WS request, routing, streams
 //!        │
 //!   ┌────┴──────────────┐
 //!   runtime-blocking    runtime-smol     (an Io impl + a wait loop + a forwarder each)
@@ -34,27 +36,35 @@
 //! 2. **Implement [`Io`]** for a struct holding your socket and clients: `transmit` (non-blocking, e.g. via
 //!    [`udp::TxQueue`]), `http` (start the request; fresh vs keep-alive connection as the request says),
 //!    `ws_connect` / `ws_close` (build the request with [`ws::build_request`], bound frames with
-//!    [`ws::config`]), `deliver` (to the application's output queue; `false` when it is gone). Results come
-//!    back later as inputs.
+//!    [`ws::config`]), `deliver` (to the application's output queue; `false` when it is gone), and the TURN
+//!    streams: hold a [`stream::Streams`] over your socket type and forward `stream_open` (wrapping the
+//!    connecting `std::net::TcpStream` into your type, registering it under the key the kit gives),
+//!    `stream_write` and `stream_close` to it (skipping them keeps the default: TURN over TCP/TLS is
+//!    reported unreachable, UDP relays still work). Results come back later as inputs.
 //! 3. **Write the wait loop** around a [`Dispatcher`]: call [`Dispatcher::start`] once, then repeatedly
 //!    [`Dispatcher::turn`]; on [`Next::Wait`] wait for the first of: an application input, a finished HTTP
 //!    request, UDP readability (then [`Dispatcher::read_datagrams`]), UDP writability while the send queue
-//!    waits, the WebSocket, and the instant `turn` returned (plus your own deadlines, e.g. a WebSocket
-//!    connect timeout). Feed each input with [`Dispatcher::feed`]. Stop on [`Next::Stop`]. When the
-//!    application drops its handle, call [`Dispatcher::abandon`].
+//!    waits, the WebSocket, each stream's socket (readable; writable while [`stream::Streams::watch`] says
+//!    so, or always with edge-triggered readiness; then [`stream::Streams::ready`] with its key), and the
+//!    instant `turn` returned (plus the deadlines: your WebSocket connect timeout,
+//!    [`stream::Streams::deadline`], then [`stream::Streams::expire`]). Feed each input with
+//!    [`Dispatcher::feed`], including every [`stream::Streams::pop`] (one at a time: an input may close a
+//!    stream, dropping its rest); never sleep while [`stream::Streams::busy`]. Stop on [`Next::Stop`]. When
+//!    the application drops its handle, call [`Dispatcher::abandon`].
 //! 4. **Forwarder**: use [`forward::threads`] as is (plain threads; runtime-blocking does), or pipe with
 //!    your runtime's tasks, routing outputs with [`forward::Routes`] and waiting in [`FlowControl`] before
 //!    each read (runtime-smol does).
 //! 5. **Implement [`Runtime`]** (with [`NodeHandle`], [`InputSink`], [`Forward`]) for a marker type, then
 //!    run the shared suites: `pam-lite-driver-tests` holds them as plain generic functions (list each as a
 //!    one-line `#[test]`, see `runtime-smol/tests/suite.rs`), and add your runtime to the end-to-end
-//!    conformance suite in `tests/tests/conformance.rs` (one module of one-liners).
+//!    conformance suite in `tests/tests/conformance.rs` (one module of one-liners). The stream suite
+//!    (`pam_lite_driver_tests::stream`) needs real TCP and TLS servers only, all on 127.0.0.1.
 //!
 //! runtime-smol's wait loop (`runtime-smol/src/driver.rs`, `run_loop`) is the shortest example of step 3;
 //! runtime-blocking's (`runtime-blocking/src/driver.rs`, `Loop::run`) shows the same with `mio::Poll`.
 //!
-//! A new kind of I/O (issue #9: TURN over TCP/TLS) is added once, in the kit, without touching the
-//! dispatcher's callers: see [`Io`].
+//! A new kind of I/O is added once, in the kit, without touching the dispatcher's callers: see [`Io`]
+//! (TURN over TCP/TLS was added that way: [`stream`]).
 //!
 //! Nothing of the protocol is in a driver: if a runtime needs to know what an output *means*, that
 //! knowledge belongs in the core.

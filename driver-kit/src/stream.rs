@@ -211,11 +211,9 @@ where
         self.unfinished.retain(|k| *k != key);
         let entry = &mut self.entries[at];
         let mut events = Vec::new();
-        let result = entry.conn.progress(
-            &SockRef::from(&entry.socket),
-            &mut self.buf,
-            &mut events,
-        );
+        let result = entry
+            .conn
+            .progress(&SockRef::from(&entry.socket), &mut self.buf, &mut events);
         let id = entry.id;
         self.events.extend(
             events
@@ -544,6 +542,128 @@ impl Conn {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+
+    fn streams(connect_timeout: Duration) -> Streams<TcpStream> {
+        let tls = crate::tls::rustls_client_config(&crate::TlsConfig::default()).unwrap();
+        Streams::new(tls, connect_timeout)
+    }
+
+    /// A server that echoes one connection.
+    fn echo_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let _ = io::copy(&mut &stream, &mut &stream);
+        });
+        addr
+    }
+
+    /// Call `ready` (spurious calls are allowed: readiness may be) until `n` inputs are queued.
+    fn poll_until(streams: &mut Streams<TcpStream>, key: usize, n: usize) {
+        let end = Instant::now() + Duration::from_secs(5);
+        while streams.events.len() < n {
+            assert!(Instant::now() < end, "only {:?}", streams.events);
+            streams.ready(key);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn open_plain(streams: &mut Streams<TcpStream>, id: u32, to: SocketAddr) -> usize {
+        let mut key = None;
+        let failed = streams.open(StreamId(id), to, None, |s, k| {
+            key = Some(k);
+            Ok(s)
+        });
+        assert_eq!(failed, None);
+        key.unwrap()
+    }
+
+    #[test]
+    fn writes_before_the_connect_are_sent_after_it_and_a_close_drops_unfed_inputs() {
+        let mut streams = streams(Duration::from_secs(5));
+        let key = open_plain(&mut streams, 1, echo_server());
+        streams.write(StreamId(1), b"early".to_vec());
+        poll_until(&mut streams, key, 2);
+        assert!(matches!(
+            streams.pop(),
+            Some(Input::Stream {
+                stream: StreamId(1),
+                event: StreamEvent::Connected { .. }
+            })
+        ));
+        assert_eq!(
+            streams.pop(),
+            Some(Input::Stream {
+                stream: StreamId(1),
+                event: StreamEvent::Data(b"early".to_vec())
+            })
+        );
+        streams.write(StreamId(1), b"again".to_vec());
+        poll_until(&mut streams, key, 1);
+        streams.close(StreamId(1));
+        assert_eq!(
+            streams.pop(),
+            None,
+            "nothing is reported after the core's close"
+        );
+        assert!(streams.is_empty() && !streams.busy());
+        streams.ready(key); // a late readiness of a closed stream is ignored
+        assert_eq!(streams.pop(), None);
+    }
+
+    #[test]
+    fn the_write_bound_counts_bytes_queued_before_the_connect_too() {
+        let mut streams = streams(Duration::from_secs(5));
+        open_plain(&mut streams, 2, echo_server());
+        streams.write(StreamId(2), vec![0; STREAM_WRITE_LIMIT]);
+        assert_eq!(streams.pop(), None, "exactly the bound fits");
+        streams.write(StreamId(2), vec![0; 1]);
+        let Some(Input::Stream {
+            stream: StreamId(2),
+            event: StreamEvent::Closed { reason },
+        }) = streams.pop()
+        else {
+            panic!("not closed");
+        };
+        assert!(reason.contains("is not reading"), "{reason}");
+        streams.write(StreamId(2), vec![0; 1]);
+        assert_eq!(streams.pop(), None, "one Closed only");
+    }
+
+    #[test]
+    fn a_connect_past_its_deadline_closes_once_with_what_timed_out() {
+        let mut streams = streams(Duration::ZERO);
+        let addr = echo_server();
+        open_plain(&mut streams, 3, addr);
+        assert!(streams.deadline().is_some());
+        streams.expire(Instant::now());
+        assert_eq!(
+            streams.pop(),
+            Some(closed_input(
+                StreamId(3),
+                format!("connecting to {addr} timed out after 0s")
+            ))
+        );
+        streams.expire(Instant::now());
+        assert_eq!((streams.pop(), streams.deadline()), (None, None));
+    }
+
+    #[test]
+    fn a_bad_tls_name_fails_before_any_connect() {
+        let mut streams = streams(Duration::from_secs(5));
+        let failed = streams.open(StreamId(4), echo_server(), Some("a b".into()), |_, _| {
+            panic!("no socket for a bad name")
+        });
+        assert_eq!(
+            failed,
+            Some(closed_input(
+                StreamId(4),
+                "invalid TLS server name \"a b\"".into()
+            ))
+        );
+    }
 
     #[test]
     fn server_names_dns_and_ip_are_accepted_garbage_is_named_escaped_and_bounded() {

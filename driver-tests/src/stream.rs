@@ -88,7 +88,10 @@ impl<R: Runtime> Node<R> {
         while got.len() < len {
             match self.event(WAIT) {
                 Some((s, StreamEvent::Data(data))) if s == stream => got.extend(data),
-                other => panic!("expected data on {stream} ({} of {len}), got {other:?}", got.len()),
+                other => panic!(
+                    "expected data on {stream} ({} of {len}), got {other:?}",
+                    got.len()
+                ),
             }
         }
         got
@@ -250,7 +253,10 @@ pub fn tcp_stream_closed_by_the_server_reports_closed_once<R: Runtime>() {
     node.connected(7);
     assert_eq!(node.read(7, 3), b"bye");
     let reason = node.closed(7);
-    assert!(reason.contains(&format!("{addr} closed the connection")), "{reason}");
+    assert!(
+        reason.contains(&format!("{addr} closed the connection")),
+        "{reason}"
+    );
     node.write(7, b"late".to_vec());
     node.quiet();
 }
@@ -264,7 +270,10 @@ pub fn tcp_stream_connect_refused_closes_with_a_reason<R: Runtime>() {
     let node = Node::<R>::spawn(DriverConfig::default());
     node.open(2, addr, None);
     let reason = node.closed(2);
-    assert!(reason.contains(&format!("cannot connect to {addr}")), "{reason}");
+    assert!(
+        reason.contains(&format!("cannot connect to {addr}")),
+        "{reason}"
+    );
     assert!(reason.to_lowercase().contains("refused"), "{reason}");
     node.quiet();
 }
@@ -297,7 +306,10 @@ pub fn tcp_stream_write_bound_closes_when_the_server_does_not_read<R: Runtime>()
         }
     };
     let bound = format!("more than {STREAM_WRITE_LIMIT} bytes waiting to be sent");
-    assert!(reason.contains("is not reading") && reason.contains(&bound), "{reason}");
+    assert!(
+        reason.contains("is not reading") && reason.contains(&bound),
+        "{reason}"
+    );
     node.quiet();
 }
 
@@ -324,7 +336,10 @@ pub fn tls_stream_verifies_the_name_and_echoes<R: Runtime>() {
 
     node.open(2, addr, Some("wrong.example"));
     let reason = node.closed(2);
-    assert!(reason.contains("TLS handshake with") && reason.contains("certificate"), "{reason}");
+    assert!(
+        reason.contains("TLS handshake with") && reason.contains("certificate"),
+        "{reason}"
+    );
     assert!(reason.contains("wrong.example"), "{reason}");
 
     node.open(3, addr, Some("not a name!"));
@@ -348,19 +363,33 @@ pub fn stream_connect_and_handshake_are_bounded<R: Runtime>() {
     node.open(1, mute_server(), Some("localhost"));
     let reason = node.closed(1);
     let took = started.elapsed();
-    assert!(reason.contains("TLS handshake with") && reason.contains("timed out"), "{reason}");
-    assert!(took >= bound && took < bound + Duration::from_secs(2), "{took:?}");
+    assert!(
+        reason.contains("TLS handshake with") && reason.contains("timed out"),
+        "{reason}"
+    );
+    assert!(
+        took >= bound && took < bound + Duration::from_secs(2),
+        "{took:?}"
+    );
 
     let Some((addr, _held)) = full_listener() else {
-        eprintln!("skipped the black-holed connect: this kernel accepts beyond a full accept queue");
+        eprintln!(
+            "skipped the black-holed connect: this kernel accepts beyond a full accept queue"
+        );
         return;
     };
     let started = Instant::now();
     node.open(2, addr, None);
     let reason = node.closed(2);
     let took = started.elapsed();
-    assert!(reason.contains(&format!("connecting to {addr} timed out")), "{reason}");
-    assert!(took >= bound && took < bound + Duration::from_secs(2), "{took:?}");
+    assert!(
+        reason.contains(&format!("connecting to {addr} timed out")),
+        "{reason}"
+    );
+    assert!(
+        took >= bound && took < bound + Duration::from_secs(2),
+        "{took:?}"
+    );
     node.quiet();
 }
 

@@ -1,6 +1,7 @@
 //! The blocking driver: one thread per node blocks in one `mio::Poll` for everything — the UDP socket, the
-//! router WebSocket, the application's inputs and finished HTTP requests (both announced by a
-//! `mio::Waker`), and the node's timer as the poll timeout. Datagrams are read and sent on that thread
+//! router WebSocket, the TURN streams (the kit's [`Streams`] over registered `mio::net::TcpStream`s), the
+//! application's inputs and finished HTTP requests (both announced by a `mio::Waker`), and the node's
+//! timer as the poll timeout. Datagrams are read and sent on that thread
 //! with no hop between threads; only ureq requests (blocking by nature) run on a small worker pool.
 //!
 //! Application inputs arrive through a bounded queue, so a fast local reader (the forwarder) is slowed

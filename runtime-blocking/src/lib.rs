@@ -1,6 +1,6 @@
 //! Blocking driver for the pam-lite core: per node, one thread blocks in one `mio::Poll` for the UDP
-//! socket, the router WebSocket (tungstenite over the non-blocking socket, rustls for `wss://`), the
-//! application's inputs and the node's timer; ureq HTTP requests run on a small worker pool that wakes the
+//! socket, the router WebSocket (tungstenite over the non-blocking socket, rustls for `wss://`), the TURN
+//! servers' TCP/TLS streams (the kit's `stream` module), the application's inputs and the node's timer; ureq HTTP requests run on a small worker pool that wakes the
 //! loop. It only moves data between a [`pam_lite_core::Node`] and the network: everything else is the
 //! runtime-neutral `pam-lite-driver-kit` (its crate docs are the porting guide).
 //!

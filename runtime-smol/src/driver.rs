@@ -1,8 +1,8 @@
 //! The smol driver: one task per node.
 //!
 //! The task races the node's sources each turn — application inputs, finished HTTP requests, UDP
-//! readiness, the WebSocket and the node's timer — and hands whichever is ready to the kit's
-//! [`Dispatcher`]. Every future in that race is cancel-safe, so losing the race loses nothing. UDP is
+//! readiness, the WebSocket, the TURN streams (the kit's [`Streams`] over `Async<TcpStream>`) and the
+//! node's timer — and hands whichever is ready to the kit's [`Dispatcher`]. Every future in that race is cancel-safe, so losing the race loses nothing. UDP is
 //! drained in batches on readiness; transmits that hit a full send buffer wait in the kit's
 //! [`TxQueue`] for writability.
 

@@ -1,5 +1,6 @@
 //! smol driver for the pam-lite core: one async task per node — UDP, timers, the router WebSocket
-//! (async-tungstenite) and HTTP (hyper's HTTP/1 client over smol sockets) all inside it, so one process can
+//! (async-tungstenite), HTTP (hyper's HTTP/1 client over smol sockets) and the TURN servers' TCP/TLS
+//! streams (the kit's `stream` module) all inside it, so one process can
 //! run many nodes on one executor thread and a request costs no thread. It only moves data between a
 //! [`pam_lite_core::Node`] and the network: everything else is the runtime-neutral `pam-lite-driver-kit`
 //! (its crate docs are the porting guide).
