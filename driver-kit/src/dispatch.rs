@@ -436,6 +436,38 @@ mod tests {
     }
 
     #[test]
+    fn a_runtime_without_streams_answers_a_stream_open_with_closed() {
+        let (mut d, _) = dispatcher(Duration::ZERO);
+        let mut io = Recorder::default();
+        d.node.script.extend([
+            Output::StreamOpen {
+                stream: StreamId(4),
+                to: "127.0.0.1:3478".parse().unwrap(),
+                tls_name: None,
+            },
+            Output::StreamWrite {
+                stream: StreamId(4),
+                data: b"x".to_vec(),
+            },
+            Output::StreamClose {
+                stream: StreamId(4),
+            },
+        ]);
+        d.feed(Input::Timeout, &mut io);
+        assert_eq!(d.turn(&mut io), Next::Wait(None));
+        assert_eq!(
+            d.node.seen.last(),
+            Some(&Input::Stream {
+                stream: StreamId(4),
+                event: StreamEvent::Closed {
+                    reason: "this runtime cannot open TCP streams".into()
+                }
+            })
+        );
+        assert!(io.delivered.is_empty(), "stream outputs are not the app's");
+    }
+
+    #[test]
     fn finished_is_delivered_then_the_flush_ends_the_loop() {
         let (mut d, _) = dispatcher(Duration::ZERO);
         let mut io = Recorder::default();

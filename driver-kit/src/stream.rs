@@ -358,6 +358,7 @@ impl Conn {
             if !self.connect_done(socket)? {
                 return Ok(false);
             }
+            // Each write is a frame the core wants out now (a datagram in TURN's framing): no Nagle delay.
             let _ = socket.set_tcp_nodelay(true);
             match self.tls {
                 None => self.up(socket, events)?,

@@ -412,3 +412,21 @@ fn full_listener() -> Option<(SocketAddr, (socket2::Socket, Vec<TcpStream>))> {
     }
     None
 }
+
+/// Streams are independent, and one the core closes before it connected reports nothing, not even when
+/// its deadline passes: stream 1 stalls in a TLS handshake and is closed, stream 2 (plain) echoes.
+pub fn streams_are_independent_and_closing_one_while_connecting_reports_nothing<R: Runtime>() {
+    let bound = Duration::from_millis(300);
+    let node = Node::<R>::spawn(with_ca(&TestCa::new(), Some(bound)));
+    let (addr, _seen) = server(echo);
+    node.open(1, mute_server(), Some("localhost"));
+    node.open(2, addr, None);
+    node.connected(2);
+    node.emit([Output::StreamClose {
+        stream: StreamId(1),
+    }]);
+    node.write(2, b"still here".to_vec());
+    assert_eq!(node.read(2, 10), b"still here");
+    thread::sleep(bound);
+    node.quiet();
+}

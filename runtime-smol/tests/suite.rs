@@ -153,3 +153,8 @@ fn tls_stream_verifies_the_name_and_echoes() {
 fn stream_connect_and_handshake_are_bounded() {
     stream::stream_connect_and_handshake_are_bounded::<R>();
 }
+
+#[test]
+fn streams_are_independent_and_closing_one_while_connecting_reports_nothing() {
+    stream::streams_are_independent_and_closing_one_while_connecting_reports_nothing::<R>();
+}
