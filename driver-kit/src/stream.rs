@@ -148,7 +148,7 @@ where
                 phase: Phase::Connecting,
                 tls,
                 out: VecDeque::new(),
-                deadline: Some(Instant::now() + self.connect_timeout),
+                deadline: Instant::now().checked_add(self.connect_timeout),
                 connect_timeout: self.connect_timeout,
             },
         });
