@@ -15,7 +15,11 @@ pub const CONFIG: i32 = 3;
 /// not reach the target). Above the core's range so it never collides with a `LaunchError` code.
 pub const TUNNEL_CONNECTION: i32 = 12;
 
-/// The exit code of a launch that ended with `e`: 3–11, one per variant.
+/// No network path to the gateway (ICE found no working pair; relay-only found no relay). After the CLI's
+/// own 12 because it was added later; codes never move once documented.
+pub const NO_PATH: i32 = 13;
+
+/// The exit code of a launch that ended with `e`: 3–11 and 13, one per variant.
 pub fn launch_exit_code(e: &LaunchError) -> i32 {
     match e {
         LaunchError::Config(_) => CONFIG,
@@ -27,5 +31,6 @@ pub fn launch_exit_code(e: &LaunchError) -> i32 {
         LaunchError::WebSocket(_) => 9,
         LaunchError::Protocol(_) => 10,
         LaunchError::Disconnected(_) => 11,
+        LaunchError::NoPath(_) => NO_PATH,
     }
 }

@@ -73,6 +73,7 @@ pub fn client_config(
         session,
         trickle_ice,
         profile: env.profile.clone(),
+        relay: Default::default(),
         unix_ms_at_start: unix_ms(),
     }
 }

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::relay::RelayProblem;
 use crate::router::endpoints::{EndpointError, RouterCallError};
 use crate::rtc::PeerError;
 use crate::text::sanitize;
@@ -46,6 +47,48 @@ pub enum LaunchError {
     /// The WebRTC session ended (remote close, ICE failure): the WebRTC stack's reason.
     #[error("WebRTC session closed: {}", sanitize(.0))]
     Disconnected(String),
+    /// No network path to the gateway was found: no candidate pair worked, or relay-only found no relay.
+    /// Names every STUN/TURN server that gave nothing.
+    #[error("{0}")]
+    NoPath(NoPath),
+}
+
+/// Why no path to the gateway was found, and which relay servers failed on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoPath {
+    pub reason: NoPathReason,
+    pub problems: Vec<RelayProblem>,
+}
+
+/// What ended the search for a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoPathReason {
+    /// The gateway answered, but no candidate pair connected within the bound.
+    NoWorkingPair { waited: Duration },
+    /// The ICE agent gave up before connecting (its reason).
+    IceFailed(String),
+    /// Relay-only was asked for and no TURN allocation exists.
+    NoRelay,
+}
+
+impl std::fmt::Display for NoPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no network path to the gateway: ")?;
+        match &self.reason {
+            NoPathReason::NoWorkingPair { waited } => write!(
+                f,
+                "no ICE candidate pair worked within {waited:?} (a firewall or NAT between you and the \
+                 gateway, and no relay that works)"
+            )?,
+            NoPathReason::IceFailed(why) => write!(f, "ICE failed ({})", sanitize(why))?,
+            NoPathReason::NoRelay => f.write_str("relay-only was asked for and no TURN relay could be allocated")?,
+        }
+        for (i, p) in self.problems.iter().enumerate() {
+            f.write_str(if i == 0 { "; " } else { ", " })?;
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
 }
 
 /// A launch configuration that cannot work.

@@ -173,6 +173,7 @@ pub fn fuzz_client_inputs(data: &[u8], t0: Instant) {
         session: Session::Tunnel,
         trickle_ice: b.u8() % 2 == 0,
         profile,
+        relay: Default::default(),
         unix_ms_at_start: 0,
     };
     let Ok(mut client) = Client::new(cfg, [3; 32], t0) else {

@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
+use rand_core::{RngCore, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::guac::server::{ServerConfig, ServerEvent, TerminalServer};
+use crate::relay::{GatherEvent, RelayLayer, RelayPlan};
 use crate::rtc::{Peer, PeerEvent, Role, KEEPER_VERSION_ATTRIBUTE};
 use crate::signaling::{self, ConversationId, GatewayAction, TunnelKey};
 use crate::tube::conns::{Connections, Role as TubeRole, TubeEvent};
@@ -62,6 +63,9 @@ pub struct GatewayConfig {
     pub unix_ms_at_start: u64,
     /// Refuse new conversations beyond this many live tubes (bounded memory).
     pub max_tubes: usize,
+    /// STUN/TURN servers (one allocation shared by every tube) and the ICE policy. The gateway has no
+    /// router to ask: TURN needs `credentials` here.
+    pub relay: RelayPlan,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -86,9 +90,13 @@ impl Default for GatewayConfig {
             warmup_pings: true,
             unix_ms_at_start: 0,
             max_tubes: 4096,
+            relay: RelayPlan::default(),
         }
     }
 }
+
+/// Bound on the gateway's own candidates (host addresses plus what the relays gathered).
+const MAX_LOCAL_CANDIDATES: usize = 64;
 
 struct PendingAnswer {
     at: Instant,
@@ -127,13 +135,26 @@ pub struct Gateway {
     conns: BTreeMap<ConnNo, (usize, ConnNo)>,
     next_global: ConnNo,
     outputs: VecDeque<Output>,
+    /// STUN/TURN for every tube: its candidates are every tube's, its relay carries every tube's pairs.
+    relay: RelayLayer,
 }
 
 impl Gateway {
     pub fn new(cfg: GatewayConfig, seed: Seed, now: Instant) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let relay_seed = if cfg.relay.is_empty() {
+            0
+        } else {
+            rng.next_u64()
+        };
+        let mut relay = RelayLayer::new(cfg.relay.clone(), relay_seed);
+        if relay.wants_credentials() {
+            relay.set_credentials(Err("the gateway was given no TURN credentials".into()), now);
+        }
         Gateway {
             cfg,
-            rng: ChaCha20Rng::from_seed(seed),
+            relay,
+            rng,
             start: None,
             now,
             local_candidates: Vec::new(),
@@ -141,6 +162,63 @@ impl Gateway {
             conns: BTreeMap::new(),
             next_global: 1,
             outputs: VecDeque::new(),
+        }
+    }
+
+    /// A local address: the driver's host candidates, or what the relay layer gathered. Tubes that
+    /// already answered in trickle mode get it at once (as a trickled candidate).
+    fn on_local_candidate(&mut self, addr: SocketAddr, kind: CandidateKind) {
+        if kind == CandidateKind::Host {
+            self.relay.host_candidate(addr);
+        }
+        if !self.relay.admits(kind) || self.local_candidates.len() >= MAX_LOCAL_CANDIDATES {
+            return;
+        }
+        self.local_candidates.push((addr, kind));
+        let now = self.now;
+        for idx in 0..self.tubes.len() {
+            let tube = &mut self.tubes[idx];
+            if tube.closed || !tube.answered || !tube.trickle {
+                continue;
+            }
+            let Some(c) = tube.peer.add_local_candidate(addr, kind, now) else {
+                continue;
+            };
+            let body = json!({ "candidates": [c] }).to_string();
+            let data = tube.key.encrypt(body.as_bytes(), &mut self.rng);
+            let reply_to = tube.reply_to;
+            self.reply(reply_to, json!({ "is_ok": true, "data": data }));
+            self.pump(idx);
+        }
+    }
+
+    /// Drain the relay layer: relayed data to the tube it belongs to, gathered candidates, its I/O.
+    fn pump_relay(&mut self) {
+        let now = self.now;
+        while let Some(d) = self.relay.poll_inbound() {
+            if let Some(idx) = self
+                .tubes
+                .iter()
+                .position(|t| !t.closed && t.peer.accepts(&d, now))
+            {
+                self.tubes[idx].peer.handle_datagram(&d, now);
+                self.pump(idx);
+            }
+        }
+        while let Some(event) = self.relay.poll_event() {
+            match event {
+                GatherEvent::Candidate { addr, kind } => {
+                    tracing::info!(%addr, ?kind, "gateway gathered a candidate");
+                    self.on_local_candidate(addr, kind);
+                }
+                GatherEvent::Failed(problem) => {
+                    tracing::warn!(%problem, "gateway relay server gave nothing");
+                }
+                GatherEvent::Gathered => {}
+            }
+        }
+        while let Some(o) = self.relay.poll_output() {
+            self.outputs.push_back(o);
         }
     }
 
@@ -210,6 +288,9 @@ impl Gateway {
                     }
                 };
                 let now = self.now;
+                for addr in list.iter().filter_map(|c| crate::rtc::candidate_address(c)) {
+                    self.relay.remote_candidate(addr, now);
+                }
                 let tube = &mut self.tubes[idx];
                 tube.received_candidates.extend(list.iter().cloned());
                 for c in list {
@@ -274,6 +355,9 @@ impl Gateway {
             .and_then(Value::as_bool)
             .unwrap_or(stream);
         let now = self.now;
+        for addr in crate::rtc::sdp_candidate_addresses(&sdp) {
+            self.relay.remote_candidate(addr, now);
+        }
         let mut peer = Peer::new(Role::Answerer, &conv.std(), now);
         if !trickle {
             for (addr, kind) in self.local_candidates.clone() {
@@ -447,7 +531,12 @@ impl Gateway {
                 }
             }
             while let Some(d) = tube.peer.poll_transmit() {
-                outs.push(Output::Transmit(d));
+                if let Some(d) = self.relay.outgoing(d, now) {
+                    outs.push(Output::Transmit(d));
+                }
+            }
+            while let Some(o) = self.relay.poll_output() {
+                outs.push(o);
             }
             if let Some(conns) = tube.conns.as_ref() {
                 if let Some(paused) = tube.outbox.pause_change(conns) {
@@ -619,6 +708,8 @@ impl Node for Gateway {
         match input {
             Input::Timeout => {
                 let now = self.now;
+                self.relay.handle_timeout(now);
+                self.pump_relay();
                 for t in &mut self.tubes {
                     if t.peer.poll_timeout().is_some_and(|x| x <= now) {
                         t.peer.handle_timeout(now);
@@ -634,9 +725,11 @@ impl Node for Gateway {
                 stream,
                 payload,
             } => self.on_controller_message(reply_to, stream, &payload),
-            Input::Stream { stream, .. } => {
-                tracing::debug!(?stream, "no stream was opened (relays not wired yet)");
+            Input::Stream { stream, event } => {
+                self.relay.stream(stream, event, self.now);
+                self.pump_relay();
             }
+            Input::Datagram(d) if self.relay.incoming(&d, self.now) => self.pump_relay(),
             Input::Datagram(d) => {
                 let now = self.now;
                 if let Some(idx) = self
@@ -650,10 +743,13 @@ impl Node for Gateway {
                     tracing::trace!(source = %d.source, "datagram for no tube");
                 }
             }
-            Input::LocalCandidate { addr, kind } => self.local_candidates.push((addr, kind)),
+            Input::LocalCandidate { addr, kind } => self.on_local_candidate(addr, kind),
+            Input::GatheringComplete => {
+                self.relay.host_gathering_complete(self.now);
+                self.pump_relay();
+            }
             Input::Command(c) => self.on_command(c),
-            Input::GatheringComplete
-            | Input::HttpResponse { .. }
+            Input::HttpResponse { .. }
             | Input::HttpError { .. }
             | Input::WsOpened
             | Input::WsMessage(_)
@@ -675,6 +771,6 @@ impl Node for Gateway {
             .iter()
             .filter(|t| !t.closed)
             .filter_map(|t| t.peer.poll_timeout());
-        answers.chain(peers).min()
+        answers.chain(peers).chain(self.relay.poll_timeout()).min()
     }
 }

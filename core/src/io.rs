@@ -94,6 +94,9 @@ pub enum CandidateKind {
     Host,
     /// A public mapping of `base` learned from a STUN server.
     ServerReflexive { base: SocketAddr },
+    /// An address allocated on a TURN server for `base`. The core's relay layer finds these itself; a
+    /// driver reports only host candidates.
+    Relayed { base: SocketAddr },
 }
 
 /// Things a user (CLI, library caller) asks a node to do.

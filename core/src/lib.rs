@@ -44,7 +44,7 @@ pub mod text;
 pub mod timing;
 pub mod tube;
 
-pub use error::{ConfigError, LaunchError, ProtocolError};
+pub use error::{ConfigError, LaunchError, NoPath, NoPathReason, ProtocolError};
 pub use io::*;
 
 /// The shape every node (client, gateway) shares, so a driver can run any of them.

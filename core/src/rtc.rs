@@ -195,6 +195,11 @@ impl Peer {
             CandidateKind::ServerReflexive { base } => {
                 Candidate::server_reflexive(addr, base, Protocol::Udp).ok()?
             }
+            // str0m sends from the relay address; the relay layer wraps those transmits for the TURN
+            // server and hands relayed data back with the relay address as destination.
+            CandidateKind::Relayed { base } => {
+                Candidate::relayed(addr, base, Protocol::Udp).ok()?
+            }
         };
         let sdp = self.rtc.add_local_candidate(candidate)?.to_sdp_string();
         self.drain(now);
@@ -412,6 +417,26 @@ impl Peer {
             _ => {}
         }
     }
+}
+
+/// The transport address of a candidate line (`candidate:…`, with or without `a=`), for the relay layer's
+/// permissions. `None` for the end-of-candidates marker or anything str0m cannot parse.
+pub fn candidate_address(candidate: &str) -> Option<SocketAddr> {
+    let trimmed = candidate.trim();
+    let trimmed = trimmed.strip_prefix("a=").unwrap_or(trimmed);
+    if trimmed.is_empty() {
+        return None;
+    }
+    Candidate::from_sdp_string(trimmed).ok().map(|c| c.addr())
+}
+
+/// The addresses of the candidates inside an SDP (an answer or offer that carries them), bounded.
+pub fn sdp_candidate_addresses(sdp: &str) -> Vec<SocketAddr> {
+    sdp.lines()
+        .filter(|l| l.trim_start().starts_with("a=candidate:"))
+        .take(64)
+        .filter_map(candidate_address)
+        .collect()
 }
 
 fn receive(d: &Datagram) -> Option<Receive<'_>> {

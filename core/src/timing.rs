@@ -85,6 +85,14 @@ pub mod names {
         "gateway_offer_backend_catchup_delay_start";
     pub const GATEWAY_OFFER_BACKEND_CATCHUP_DELAY_DONE: &str =
         "gateway_offer_backend_catchup_delay_done";
+    /// pam-lite's own: a server-reflexive candidate was learned from a STUN/TURN server.
+    pub const RELAY_SRFLX_CANDIDATE: &str = "relay_srflx_candidate";
+    /// pam-lite's own: a TURN allocation gave a relayed candidate.
+    pub const RELAY_CANDIDATE: &str = "relay_candidate";
+    /// pam-lite's own: a STUN/TURN server gave nothing (the log and the error say which and why).
+    pub const RELAY_SERVER_FAILED: &str = "relay_server_failed";
+    /// pam-lite's own: gathering from the relay servers is over (answered, failed, or its bound passed).
+    pub const RELAY_GATHERING_DONE: &str = "relay_gathering_done";
     /// The offer attempt loop is over (success or final failure).
     pub const GATEWAY_OFFER_HTTP_DONE: &str = "gateway_offer_http_done";
 

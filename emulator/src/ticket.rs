@@ -73,6 +73,7 @@ impl DemoTicket {
             session: pam_lite_core::client::Session::Tunnel,
             trickle_ice,
             profile,
+            relay: Default::default(),
             unix_ms_at_start,
         })
     }

@@ -41,6 +41,7 @@ fn terminal_session_runs_a_command_under_a_pty() {
         }),
         trickle_ice: true,
         profile: Profile::fast(),
+        relay: Default::default(),
         unix_ms_at_start: 0,
     };
     let client = Client::new(cfg, [5; 32], Instant::now()).expect("client");

@@ -131,6 +131,7 @@ impl Scenario {
                 session,
                 trickle_ice: self.trickle,
                 profile: self.profile.clone(),
+                relay: Default::default(),
                 unix_ms_at_start: 1_795_000_000_000,
             },
             seeds[3],

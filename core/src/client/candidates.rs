@@ -28,8 +28,10 @@ pub(super) const MAX_CANDIDATES: usize = 64;
 
 /// The candidates' state.
 pub(super) struct CandidateState {
-    /// The driver said gathering is over.
+    /// Gathering is over: the driver reported every host address and the relay layer is done.
     pub(super) gathering_complete: bool,
+    /// The driver reported every host address.
+    host_complete: bool,
     /// Every local candidate the driver reported (for `create_tube`).
     pub(super) local: Vec<LocalCandidate>,
     /// Gateway candidates that arrived before the answer.
@@ -43,6 +45,7 @@ impl CandidateState {
     pub(super) fn new(profile: &Profile) -> Self {
         CandidateState {
             gathering_complete: false,
+            host_complete: false,
             local: Vec::new(),
             early_remote: Vec::new(),
             batcher: IceBatcher::new(profile.batch_candidates),
@@ -52,14 +55,21 @@ impl CandidateState {
 }
 
 impl Client {
-    /// The driver found a local address.
+    /// The driver found a local address, or the relay layer gathered one.
     pub(super) fn on_local_candidate(&mut self, addr: core::net::SocketAddr, kind: CandidateKind) {
+        let now = self.now;
+        if kind == CandidateKind::Host {
+            self.relay.host_candidate(addr);
+        }
+        if !self.relay.admits(kind) {
+            tracing::debug!(%addr, "not offered (relay-only)");
+            return;
+        }
         if self.candidates.local.len() >= MAX_CANDIDATES {
             tracing::warn!(%addr, "too many local candidates; ignoring one");
             return;
         }
         self.candidates.local.push((addr, kind));
-        let now = self.now;
         if let Some(p) = self.peer.as_mut() {
             if let Some(c) = p.add_local_candidate(addr, kind, now) {
                 if self.cfg.trickle_ice {
@@ -70,8 +80,24 @@ impl Client {
         self.pump_peer();
     }
 
-    /// The driver finished gathering: in trickle mode the end-of-candidates marker joins the flush.
+    /// The driver reported every host address: the relay layer may start, and gathering may be over.
     pub(super) fn on_gathering_complete(&mut self) {
+        self.candidates.host_complete = true;
+        let now = self.now;
+        self.relay.host_gathering_complete(now);
+        self.pump_peer();
+        self.sync_gathering();
+    }
+
+    /// Gathering is over once the driver and the relay layer both are: in trickle mode the
+    /// end-of-candidates marker then joins the flush.
+    pub(super) fn sync_gathering(&mut self) {
+        if self.candidates.gathering_complete
+            || !self.candidates.host_complete
+            || !self.relay.is_gathered()
+        {
+            return;
+        }
         self.candidates.gathering_complete = true;
         if self.peer.is_some() && self.cfg.trickle_ice {
             self.candidates.batcher.end_of_candidates();
@@ -80,6 +106,11 @@ impl Client {
 
     /// A gateway candidate: into the peer, or held until the answer is applied.
     pub(super) fn add_remote_candidate(&mut self, c: &str) {
+        // Every allocation gets a permission and a channel for it, before ICE needs them.
+        if let Some(addr) = crate::rtc::candidate_address(c) {
+            let now = self.now;
+            self.relay.remote_candidate(addr, now);
+        }
         if !self.offer.answer_applied {
             if self.candidates.early_remote.len() < MAX_CANDIDATES {
                 self.candidates.early_remote.push(c.to_string());

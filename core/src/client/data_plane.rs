@@ -13,12 +13,14 @@
 
 use std::time::{Duration, Instant};
 
+use crate::error::{NoPath, NoPathReason};
+use crate::relay::GatherEvent;
 use crate::rtc::PeerEvent;
 use crate::timing::{
     names, PHASE_CLI_SESSION as CLI_SESSION, PHASE_WEBRTC_TUNNEL as WEBRTC_TUNNEL,
 };
 use crate::tube::conns::{Connections, Role as TubeRole};
-use crate::{Datagram, LaunchError, Output};
+use crate::{CandidateKind, Datagram, LaunchError, Output};
 
 use super::{Client, Step, Timer};
 
@@ -92,6 +94,15 @@ impl Client {
     pub(super) fn advance_data_plane(&mut self) {
         let p = self.profile().clone();
         if self.due(DataPlaneTimer::Connect) && !self.data_plane.seen {
+            // An answer that was applied but never led to `connected`: no candidate pair worked.
+            if self.offer.answer_applied && self.data_plane.connected_at.is_none() {
+                return self.finish(Err(LaunchError::NoPath(NoPath {
+                    reason: NoPathReason::NoWorkingPair {
+                        waited: p.connect_timeout,
+                    },
+                    problems: self.relay.problems().to_vec(),
+                })));
+            }
             return self.finish(Err(LaunchError::Timeout {
                 what: "the WebRTC connection (ICE + DTLS)",
                 waited: p.connect_timeout,
@@ -167,10 +178,52 @@ impl Client {
     /// A datagram from the network.
     pub(super) fn on_datagram(&mut self, d: &Datagram) {
         let now = self.now;
-        if let Some(p) = self.peer.as_mut() {
-            p.handle_datagram(d, now);
+        // A STUN/TURN server's datagram is the relay layer's (relayed peer data comes out of it).
+        if !self.relay.incoming(d, now) {
+            if let Some(p) = self.peer.as_mut() {
+                p.handle_datagram(d, now);
+            }
         }
         self.pump_peer();
+    }
+
+    /// Drain the relay layer: relayed data into the peer, gathered candidates, failures, its I/O.
+    fn pump_relay(&mut self) {
+        let now = self.now;
+        while let Some(d) = self.relay.poll_inbound() {
+            if let Some(p) = self.peer.as_mut() {
+                p.handle_datagram(&d, now);
+            }
+        }
+        while let Some(event) = self.relay.poll_event() {
+            match event {
+                GatherEvent::Candidate { addr, kind } => {
+                    let name = match kind {
+                        CandidateKind::Relayed { .. } => names::RELAY_CANDIDATE,
+                        _ => names::RELAY_SRFLX_CANDIDATE,
+                    };
+                    tracing::info!(%addr, ?kind, "gathered a candidate");
+                    self.checkpoint(WEBRTC_TUNNEL, name);
+                    self.on_local_candidate(addr, kind);
+                }
+                GatherEvent::Failed(_) => {
+                    self.checkpoint(WEBRTC_TUNNEL, names::RELAY_SERVER_FAILED)
+                }
+                GatherEvent::Gathered => {
+                    self.checkpoint(WEBRTC_TUNNEL, names::RELAY_GATHERING_DONE);
+                    self.sync_gathering();
+                }
+            }
+        }
+        if self.relay.relay_only_failed() && !self.finished {
+            return self.finish(Err(LaunchError::NoPath(NoPath {
+                reason: NoPathReason::NoRelay,
+                problems: self.relay.problems().to_vec(),
+            })));
+        }
+        while let Some(o) = self.relay.poll_output() {
+            self.outputs.push_back(o);
+        }
     }
 
     /// On `Input::Timeout`: the peer's own timers.
@@ -187,11 +240,18 @@ impl Client {
     /// Drain the peer: transmits out, events into the data plane and the tube.
     pub(super) fn pump_peer(&mut self) {
         let now = self.now;
+        self.pump_relay();
         let Some(peer) = self.peer.as_mut() else {
             return;
         };
         while let Some(d) = peer.poll_transmit() {
-            self.outputs.push_back(Output::Transmit(d));
+            // From a relay address: wrapped for the TURN server by the relay layer.
+            if let Some(d) = self.relay.outgoing(d, now) {
+                self.outputs.push_back(Output::Transmit(d));
+            }
+        }
+        while let Some(o) = self.relay.poll_output() {
+            self.outputs.push_back(o);
         }
         let mut events = Vec::new();
         while let Some(e) = peer.poll_event() {
@@ -228,7 +288,17 @@ impl Client {
                 }
                 PeerEvent::Writable => {}
                 PeerEvent::Closed(reason) => {
-                    if !self.finished && !self.session.closing {
+                    if !self.finished
+                        && !self.session.closing
+                        && self.data_plane.connected_at.is_none()
+                    {
+                        // ICE gave up before it ever connected: no path, not a lost session.
+                        let problems = self.relay.problems().to_vec();
+                        self.finish(Err(LaunchError::NoPath(NoPath {
+                            reason: NoPathReason::IceFailed(reason),
+                            problems,
+                        })));
+                    } else if !self.finished && !self.session.closing {
                         self.finish(Err(LaunchError::Disconnected(reason)));
                     } else if self.session.closing {
                         self.finish(Ok(()));
@@ -333,7 +403,8 @@ mod tests {
 
     #[test]
     fn losing_every_datagram_ends_the_launch_before_the_connect_bound() {
-        // str0m's ICE agent gives up on its own (a consent/connectivity failure) before the bound.
+        // str0m's ICE agent gives up on its own (a consent/connectivity failure) before the bound; it
+        // never connected, so that is "no path", not a lost session.
         let profile = Profile::fast();
         let bound = profile.connect_timeout;
         let mut h = Harness::new(HarnessConfig {
@@ -343,9 +414,20 @@ mod tests {
         });
         h.run_until_finished();
         assert!(
-            matches!(h.finished, Some(Err(LaunchError::Disconnected(_)))),
+            matches!(
+                &h.finished,
+                Some(Err(LaunchError::NoPath(crate::NoPath {
+                    reason: crate::NoPathReason::IceFailed(_),
+                    ..
+                })))
+            ),
             "{:?}",
             h.finished
+        );
+        let shown = h.finished.clone().unwrap().unwrap_err().to_string();
+        assert!(
+            shown.starts_with("no network path to the gateway: ICE failed"),
+            "{shown}"
         );
         let origin = h.checkpoint_at("cli_session_try_enter").unwrap();
         assert!(h.finished_at.unwrap() < origin + bound);

@@ -167,6 +167,7 @@ impl Harness {
                 session: cfg.session.clone(),
                 trickle_ice: cfg.trickle,
                 profile: cfg.profile.clone(),
+                relay: Default::default(),
                 unix_ms_at_start: 1_795_000_000_000,
             },
             [5; 32],

@@ -35,6 +35,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::offer::LaunchOffer;
 use crate::profile::Profile;
+use crate::relay::{RelayLayer, RelayPlan};
 use crate::router::endpoints;
 use crate::router::envelope::{ServerPublicKey, Tokens};
 use crate::rtc::Peer;
@@ -105,6 +106,8 @@ pub struct ClientConfig {
     pub session: Session,
     pub trickle_ice: bool,
     pub profile: Profile,
+    /// STUN/TURN servers and the ICE policy (empty: host candidates only, as before relays existed).
+    pub relay: RelayPlan,
     /// Wall-clock Unix milliseconds at the start instant (frame timestamps); the core never reads a clock.
     pub unix_ms_at_start: u64,
 }
@@ -132,6 +135,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("conversation_type", &self.offer.conversation_type)
             .field("trickle_ice", &self.trickle_ice)
             .field("profile", &self.profile.name)
+            .field("relay", &self.relay)
             .finish_non_exhaustive()
     }
 }
@@ -174,6 +178,8 @@ pub struct Client {
     ws: websocket::WsSide,
     offer: offer::OfferState,
     candidates: candidates::CandidateState,
+    /// STUN/TURN beside the ICE agent; exists from the start (it gathers before the peer does).
+    relay: RelayLayer,
     data_plane: data_plane::DataPlane,
     session: session::SessionState,
     finished: bool,
@@ -196,7 +202,15 @@ impl Client {
         rng.fill_bytes(&mut nonce);
         let key = TunnelKey::derive(&cfg.traffic_seed, &nonce);
         let tokens = Tokens::new(&cfg.session_token, &cfg.server_key, &mut rng);
+        // Drawn only when there are relays, so a launch without them draws what it always did.
+        let relay_seed = if cfg.relay.is_empty() {
+            0
+        } else {
+            rng.next_u64()
+        };
+        let relay = RelayLayer::new(cfg.relay.clone(), relay_seed);
         Ok(Client {
+            relay,
             rng,
             start: None,
             now,
@@ -374,6 +388,7 @@ impl Node for Client {
         }
         match input {
             Input::Timeout => {
+                self.relay.handle_timeout(self.now);
                 self.on_peer_timeout();
                 self.on_terminal_timeout();
                 if self.ws_ready_expired() {
@@ -396,8 +411,9 @@ impl Node for Client {
             Input::ControllerMessage { .. } => {
                 tracing::debug!("a client ignores controller messages");
             }
-            Input::Stream { stream, .. } => {
-                tracing::debug!(?stream, "no stream was opened (relays not wired yet)");
+            Input::Stream { stream, event } => {
+                self.relay.stream(stream, event, self.now);
+                self.pump_peer();
             }
         }
         self.advance();
@@ -414,7 +430,8 @@ impl Node for Client {
         let timers = self.timers.values().copied().min();
         let peer = self.peer.as_ref().and_then(|p| p.poll_timeout());
         let terminal = self.session.terminal_timeout();
-        [timers, peer, terminal].into_iter().flatten().min()
+        let relay = self.relay.poll_timeout();
+        [timers, peer, terminal, relay].into_iter().flatten().min()
     }
 }
 

@@ -374,6 +374,9 @@ impl Client {
         }
         self.offer.answer_applied = true;
         self.checkpoint(WEBRTC_TUNNEL, names::SDP_ANSWER_APPLIED);
+        for addr in crate::rtc::sdp_candidate_addresses(sdp) {
+            self.relay.remote_candidate(addr, now);
+        }
         self.apply_early_remote_candidates();
         self.pump_peer();
     }

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::offer_retry::AttemptFailure;
+use crate::relay::TurnCredentials;
 use crate::router::endpoints::{self, RouterCallError};
 use crate::router::envelope::Tokens;
 use crate::timing::{names, PHASE_WEBRTC_TUNNEL as WEBRTC_TUNNEL};
@@ -25,7 +26,11 @@ use super::{Client, Step};
 /// What an in-flight HTTP request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Call {
+    /// Commander's serial `relay_access_creds`, before everything else.
     RelayCreds,
+    /// `relay_access_creds` for the relay layer, in parallel with the other first calls (profiles that
+    /// do not wait for it).
+    TurnCreds,
     Bind,
     /// The one-off online check of the `fast` profile.
     OnlineCheck,
@@ -49,6 +54,8 @@ pub(super) struct RouterCalls {
     /// What the one-off online check said (`None`: not asked, or unreadable).
     pub(super) online: Option<bool>,
     online_step: Step,
+    /// The relay layer's `relay_access_creds` went out.
+    turn_creds_asked: bool,
 }
 
 impl RouterCalls {
@@ -61,6 +68,7 @@ impl RouterCalls {
             cookie: None,
             online: None,
             online_step: Step::NotStarted,
+            turn_creds_asked: false,
         }
     }
 
@@ -108,6 +116,12 @@ impl Client {
             }
         }
         let relay_done = self.router.relay_done();
+        if !p.fetch_relay_creds && self.relay.wants_credentials() && !self.router.turn_creds_asked {
+            self.router.turn_creds_asked = true;
+            let tokens = self.tokens_for(false);
+            let req = endpoints::relay_access_creds(self.base(), &tokens, false, p.http_timeout);
+            self.request(Call::TurnCreds, tokens, req);
+        }
 
         if p.online_check_once && self.router.online_step == Step::NotStarted {
             self.router.online_step = Step::Running;
@@ -147,11 +161,13 @@ impl Client {
         match call {
             Call::RelayCreds => {
                 if let Err(e) = &result {
-                    tracing::warn!(error = %e, "relay_access_creds failed (ignored)");
+                    tracing::warn!(error = %e, "relay_access_creds failed");
                 }
                 self.router.relay = Step::Done;
                 self.checkpoint(WEBRTC_TUNNEL, names::RELAY_CREDS_OK);
+                self.turn_credentials(result, &tokens);
             }
+            Call::TurnCreds => self.turn_credentials(result, &tokens),
             Call::Bind => {
                 match &result {
                     Ok(r) => self.router.cookie = endpoints::cookie_header(&r.set_cookies),
@@ -201,6 +217,25 @@ impl Client {
                 self.candidates_done(ok);
             }
         }
+    }
+
+    /// Hand a `relay_access_creds` answer to the relay layer (if it is waiting for one).
+    fn turn_credentials(&mut self, result: Result<HttpResponse, String>, tokens: &Tokens) {
+        if !self.relay.wants_credentials() {
+            return;
+        }
+        let creds = result.and_then(|r| {
+            let payload =
+                endpoints::parse_router_response(&r, tokens, 300).map_err(|e| e.to_string())?;
+            let c = endpoints::parse_relay_creds(payload.as_deref()).map_err(|e| e.to_string())?;
+            Ok(TurnCredentials {
+                username: c.username.clone(),
+                password: c.password.clone(),
+            })
+        });
+        let now = self.now;
+        self.relay.set_credentials(creds, now);
+        self.pump_peer();
     }
 
     /// `Some(online)` from a get_controllers answer; `None` when it could not be read.

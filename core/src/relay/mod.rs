@@ -20,6 +20,7 @@
 //! outcomes and schedules never do.
 
 mod clock;
+mod layer;
 mod stun;
 mod turn;
 
@@ -30,6 +31,10 @@ use std::time::{Duration, Instant};
 
 pub use crate::{StreamEvent, StreamId};
 use clock::Clock;
+pub(crate) use layer::{GatherEvent, RelayLayer};
+pub use layer::{
+    IcePolicy, RelayPlan, RelayProblem, TurnCredentials, TurnEndpoint, GATHER_TIMEOUT,
+};
 use stun::{Binding, BindingResult};
 pub use turn::TurnTransport;
 use turn::{Allocation, State};
@@ -65,6 +70,9 @@ pub struct RelayConfig {
     pub turn: Vec<TurnServer>,
     /// After this, gathering is reported done whatever is still pending (late candidates still trickle).
     pub gather_timeout: Duration,
+    /// A UDP TURN server that has not answered after this long is also tried over TCP (same address,
+    /// RFC 6062 §4: TURN servers listen on both), for networks that block UDP. `None`: never.
+    pub tcp_fallback: Option<Duration>,
 }
 
 impl Default for RelayConfig {
@@ -73,9 +81,16 @@ impl Default for RelayConfig {
             stun: Vec::new(),
             turn: Vec::new(),
             gather_timeout: Duration::from_secs(5),
+            tcp_fallback: Some(TCP_FALLBACK_AFTER),
         }
     }
 }
+
+/// How long a UDP TURN server may stay silent before the same server is tried over TCP. A TURN server
+/// answers the first Allocate (with its 401 challenge) within one round trip; a second of silence means
+/// a lost datagram at best (the crate retransmits after 500 ms) and, far more often, a network that drops
+/// UDP — waiting for the crate's whole retransmission schedule (~40 s) would cost the relay path.
+pub const TCP_FALLBACK_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a STUN or TURN server gave us nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +175,10 @@ pub struct PeerData {
 pub struct Relays {
     clock: Clock,
     local: SocketAddr,
+    /// The configured TURN servers, by allocation index (a TCP fallback copies its UDP original).
+    servers: Vec<TurnServer>,
+    /// Per UDP allocation: when to try its server over TCP too, if it is still silent.
+    fallback_at: Vec<Option<Instant>>,
     bindings: Vec<Binding>,
     allocations: Vec<Allocation>,
     /// Per allocation: whether its outcome (candidate(s) or failure) was reported, and whether its loss was.
@@ -171,7 +190,12 @@ pub struct Relays {
     io: VecDeque<RelayIo>,
     events: VecDeque<RelayEvent>,
     peer_data: VecDeque<PeerData>,
+    /// Every remote candidate so far (a fallback allocation binds them too). Bounded.
+    peers: Vec<SocketAddr>,
 }
+
+/// Remote candidates remembered per node (a gateway trickles a handful).
+const MAX_PEERS: usize = 64;
 
 impl Relays {
     /// Start gathering from every configured server. `local` is the node's UDP socket; `seed` numbers the
@@ -211,9 +235,19 @@ impl Relays {
                 )
             })
             .collect();
+        let fallback_at = config
+            .turn
+            .iter()
+            .map(|s| match (s.transport, config.tcp_fallback) {
+                (TurnTransport::Udp, Some(after)) => Some(now + after),
+                _ => None,
+            })
+            .collect();
         let mut this = Self {
             clock,
             local,
+            servers: config.turn.clone(),
+            fallback_at,
             reported: vec![false; allocations.len()],
             lost: vec![false; allocations.len()],
             binding_reported: vec![false; bindings.len()],
@@ -224,6 +258,7 @@ impl Relays {
             io,
             events: VecDeque::new(),
             peer_data: VecDeque::new(),
+            peers: Vec::new(),
         };
         this.handle_timeout(now);
         this
@@ -281,10 +316,22 @@ impl Relays {
     /// A remote candidate of the peer: every allocation (now or once it exists) gets a channel to it.
     pub fn add_remote_candidate(&mut self, peer: SocketAddr, now: Instant) {
         let clock = self.clock;
+        if self.peers.len() < MAX_PEERS && !self.peers.contains(&peer) {
+            self.peers.push(peer);
+        }
         for a in &mut self.allocations {
             a.add_peer(peer, &clock, now);
         }
         self.collect(now);
+    }
+
+    /// Whether a server may still give a candidate (a binding or allocation has no outcome yet).
+    pub fn pending(&self) -> bool {
+        self.binding_reported.iter().any(|r| !r)
+            || self
+                .allocations
+                .iter()
+                .any(|a| matches!(a.state(), State::Connecting | State::Allocating))
     }
 
     /// Whether `addr` is one of our relay addresses (a transmit from it goes through [`Relays::send`]).
@@ -303,6 +350,11 @@ impl Relays {
             return false;
         };
         let sent = a.send(peer, data, &clock, now);
+        if !sent {
+            // A peer-reflexive address (a symmetric NAT's fresh port) has no permission or channel yet:
+            // ask for them, so ICE's retransmitted check goes through.
+            a.add_peer(peer, &clock, now);
+        }
         self.collect(now);
         sent
     }
@@ -320,7 +372,63 @@ impl Relays {
                 a.handle_timeout(&clock, now);
             }
         }
+        self.fall_back_to_tcp(now);
         self.collect(now);
+    }
+
+    /// A UDP allocation whose server stayed silent past its fallback instant (or failed as unreachable)
+    /// gets a sibling over TCP to the same server.
+    fn fall_back_to_tcp(&mut self, now: Instant) {
+        for i in 0..self.fallback_at.len() {
+            let Some(at) = self.fallback_at[i] else {
+                continue;
+            };
+            let a = &self.allocations[i];
+            let silent = !a.heard()
+                && matches!(
+                    a.state(),
+                    State::Allocating | State::Failed(RelayFailure::Unreachable)
+                );
+            if a.heard() || !silent {
+                self.fallback_at[i] = None;
+                continue;
+            }
+            if now < at && *a.state() == State::Allocating {
+                continue;
+            }
+            self.fallback_at[i] = None;
+            let Some(server) = self.servers.get(i).cloned() else {
+                continue;
+            };
+            tracing::debug!(server = %server.addr, "TURN over UDP is silent: trying TCP");
+            let index = self.allocations.len();
+            self.io.push_back(RelayIo::StreamOpen {
+                stream: StreamId(index as u32),
+                to: server.addr,
+                tls_name: None,
+            });
+            self.allocations.push(Allocation::new(
+                server.addr,
+                TurnTransport::Tcp,
+                &server.username,
+                &server.password,
+                self.local,
+                &self.clock,
+                now,
+            ));
+            self.servers.push(TurnServer {
+                transport: TurnTransport::Tcp,
+                ..server
+            });
+            self.fallback_at.push(None);
+            self.reported.push(false);
+            self.lost.push(false);
+            for peer in self.peers.clone() {
+                if let Some(a) = self.allocations.last_mut() {
+                    a.add_peer(peer, &self.clock, now);
+                }
+            }
+        }
     }
 
     /// The latest moment [`Relays::handle_timeout`] must be called.
@@ -328,7 +436,12 @@ impl Relays {
         let bindings = self.bindings.iter().filter_map(Binding::wake);
         let allocations = self.allocations.iter().filter_map(Allocation::wake);
         let deadline = (!self.gathered).then_some(self.gather_deadline);
-        bindings.chain(allocations).chain(deadline).min()
+        let fallback = self.fallback_at.iter().flatten().copied();
+        bindings
+            .chain(allocations)
+            .chain(deadline)
+            .chain(fallback)
+            .min()
     }
 
     pub fn poll_io(&mut self) -> Option<RelayIo> {

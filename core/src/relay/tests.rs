@@ -238,6 +238,7 @@ fn turn_config(password: &str) -> impl FnOnce(SocketAddr) -> RelayConfig + '_ {
             password: password.into(),
         }],
         gather_timeout: Duration::from_secs(5),
+        tcp_fallback: None,
     }
 }
 

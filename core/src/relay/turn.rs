@@ -71,6 +71,8 @@ pub(crate) struct Allocation {
     received: VecDeque<(SocketAddr, Vec<u8>)>,
     /// When the crate next needs `poll` (retransmission, pacing, refresh); kept current by every input.
     wake: Option<Instant>,
+    /// The server has answered something (a UDP allocation that hears nothing falls back to TCP).
+    heard: bool,
 }
 
 impl std::fmt::Debug for Allocation {
@@ -111,6 +113,7 @@ impl Allocation {
             outbox: VecDeque::new(),
             received: VecDeque::new(),
             wake: None,
+            heard: false,
         };
         if transport == TurnTransport::Udp {
             this.start(local, clock, now);
@@ -144,6 +147,11 @@ impl Allocation {
 
     pub(crate) fn state(&self) -> &State {
         &self.state
+    }
+
+    /// Whether the server has answered anything yet.
+    pub(crate) fn heard(&self) -> bool {
+        self.heard
     }
 
     pub(crate) fn mapped(&self) -> Option<SocketAddr> {
@@ -206,6 +214,7 @@ impl Allocation {
         if self.client.is_none() {
             return false;
         }
+        self.heard = true;
         if self.transport == TurnTransport::Udp {
             self.watch_allocate_response(data);
         }
