@@ -98,6 +98,24 @@ impl<'a> Channel<'a> {
             .set_buffered_amount_low_threshold(self.sctp_stream_id, threshold);
     }
 
+    /// Stop (`true`) or resume (`false`) receiving data on this channel.
+    ///
+    /// While paused, no [`Event::ChannelData`][crate::Event::ChannelData] is emitted for this
+    /// channel: incoming messages stay in SCTP's receive buffer, whose fill closes the receive
+    /// window advertised to the remote peer, so the remote sender slows down instead of this
+    /// side buffering without bound (backpressure towards a slow consumer). On resume the
+    /// waiting messages are delivered first, in order, on the next poll.
+    ///
+    /// Setting this on a closed channel does nothing.
+    pub fn set_read_paused(&mut self, paused: bool) {
+        self.rtc.sctp.set_read_paused(self.sctp_stream_id, paused);
+    }
+
+    /// Whether receiving is paused (see [`Channel::set_read_paused`]).
+    pub fn is_read_paused(&self) -> bool {
+        self.rtc.sctp.is_read_paused(self.sctp_stream_id)
+    }
+
     /// Get the channel config.
     ///
     /// The config is not available in every case depending on whether the channel was

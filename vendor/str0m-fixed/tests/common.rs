@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use netem::{Input as NetemInput, Netem, NetemConfig, Output as NetemOutput};
 
-use pcap_file::pcap::PcapReader;
 use str0m::Candidate;
 use str0m::change::SdpApi;
 use str0m::crypto::CryptoProvider;
@@ -553,36 +552,6 @@ pub fn connect_l_r_with_rtc(rtc1: Rtc, rtc2: Rtc) -> (TestRtc, TestRtc) {
     (l, r)
 }
 
-pub type PcapData = Vec<(Duration, RtpHeader, Vec<u8>)>;
-
-pub fn vp8_data() -> PcapData {
-    load_pcap_data(include_bytes!("data/vp8.pcap"))
-}
-
-pub fn vp9_contiguous_data() -> PcapData {
-    load_pcap_data(include_bytes!("data/contiguous_vp9.pcap"))
-}
-
-pub fn vp9_data() -> PcapData {
-    load_pcap_data(include_bytes!("data/vp9.pcap"))
-}
-
-pub fn h264_data() -> PcapData {
-    load_pcap_data(include_bytes!("data/h264.pcap"))
-}
-
-pub fn av1_data() -> PcapData {
-    load_pcap_data(include_bytes!("data/av1.pcap"))
-}
-
-pub fn h265_data() -> PcapData {
-    load_pcap_data(include_bytes!("data/h265.pcap"))
-}
-
-pub fn h266_data() -> PcapData {
-    load_pcap_data(include_bytes!("data/h266.pcap"))
-}
-
 // ---------------------------------------------------------------------------
 // SNAP (SCTP Negotiation Acceleration Protocol) test helpers
 // ---------------------------------------------------------------------------
@@ -647,34 +616,5 @@ pub fn snap_init_data(use_snap: bool) -> Option<(Vec<u8>, str0m::channel::SctpIn
     } else {
         None
     }
-}
 
-pub fn load_pcap_data(data: &[u8]) -> PcapData {
-    let reader = Cursor::new(data);
-    let mut r = PcapReader::new(reader).expect("pcap reader");
-
-    let exts = ExtensionMap::standard();
-
-    let mut ret = vec![];
-
-    let mut first = None;
-
-    while let Some(pkt) = r.next_packet() {
-        let pkt = pkt.unwrap();
-
-        if first.is_none() {
-            first = Some(pkt.timestamp);
-        }
-        let relative_time = pkt.timestamp - first.unwrap();
-
-        // This magic number 42 is the ethernet/IP/UDP framing of the packet.
-        let rtp_data = &pkt.data[42..];
-
-        let header = RtpHeader::_parse(rtp_data, &exts).unwrap();
-        let payload = &rtp_data[header.header_len..];
-
-        ret.push((relative_time, header, payload.to_vec()));
-    }
-
-    ret
 }

@@ -60,6 +60,9 @@ pub(crate) struct RtcSctp {
     snap_init: Option<SctpInitData>,
     /// Bytes that can be buffered across all streams before `available()` is 0.
     max_buffered_amount: usize,
+    /// Open streams whose incoming data is left in SCTP's receive buffer (see
+    /// [`RtcSctp::set_read_paused`]). Sorted, and small: one entry per paused channel.
+    read_paused: Vec<u16>,
     #[cfg(test)]
     max_payload_size: usize,
 }
@@ -318,6 +321,7 @@ impl RtcSctp {
             snap_enabled: false,
             snap_init: None,
             max_buffered_amount: DEFAULT_MAX_BUFFERED_AMOUNT,
+            read_paused: Vec::new(),
             #[cfg(test)]
             max_payload_size,
         }
@@ -671,6 +675,28 @@ impl RtcSctp {
         entry.buffered_threshold.set(threshold);
     }
 
+    /// Stop (or resume) taking incoming data of an open stream out of the association.
+    ///
+    /// While paused, [`RtcSctp::poll`] emits no [`SctpEvent::Data`] for `id`: the messages stay
+    /// in the association's receive buffer, which counts against the receive window it
+    /// advertises, so the remote sender is slowed down by SCTP's own flow control instead of
+    /// the application buffering without bound. The stream's DCEP handshake and closing are
+    /// not affected. Resuming delivers what waited first, in order.
+    pub fn set_read_paused(&mut self, id: u16, paused: bool) {
+        match (self.read_paused.binary_search(&id), paused) {
+            (Err(i), true) => self.read_paused.insert(i, id),
+            (Ok(i), false) => {
+                self.read_paused.remove(i);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether incoming data of `id` is paused (see [`RtcSctp::set_read_paused`]).
+    pub fn is_read_paused(&self, id: u16) -> bool {
+        self.read_paused.binary_search(&id).is_ok()
+    }
+
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
         trace!("Handle input: {}", data.len());
 
@@ -715,6 +741,9 @@ impl RtcSctp {
 
         // Remove closed entries.
         self.entries.retain(|e| e.state != StreamEntryState::Closed);
+            let entries = &self.entries;
+            self.read_paused
+                .retain(|id| entry_index(entries, *id).is_ok());
 
         let Some(assoc) = &mut self.assoc else {
             return;
@@ -755,6 +784,9 @@ impl RtcSctp {
             // remote can reuse a stream id (its reset handshake completed) before
             // our next timeout.
             self.entries.retain(|e| e.state != StreamEntryState::Closed);
+            let entries = &self.entries;
+            self.read_paused
+                .retain(|id| entry_index(entries, *id).is_ok());
 
             if let Some(t) = self.pushed_back_transmit.take() {
                 return Some(SctpEvent::Transmit { packets: t });
@@ -1021,6 +1053,12 @@ impl RtcSctp {
                     }
 
                     entry.buffered_threshold = BufferedThresholdConfig::Configured(x);
+                }
+                // A paused open stream keeps its data in the association (receive window).
+                if entry.state == StreamEntryState::Open
+                    && self.read_paused.binary_search(&entry.id).is_ok()
+                {
+                    continue;
                 }
                 match stream_read_data(&mut stream) {
                     Ok(Some((buf, ppi))) => {
