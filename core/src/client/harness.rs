@@ -112,6 +112,9 @@ pub(super) struct Harness {
     pub closed: Vec<(ConnNo, crate::tube::CloseReason)>,
     pub received: BTreeMap<ConnNo, Vec<u8>>,
     pub terminal_output: Vec<u8>,
+    /// The local sides of the client's connections stop taking data (no `Command::Delivered`):
+    /// receive-side flow control tests. Otherwise every byte is credited as soon as it is recorded.
+    pub withhold_delivery: bool,
 }
 
 impl Harness {
@@ -198,6 +201,7 @@ impl Harness {
             closed: Vec::new(),
             received: BTreeMap::new(),
             terminal_output: Vec::new(),
+            withhold_delivery: false,
             cfg,
         };
         let gaddr = h.gateway_addr;
@@ -285,11 +289,18 @@ impl Harness {
                 Output::Connected => self.connected = Some(at),
                 Output::TubeReady => self.tube_ready = Some(at),
                 Output::ConnectionOpened { conn } => self.opened.push(conn),
-                Output::ConnectionData { conn, data } => self
-                    .received
-                    .entry(conn)
-                    .or_default()
-                    .extend_from_slice(&data),
+                Output::ConnectionData { conn, data } => {
+                    let bytes = data.len();
+                    self.received
+                        .entry(conn)
+                        .or_default()
+                        .extend_from_slice(&data);
+                    if !self.withhold_delivery {
+                        let now = self.now;
+                        self.client
+                            .handle_input(Input::Command(Command::Delivered { conn, bytes }), now);
+                    }
+                }
                 Output::ConnectionClosed { conn, reason } => self.closed.push((conn, reason)),
                 Output::TerminalOutput(b) => self.terminal_output.extend_from_slice(&b),
                 Output::Finished(r) if self.finished.is_none() => {
@@ -321,8 +332,11 @@ impl Harness {
                 // The target echoes (a tunnel's echo server, a terminal's cooked-mode tty).
                 Output::ConnectionData { conn, data } => {
                     let now = self.now;
+                    let bytes = data.len();
                     self.gateway
                         .handle_input(Input::Command(Command::Send { conn, data }), now);
+                    self.gateway
+                        .handle_input(Input::Command(Command::Delivered { conn, bytes }), now);
                 }
                 _ => {}
             }
