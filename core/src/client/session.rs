@@ -552,6 +552,87 @@ mod tests {
         assert_eq!(h.received[&3], b"still alive");
     }
 
+    /// Push `data` into `conn` for up to `limit` of virtual time, as far as the tube takes it; returns
+    /// how much it took.
+    fn push_for(h: &mut Harness, conn: u32, data: &[u8], limit: Duration) -> usize {
+        let mut off = 0;
+        let until = h.now + limit;
+        while off < data.len() && h.now < until {
+            if h.client.can_send() {
+                let end = (off + 16 * 1024).min(data.len());
+                h.command(Command::Send {
+                    conn,
+                    data: data[off..end].to_vec(),
+                });
+                off = end;
+            } else {
+                h.run_for(Duration::from_millis(5));
+            }
+        }
+        off
+    }
+
+    #[test]
+    fn a_gateway_target_that_stops_reading_holds_the_client_back_and_loses_nothing() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until_ready();
+        open(&mut h, 2);
+        h.withhold_gateway_delivery = true;
+        let sent = pattern(16 * 1024 * 1024);
+        let taken = push_for(&mut h, 2, &sent, Duration::from_secs(10));
+        let g = *h
+            .target_received
+            .keys()
+            .next()
+            .expect("the target got data");
+        let held = h.target_received[&g].len();
+        assert!(held >= RECEIVE_BUDGET, "budget not used: {held}");
+        assert!(held <= RECEIVE_BUDGET + 1536 * 1024, "not bounded: {held}");
+        // The client was held back by its own send-side flow control, not buffered without bound.
+        assert!(taken < sent.len(), "the client took all {taken} bytes");
+        assert!(!h.client.can_send());
+
+        // The target reads again: everything arrives, in order.
+        let mut credited = 0;
+        let limit = h.now - h.t0 + Duration::from_secs(60);
+        let mut off = taken;
+        while h.target_received[&g].len() < sent.len() {
+            assert!(
+                h.now - h.t0 < limit,
+                "stuck at {}",
+                h.target_received[&g].len()
+            );
+            let got = h.target_received[&g].len();
+            if got > credited {
+                h.gateway_delivered(g, got - credited);
+                credited = got;
+            }
+            if off < sent.len() {
+                off += push_for(&mut h, 2, &sent[off..], Duration::from_millis(20));
+            } else {
+                h.run_for(Duration::from_millis(20));
+            }
+        }
+        assert!(h.target_received[&g] == sent, "every byte, in order");
+        assert!(h.closed.is_empty(), "{:?}", h.closed);
+    }
+
+    #[test]
+    fn a_gateway_target_that_takes_nothing_is_closed_after_the_stall_limit() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until_ready();
+        open(&mut h, 2);
+        h.withhold_gateway_delivery = true;
+        push_for(&mut h, 2, &pattern(8 * 1024 * 1024), Duration::from_secs(2));
+        let blocked_at = h.now;
+        h.run_until(h.now - h.t0 + STALL_LIMIT + Duration::from_secs(5), |h| {
+            !h.closed.is_empty()
+        });
+        // The gateway closed it with the reason Keeper's client knows; the client's side hears it.
+        assert_eq!(h.closed, vec![(2, CloseReason::Timeout)]);
+        assert!(h.now - blocked_at <= STALL_LIMIT + Duration::from_secs(1));
+    }
+
     #[test]
     fn close_flushes_then_finishes_ok() {
         let mut h = Harness::new(HarnessConfig::default());
