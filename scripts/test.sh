@@ -39,6 +39,11 @@ cargo test --workspace --locked
 step "vendored sctp-proto (vendor/sctp-proto-fixed) test suite"
 cargo test --locked --manifest-path vendor/sctp-proto-fixed/Cargo.toml
 
+# The patched str0m (Channel::set_read_paused, receive-side backpressure): its lib tests and data-channel
+# tests, run against the sctp-proto fork above (vendor/str0m-fixed/patches/README.md).
+step "vendored str0m (vendor/str0m-fixed) test suite"
+cargo test --locked --manifest-path vendor/str0m-fixed/Cargo.toml --lib --tests
+
 # ---------------------------------------------------------------------------------------------------------
 # Keeper interop (issue 5): a Python venv with Keeper's own tube library and Commander (pinned, from PyPI),
 # then tests/tests/keeper_interop.rs inside a private network namespace. Bounded (~2 min here, hard cap

@@ -6,7 +6,8 @@
 //! before we do and get the tunnel. Here the connection's bytes go straight between the node and this
 //! process's stdin/stdout: a reader thread feeds `Command::Send` (waiting on the driver's flow control
 //! while the tube is full, like the forwarder's readers), and the session loop writes
-//! `Output::ConnectionData` to stdout. The process exits when the connection ends, with exit code 12
+//! `Output::ConnectionData` to stdout, crediting each write (`Command::Delivered`: receive-side flow
+//! control). The process exits when the connection ends, with exit code 12
 //! when it never opened (the gateway could not reach the target).
 
 use std::io::{Read, Write};
@@ -70,6 +71,9 @@ pub fn tunnel_stdio(args: &TunnelArgs, ticket: Ticket) -> Result<(), CliError> {
         tx,
     )?;
     let inputs = started.inputs;
+    // Receive-side flow control: this loop credits what reached stdout (`Command::Delivered`), so a
+    // reader that stops (ssh blocked on its terminal) pauses the tube instead of growing memory.
+    started.flow.claim_delivery();
     let alive = Arc::new(AtomicBool::new(true));
     let mut stdout = std::io::stdout().lock();
     let mut state = State::Connecting;
@@ -133,7 +137,10 @@ pub fn tunnel_stdio(args: &TunnelArgs, ticket: Ticket) -> Result<(), CliError> {
             }
             Output::ConnectionData { conn: CONN, data } => {
                 let written = stdout.write_all(&data).and_then(|()| stdout.flush());
-                if written.is_err() {
+                if written.is_ok() {
+                    let bytes = data.len();
+                    let _ = inputs(Input::Command(Command::Delivered { conn: CONN, bytes }));
+                } else {
                     // Our reader (ssh) is gone: the connection is over from our side.
                     tracing::debug!("stdout closed; closing the connection");
                     outcome.get_or_insert(Ok(()));

@@ -33,7 +33,8 @@ use crate::relay::{GatherEvent, RelayLayer, RelayPlan};
 use crate::rtc::{Peer, PeerEvent, Role, KEEPER_VERSION_ATTRIBUTE};
 use crate::signaling::{self, ConversationId, GatewayAction, TunnelKey};
 use crate::tube::conns::{Connections, Role as TubeRole, TubeEvent};
-use crate::tube::{CloseReason, Outbox};
+use crate::tube::delivery::STALL_LIMIT;
+use crate::tube::{CloseReason, Delivery, Outbox};
 use crate::{CandidateKind, Command, ConnNo, Input, Node, Output, Seed};
 
 /// What the gateway connects each tunneled connection to.
@@ -121,6 +122,10 @@ struct Tube {
     /// tube-local conn number → global id.
     global: HashMap<ConnNo, ConnNo>,
     closed: bool,
+    /// Receive-side flow control by tube-local conn (`tube::delivery`): what the targets have not
+    /// taken yet, and whether reading the data channel is paused because of it.
+    delivery: Delivery,
+    read_paused: bool,
 }
 
 /// The gateway role state machine. See the module docs.
@@ -388,6 +393,8 @@ impl Gateway {
             terminal: None,
             global: HashMap::new(),
             closed: false,
+            delivery: Delivery::new(),
+            read_paused: false,
         });
         self.send_due_answers();
     }
@@ -501,6 +508,7 @@ impl Gateway {
                                 drain_terminal(term, conns, &mut tube.outbox, g, &mut outs);
                             }
                             (_, _, _, Some(g)) => {
+                                tube.delivery.handed(conn, data.len(), now);
                                 outs.push(Output::ConnectionData { conn: g, data })
                             }
                             _ => tracing::debug!(conn, "data for a connection with no target"),
@@ -512,6 +520,7 @@ impl Gateway {
                         }
                     }
                     TubeEvent::Closed { conn, reason, .. } => {
+                        tube.delivery.forget(conn);
                         if let Some(g) = tube.global.remove(&conn) {
                             outs.push(Output::ConnectionClosed { conn: g, reason });
                         }
@@ -562,13 +571,18 @@ impl Gateway {
                 });
             }
         }
+        let again = self.apply_receive_budget(idx, &mut outs);
         self.outputs.extend(outs);
+        if again {
+            self.pump(idx);
+        }
     }
 
     fn on_command(&mut self, cmd: Command) {
         let unix_ms = self.unix_ms();
         let (conn, idx, local) = match &cmd {
             Command::TargetConnected { conn, .. }
+            | Command::Delivered { conn, .. }
             | Command::Send { conn, .. }
             | Command::SendEof { conn }
             | Command::CloseConnection { conn, .. } => match self.conns.get(conn) {
@@ -630,7 +644,9 @@ impl Gateway {
                 Command::SendEof { .. } => {
                     let _ = tube.outbox.send_eof(conns, local);
                 }
+                Command::Delivered { bytes, .. } => tube.delivery.delivered(local, bytes, self.now),
                 Command::CloseConnection { reason, .. } => {
+                    tube.delivery.forget(local);
                     let _ = tube.outbox.close(conns, local, reason);
                     self.conns.remove(&conn);
                     tube.global.remove(&local);
@@ -640,6 +656,43 @@ impl Gateway {
         }
         self.outputs.extend(outs);
         self.pump(idx);
+    }
+
+    /// Receive-side flow control for tube `idx` (`tube::delivery`): close the connections whose target
+    /// took nothing for the stall limit while holding the tube, then pause or resume reading its
+    /// channel. `true`: pump the tube again (reading resumed, or a close frame waits).
+    fn apply_receive_budget(&mut self, idx: usize, outs: &mut Vec<Output>) -> bool {
+        let now = self.now;
+        let Some(tube) = self.tubes.get_mut(idx) else {
+            return false;
+        };
+        let mut closed = false;
+        for local in tube.delivery.stalled(now) {
+            closed = true;
+            tube.delivery.forget(local);
+            tracing::warn!(
+                conn = local,
+                "the target took nothing for {}s while holding the tube: closing the connection",
+                STALL_LIMIT.as_secs()
+            );
+            if let Some(conns) = tube.conns.as_mut() {
+                let _ = tube.outbox.close(conns, local, CloseReason::Timeout);
+            }
+            if let Some(g) = tube.global.remove(&local) {
+                self.conns.remove(&g);
+                outs.push(Output::ConnectionClosed {
+                    conn: g,
+                    reason: CloseReason::Timeout,
+                });
+            }
+        }
+        let blocked = tube.delivery.is_blocked() && !tube.closed;
+        if blocked == tube.read_paused {
+            return closed;
+        }
+        tube.read_paused = blocked;
+        tube.peer.set_read_paused(blocked, now);
+        closed || !blocked
     }
 
     /// The client candidates each tube received through `icecandidate` actions, in arrival order.
@@ -771,6 +824,15 @@ impl Node for Gateway {
             .iter()
             .filter(|t| !t.closed)
             .filter_map(|t| t.peer.poll_timeout());
-        answers.chain(peers).chain(self.relay.poll_timeout()).min()
+        let stalls = self
+            .tubes
+            .iter()
+            .filter(|t| !t.closed)
+            .filter_map(|t| t.delivery.poll_timeout());
+        answers
+            .chain(peers)
+            .chain(stalls)
+            .chain(self.relay.poll_timeout())
+            .min()
     }
 }

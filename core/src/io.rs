@@ -108,6 +108,14 @@ pub enum Command {
     Send { conn: ConnNo, data: Vec<u8> },
     /// The local side of `conn` finished writing (TCP half-close).
     SendEof { conn: ConnNo },
+    /// Receive-side credit: the driver wrote `bytes` of `conn`'s [`Output::ConnectionData`] to its local
+    /// side. The node stops reading the tube while a connection has `tube::delivery::RECEIVE_BUDGET`
+    /// bytes handed out and not yet delivered (the mirror of [`Output::Backpressure`], which holds back
+    /// the local *reader*), and closes a connection that delivers nothing for
+    /// `tube::delivery::STALL_LIMIT` while it holds the tube (`CloseReason::Timeout`). Drivers report
+    /// as they write (batching is fine, and once their queue for `conn` is empty they must report
+    /// everything written).
+    Delivered { conn: ConnNo, bytes: usize },
     /// Close `conn` with a reason.
     CloseConnection { conn: ConnNo, reason: CloseReason },
     /// Answer for a gateway: the target of `conn` is connected (or refused).

@@ -326,6 +326,25 @@ impl Peer {
         result
     }
 
+    /// Stop (`true`) or resume taking messages out of the data channel (receive-side flow control,
+    /// `tube::delivery`): paused, they stay in SCTP's receive buffer and its advertised window closes,
+    /// so the remote sender slows down. Resuming drains what waited (as [`PeerEvent::Message`]s).
+    pub fn set_read_paused(&mut self, paused: bool, now: Instant) {
+        let Some(id) = self.channel else {
+            return;
+        };
+        let changed = match self.rtc.channel(id) {
+            Some(mut ch) if ch.is_read_paused() != paused => {
+                ch.set_read_paused(paused);
+                true
+            }
+            _ => false,
+        };
+        if changed && !paused {
+            self.drain(now);
+        }
+    }
+
     /// Close the session (sends DTLS close_notify etc. through the transmit queue).
     pub fn close(&mut self, now: Instant) {
         if !self.closed {

@@ -262,6 +262,13 @@ impl<N: Node> Dispatcher<N> {
                 self.flow.set(conn, paused);
                 None
             }
+            // Receive-side credit for applications that consume tunnel data themselves (no
+            // forwarder): handed over is delivered, as far as the node's budget is concerned.
+            Output::ConnectionData { conn, data } if !self.flow.delivery_claimed() => {
+                let bytes = data.len();
+                self.deliver(Output::ConnectionData { conn, data }, io);
+                Some(Input::Command(Command::Delivered { conn, bytes }))
+            }
             Output::ConnectionClosed { conn, reason } => {
                 self.flow.forget(conn);
                 self.deliver(Output::ConnectionClosed { conn, reason }, io);

@@ -8,6 +8,7 @@
 //! read.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ pub struct FlowControl {
     paused: Mutex<HashSet<ConnNo>>,
     resumed: Condvar,
     resumed_async: event_listener::Event,
+    /// A forwarder credits what it writes to local sockets (`Command::Delivered`); until one claims
+    /// that, the dispatcher credits `ConnectionData` as it hands it to the application.
+    delivery_claimed: AtomicBool,
 }
 
 impl FlowControl {
@@ -35,6 +39,17 @@ impl FlowControl {
             self.resumed.notify_all();
             self.resumed_async.notify(usize::MAX);
         }
+    }
+
+    /// A forwarder takes over receive-side credit: from now on the dispatcher no longer credits
+    /// `Output::ConnectionData` when it hands it over, the forwarder's writers credit what they write.
+    pub fn claim_delivery(&self) {
+        self.delivery_claimed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a forwarder credits deliveries (see [`FlowControl::claim_delivery`]).
+    pub fn delivery_claimed(&self) -> bool {
+        self.delivery_claimed.load(Ordering::Relaxed)
     }
 
     /// `conn` is gone: never leave a waiter behind.

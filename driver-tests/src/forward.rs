@@ -103,14 +103,19 @@ pub fn gateway_side_dials_target_and_pipes_with_half_close<R: Runtime>() {
         conn: 5,
         data: b"ping".to_vec(),
     });
+    // The echo comes back, and the writer credits what it put on the target's socket (receive-side
+    // flow control: `Command::Delivered`, once its queue ran empty).
     let mut echoed = Vec::new();
-    while echoed.len() < 4 {
+    let mut delivered = 0;
+    while echoed.len() < 4 || delivered < 4 {
         match ctl.next_command(WAIT) {
             Some(Command::Send { conn: 5, data }) => echoed.extend(data),
+            Some(Command::Delivered { conn: 5, bytes }) => delivered += bytes,
             other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(echoed, b"ping");
+    assert_eq!(delivered, 4, "credit for exactly what was written");
     // Our EOF half-closes the target; the echo server then closes, which comes back as SendEof.
     nudge(Output::ConnectionEof { conn: 5 });
     assert_eq!(ctl.next_command(WAIT), Some(Command::SendEof { conn: 5 }));

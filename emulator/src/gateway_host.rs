@@ -530,6 +530,11 @@ impl<N: GatewayNode> Loop<N> {
             TargetEvent::Data { conn, data } => self.queue(conn, Pending::Data(data)),
             TargetEvent::Eof { conn } => self.queue(conn, Pending::Eof),
             TargetEvent::Closed { conn } => self.queue(conn, Pending::Closed),
+            TargetEvent::Delivered { conn, bytes } => {
+                if self.sinks.contains_key(&conn) {
+                    self.input(Input::Command(Command::Delivered { conn, bytes }), now);
+                }
+            }
         }
     }
 

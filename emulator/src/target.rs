@@ -82,7 +82,17 @@ pub enum TargetEvent {
     Closed {
         conn: ConnNo,
     },
+    /// The writer put `bytes` more of the tunnel's data on the target's socket: receive-side credit for
+    /// the gateway node (`Command::Delivered`), so a target that does not read costs bounded memory.
+    Delivered {
+        conn: ConnNo,
+        bytes: usize,
+    },
 }
+
+/// Bytes written to a target before the writer reports them even though more is queued (it always
+/// reports when its queue runs empty): the driver kit's `CREDIT_BATCH`, for the same reason.
+const DELIVERED_BATCH: usize = 256 * 1024;
 
 /// Bytes read from a target but not yet handed to the gateway node; the reader waits above the limit.
 #[derive(Debug, Default, Clone)]
@@ -212,15 +222,37 @@ fn open_tcp<E: From<TargetEvent> + Send + 'static>(
             .name(format!("emu-tcp-read-{conn}"))
             .spawn(move || read_loop(reader, conn, &events, &credit, &stop, true))?;
     }
+    let events = events.clone();
     thread::Builder::new()
         .name(format!("emu-tcp-write-{conn}"))
         .spawn(move || {
             let mut stream = stream;
-            for msg in rx {
+            let mut written = 0usize;
+            loop {
+                let msg = match rx.try_recv() {
+                    Ok(msg) => msg,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        // Queue drained: report everything written before waiting for more.
+                        if written > 0 {
+                            let bytes = std::mem::take(&mut written);
+                            let _ = events.send(TargetEvent::Delivered { conn, bytes }.into());
+                        }
+                        match rx.recv() {
+                            Ok(msg) => msg,
+                            Err(_) => break,
+                        }
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => break,
+                };
                 match msg {
                     SinkMsg::Data(d) => {
                         if stream.write_all(&d).is_err() {
                             break;
+                        }
+                        written += d.len();
+                        if written >= DELIVERED_BATCH {
+                            let bytes = std::mem::take(&mut written);
+                            let _ = events.send(TargetEvent::Delivered { conn, bytes }.into());
                         }
                     }
                     SinkMsg::ShutdownWrite => {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pam_lite_core::{Command, ConnNo, Input, Output};
-use pam_lite_driver_kit::forward::{target_connected, Route, Routes, ToSocket};
+use pam_lite_driver_kit::forward::{target_connected, Credit, Route, Routes, ToSocket};
 use pam_lite_driver_kit::FlowControl;
 use smol::channel::{self, Receiver, Sender};
 use smol::future::FutureExt as _;
@@ -81,6 +81,8 @@ pub struct Forwarder {
 
 impl Forwarder {
     fn new(handle: &Handle, target: Option<SocketAddr>) -> Self {
+        // This forwarder credits what its writers deliver (`Command::Delivered`).
+        handle.flow().claim_delivery();
         Self {
             shared: Arc::new(Shared {
                 inputs: handle.sender(),
@@ -270,13 +272,31 @@ async fn write_loop(
     mut stream: TcpStream,
     rx: Receiver<ToSocket>,
 ) {
-    while let Ok(what) = rx.recv().await {
+    let mut credit = Credit::new(conn);
+    loop {
+        let what = match rx.try_recv() {
+            Ok(what) => what,
+            Err(channel::TryRecvError::Empty) => {
+                // Queue drained: credit everything written before waiting for more.
+                if let Some(input) = credit.take() {
+                    shared.inputs.input_async(input).await;
+                }
+                match rx.recv().await {
+                    Ok(what) => what,
+                    Err(_) => break,
+                }
+            }
+            Err(channel::TryRecvError::Closed) => break,
+        };
         match what {
             ToSocket::Data(data) => {
                 if let Err(e) = stream.write_all(&data).await {
                     shared.local_failed(conn, "local write failed", &e).await;
                     let _ = stream.shutdown(Shutdown::Both);
                     return;
+                }
+                if let Some(input) = credit.wrote(data.len()) {
+                    shared.inputs.input_async(input).await;
                 }
             }
             ToSocket::Eof => {

@@ -313,12 +313,18 @@ impl Sim {
                 Output::Connected => self.record.connected_at = Some(self.now),
                 Output::TubeReady => self.record.tube_ready_at = Some(self.now),
                 Output::ConnectionOpened { conn } => self.record.opened.push(conn),
-                Output::ConnectionData { conn, data } => self
-                    .record
-                    .received
-                    .entry(conn)
-                    .or_default()
-                    .extend_from_slice(&data),
+                Output::ConnectionData { conn, data } => {
+                    let bytes = data.len();
+                    self.record
+                        .received
+                        .entry(conn)
+                        .or_default()
+                        .extend_from_slice(&data);
+                    // The simulated local side takes everything at once: credit it.
+                    let now = self.now;
+                    self.client
+                        .handle_input(Input::Command(Command::Delivered { conn, bytes }), now);
+                }
                 Output::ConnectionEof { .. } => {}
                 Output::ConnectionClosed { conn, .. } => self.record.closed.push(conn),
                 Output::Backpressure { conn, paused } => {
@@ -398,10 +404,16 @@ impl Sim {
                 Output::TargetResize { cols, rows, .. } => {
                     self.record.target_resizes.push((cols, rows))
                 }
-                Output::ConnectionData { conn, data } if self.echo_target => {
+                Output::ConnectionData { conn, data } => {
+                    // The simulated target takes everything at once: credit it (and echo it back).
                     let now = self.now;
+                    let bytes = data.len();
+                    if self.echo_target {
+                        self.gateway
+                            .handle_input(Input::Command(Command::Send { conn, data }), now);
+                    }
                     self.gateway
-                        .handle_input(Input::Command(Command::Send { conn, data }), now);
+                        .handle_input(Input::Command(Command::Delivered { conn, bytes }), now);
                 }
                 _ => {}
             }

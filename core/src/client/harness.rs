@@ -112,6 +112,14 @@ pub(super) struct Harness {
     pub closed: Vec<(ConnNo, crate::tube::CloseReason)>,
     pub received: BTreeMap<ConnNo, Vec<u8>>,
     pub terminal_output: Vec<u8>,
+    /// The local sides of the client's connections stop taking data (no `Command::Delivered`):
+    /// receive-side flow control tests. Otherwise every byte is credited as soon as it is recorded.
+    pub withhold_delivery: bool,
+    /// The gateway's targets stop taking data: what reaches them is recorded in `target_received`, not
+    /// echoed and not credited (gateway-role receive-side flow control tests).
+    pub withhold_gateway_delivery: bool,
+    /// What the gateway's targets were handed while `withhold_gateway_delivery` (by gateway conn id).
+    pub target_received: BTreeMap<ConnNo, Vec<u8>>,
 }
 
 impl Harness {
@@ -199,6 +207,9 @@ impl Harness {
             closed: Vec::new(),
             received: BTreeMap::new(),
             terminal_output: Vec::new(),
+            withhold_delivery: false,
+            withhold_gateway_delivery: false,
+            target_received: BTreeMap::new(),
             cfg,
         };
         let gaddr = h.gateway_addr;
@@ -239,6 +250,11 @@ impl Harness {
         let now = self.now;
         self.client.handle_input(input, now);
         self.drain_client();
+    }
+
+    /// Receive-side credit from the gateway's target of gateway connection `conn`.
+    pub fn gateway_delivered(&mut self, conn: ConnNo, bytes: usize) {
+        self.gateway_input(Input::Command(Command::Delivered { conn, bytes }));
     }
 
     pub fn command(&mut self, cmd: Command) {
@@ -286,11 +302,18 @@ impl Harness {
                 Output::Connected => self.connected = Some(at),
                 Output::TubeReady => self.tube_ready = Some(at),
                 Output::ConnectionOpened { conn } => self.opened.push(conn),
-                Output::ConnectionData { conn, data } => self
-                    .received
-                    .entry(conn)
-                    .or_default()
-                    .extend_from_slice(&data),
+                Output::ConnectionData { conn, data } => {
+                    let bytes = data.len();
+                    self.received
+                        .entry(conn)
+                        .or_default()
+                        .extend_from_slice(&data);
+                    if !self.withhold_delivery {
+                        let now = self.now;
+                        self.client
+                            .handle_input(Input::Command(Command::Delivered { conn, bytes }), now);
+                    }
+                }
                 Output::ConnectionClosed { conn, reason } => self.closed.push((conn, reason)),
                 Output::TerminalOutput(b) => self.terminal_output.extend_from_slice(&b),
                 Output::Finished(r) if self.finished.is_none() => {
@@ -320,10 +343,19 @@ impl Harness {
                     );
                 }
                 // The target echoes (a tunnel's echo server, a terminal's cooked-mode tty).
+                Output::ConnectionData { conn, data } if self.withhold_gateway_delivery => {
+                    self.target_received
+                        .entry(conn)
+                        .or_default()
+                        .extend_from_slice(&data);
+                }
                 Output::ConnectionData { conn, data } => {
                     let now = self.now;
+                    let bytes = data.len();
                     self.gateway
                         .handle_input(Input::Command(Command::Send { conn, data }), now);
+                    self.gateway
+                        .handle_input(Input::Command(Command::Delivered { conn, bytes }), now);
                 }
                 _ => {}
             }

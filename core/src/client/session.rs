@@ -17,7 +17,8 @@ use crate::guac::client::{
 };
 use crate::timing::{names, PHASE_CLI_SESSION as CLI_SESSION, PHASE_TOTAL as TOTAL};
 use crate::tube::conns::{Connections, TubeEvent};
-use crate::tube::{CloseReason, Outbox};
+use crate::tube::delivery::STALL_LIMIT;
+use crate::tube::{CloseReason, Delivery, Outbox};
 use crate::{Command, LaunchError, Output, ProtocolError};
 
 use super::{Client, Session, TerminalSettings, Timer};
@@ -34,6 +35,8 @@ pub(super) enum SessionTimer {
     GuacReady,
     /// The flush window before a closing launch finishes.
     CloseFlush,
+    /// A connection holding the tube paused reaches the stall limit (`tube::delivery`).
+    ReceiveStall,
 }
 
 impl From<SessionTimer> for Timer {
@@ -55,6 +58,10 @@ pub(super) struct SessionState {
     guac_ready: bool,
     /// The launch is closing (by the user, the terminal or connection 1): a close is then normal.
     pub(super) closing: bool,
+    /// Receive-side flow control: what each connection's local side has not taken yet.
+    delivery: Delivery,
+    /// Whether reading the data channel is paused because of `delivery`.
+    read_paused: bool,
 }
 
 impl SessionState {
@@ -67,6 +74,8 @@ impl SessionState {
             terminal: None,
             guac_ready: false,
             closing: false,
+            delivery: Delivery::new(),
+            read_paused: false,
         }
     }
 
@@ -105,6 +114,50 @@ impl Client {
         }
         if self.due(SessionTimer::CloseFlush) {
             self.finish(Ok(()));
+        }
+        if self.due(SessionTimer::ReceiveStall) {
+            self.apply_receive_budget();
+        }
+    }
+
+    /// Receive-side flow control (`tube::delivery`): close the connections whose local side took
+    /// nothing for the stall limit while holding the tube, then pause or resume reading the channel.
+    fn apply_receive_budget(&mut self) {
+        let now = self.now;
+        let mut closed = false;
+        for conn in self.session.delivery.stalled(now) {
+            self.session.delivery.forget(conn);
+            if let Some(c) = self.session.conns.as_mut() {
+                tracing::warn!(
+                    conn,
+                    "the local side took nothing for {}s while holding the tube: closing it",
+                    STALL_LIMIT.as_secs()
+                );
+                let _ = self.session.outbox.close(c, conn, CloseReason::Timeout);
+                self.outputs.push_back(Output::ConnectionClosed {
+                    conn,
+                    reason: CloseReason::Timeout,
+                });
+                closed = true;
+            }
+        }
+        match self.session.delivery.poll_timeout() {
+            Some(at) => self.arm_at(SessionTimer::ReceiveStall, at),
+            None => self.disarm(SessionTimer::ReceiveStall),
+        }
+        let blocked = self.session.delivery.is_blocked() && !self.finished;
+        if blocked != self.session.read_paused {
+            if let Some(peer) = self.peer.as_mut() {
+                self.session.read_paused = blocked;
+                peer.set_read_paused(blocked, now);
+                if !blocked {
+                    // What waited in SCTP's buffer comes out now.
+                    return self.pump_peer();
+                }
+            }
+        }
+        if closed {
+            self.pump_tube();
         }
     }
 
@@ -163,12 +216,14 @@ impl Client {
                         }
                         self.pump_terminal();
                     } else {
+                        self.session.delivery.handed(conn, data.len(), now);
                         self.outputs
                             .push_back(Output::ConnectionData { conn, data });
                     }
                 }
                 TubeEvent::Eof(conn) => self.outputs.push_back(Output::ConnectionEof { conn }),
                 TubeEvent::Closed { conn, reason, .. } => {
+                    self.session.delivery.forget(conn);
                     self.outputs
                         .push_back(Output::ConnectionClosed { conn, reason });
                     if let (1, Some(t)) = (conn, self.session.terminal.as_mut()) {
@@ -218,6 +273,7 @@ impl Client {
                 }
             }
         }
+        self.apply_receive_budget();
     }
 
     /// Drain the terminal: its bytes for the gateway into connection 1, its screen to the user.
@@ -318,7 +374,11 @@ impl Client {
                     let _ = self.session.outbox.send_eof(c, conn);
                 }
             }
+            Command::Delivered { conn, bytes } => {
+                self.session.delivery.delivered(conn, bytes, now);
+            }
             Command::CloseConnection { conn, reason } => {
+                self.session.delivery.forget(conn);
                 if let Some(c) = self.session.conns.as_mut() {
                     let _ = self.session.outbox.close(c, conn, reason);
                 }
@@ -361,6 +421,7 @@ mod tests {
 
     use super::super::harness::{Harness, HarnessConfig};
     use super::super::{Session, TerminalSettings};
+    use crate::tube::delivery::{RECEIVE_BUDGET, STALL_LIMIT};
     use crate::tube::CloseReason;
     use crate::Command;
 
@@ -389,6 +450,187 @@ mod tests {
         });
         assert_eq!(h.received[&2], b"ping over the tube");
         assert!(h.client.can_send());
+    }
+
+    /// 16 KiB chunks of a recognisable pattern, `total` bytes in all.
+    fn pattern(total: usize) -> Vec<u8> {
+        (0..total).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Open `conn` and push `data` through the echoing gateway, as fast as the tube takes it.
+    fn push_echo(h: &mut Harness, conn: u32, data: &[u8]) {
+        let mut off = 0;
+        let give_up = h.now - h.t0 + Duration::from_secs(30);
+        while off < data.len() {
+            assert!(
+                h.now - h.t0 < give_up,
+                "the tube never took {} bytes",
+                data.len()
+            );
+            if h.client.can_send() {
+                let end = (off + 16 * 1024).min(data.len());
+                h.command(Command::Send {
+                    conn,
+                    data: data[off..end].to_vec(),
+                });
+                off = end;
+            } else {
+                h.run_for(Duration::from_millis(5));
+            }
+        }
+    }
+
+    fn open(h: &mut Harness, conn: u32) {
+        h.command(Command::OpenConnection { conn });
+        h.run_until(h.now - h.t0 + Duration::from_secs(10), |h| {
+            h.opened.contains(&conn)
+        });
+        assert!(h.opened.contains(&conn));
+    }
+
+    #[test]
+    fn a_local_side_that_stops_taking_data_pauses_the_tube_and_loses_nothing() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until_ready();
+        open(&mut h, 2);
+        h.withhold_delivery = true;
+        let sent = pattern(8 * 1024 * 1024);
+        push_echo(&mut h, 2, &sent);
+        h.run_for(Duration::from_secs(10));
+        let held = h.received.get(&2).map_or(0, Vec::len);
+        // The budget was reached, then the client stopped reading: what it handed out stays within the
+        // budget plus what SCTP had already made readable (its 1 MiB receive buffer) and a margin.
+        assert!(held >= RECEIVE_BUDGET, "budget not used: {held}");
+        assert!(held <= RECEIVE_BUDGET + 1536 * 1024, "not bounded: {held}");
+        assert!(
+            h.client.session.read_paused,
+            "reading the channel is paused"
+        );
+        assert!(h.closed.is_empty(), "10 s is no stall: {:?}", h.closed);
+
+        // The local side catches up: everything arrives, in order.
+        h.withhold_delivery = false;
+        h.command(Command::Delivered {
+            conn: 2,
+            bytes: held,
+        });
+        let limit = h.now - h.t0 + Duration::from_secs(30);
+        h.run_until(limit, |h| {
+            h.received.get(&2).map_or(0, Vec::len) >= sent.len()
+        });
+        assert!(h.received[&2] == sent, "every byte, in order");
+        assert!(!h.client.session.read_paused);
+        assert!(h.closed.is_empty());
+    }
+
+    #[test]
+    fn a_stalled_connection_is_closed_after_the_stall_limit_and_the_tube_reads_on() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until_ready();
+        open(&mut h, 2);
+        open(&mut h, 3);
+        h.withhold_delivery = true;
+        push_echo(&mut h, 2, &pattern(4 * 1024 * 1024));
+        h.run_for(Duration::from_secs(1));
+        assert!(h.client.session.read_paused);
+        let blocked_at = h.now;
+        h.run_until(h.now - h.t0 + STALL_LIMIT + Duration::from_secs(5), |h| {
+            !h.closed.is_empty()
+        });
+        assert_eq!(h.closed, vec![(2, CloseReason::Timeout)]);
+        let waited = h.now - blocked_at;
+        assert!(
+            waited <= STALL_LIMIT && waited >= STALL_LIMIT - Duration::from_secs(2),
+            "closed after {waited:?}"
+        );
+        // Connection 3 was frozen behind it; now the tube reads on and it works.
+        assert!(!h.client.session.read_paused);
+        h.withhold_delivery = false;
+        push_echo(&mut h, 3, b"still alive");
+        let limit = h.now - h.t0 + Duration::from_secs(10);
+        h.run_until(limit, |h| h.received.get(&3).is_some_and(|d| d.len() >= 11));
+        assert_eq!(h.received[&3], b"still alive");
+    }
+
+    /// Push `data` into `conn` for up to `limit` of virtual time, as far as the tube takes it; returns
+    /// how much it took.
+    fn push_for(h: &mut Harness, conn: u32, data: &[u8], limit: Duration) -> usize {
+        let mut off = 0;
+        let until = h.now + limit;
+        while off < data.len() && h.now < until {
+            if h.client.can_send() {
+                let end = (off + 16 * 1024).min(data.len());
+                h.command(Command::Send {
+                    conn,
+                    data: data[off..end].to_vec(),
+                });
+                off = end;
+            } else {
+                h.run_for(Duration::from_millis(5));
+            }
+        }
+        off
+    }
+
+    #[test]
+    fn a_gateway_target_that_stops_reading_holds_the_client_back_and_loses_nothing() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until_ready();
+        open(&mut h, 2);
+        h.withhold_gateway_delivery = true;
+        let sent = pattern(16 * 1024 * 1024);
+        let taken = push_for(&mut h, 2, &sent, Duration::from_secs(10));
+        let g = *h
+            .target_received
+            .keys()
+            .next()
+            .expect("the target got data");
+        let held = h.target_received[&g].len();
+        assert!(held >= RECEIVE_BUDGET, "budget not used: {held}");
+        assert!(held <= RECEIVE_BUDGET + 1536 * 1024, "not bounded: {held}");
+        // The client was held back by its own send-side flow control, not buffered without bound.
+        assert!(taken < sent.len(), "the client took all {taken} bytes");
+        assert!(!h.client.can_send());
+
+        // The target reads again: everything arrives, in order.
+        let mut credited = 0;
+        let limit = h.now - h.t0 + Duration::from_secs(60);
+        let mut off = taken;
+        while h.target_received[&g].len() < sent.len() {
+            assert!(
+                h.now - h.t0 < limit,
+                "stuck at {}",
+                h.target_received[&g].len()
+            );
+            let got = h.target_received[&g].len();
+            if got > credited {
+                h.gateway_delivered(g, got - credited);
+                credited = got;
+            }
+            if off < sent.len() {
+                off += push_for(&mut h, 2, &sent[off..], Duration::from_millis(20));
+            } else {
+                h.run_for(Duration::from_millis(20));
+            }
+        }
+        assert!(h.target_received[&g] == sent, "every byte, in order");
+        assert!(h.closed.is_empty(), "{:?}", h.closed);
+    }
+
+    #[test]
+    fn a_gateway_target_that_takes_nothing_is_closed_after_the_stall_limit() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until_ready();
+        open(&mut h, 2);
+        h.withhold_gateway_delivery = true;
+        push_for(&mut h, 2, &pattern(8 * 1024 * 1024), Duration::from_secs(2));
+        let blocked_at = h.now;
+        h.run_until(h.now - h.t0 + STALL_LIMIT + Duration::from_secs(5), |h| {
+            !h.closed.is_empty()
+        });
+        // The gateway closed it with the reason Keeper's client knows; the client's side hears it.
+        assert_eq!(h.closed, vec![(2, CloseReason::Timeout)]);
+        assert!(h.now - blocked_at <= STALL_LIMIT + Duration::from_secs(1));
     }
 
     #[test]

@@ -4,15 +4,18 @@
 //! * [`frame`]: the frame layout and a streaming decoder that accepts any message boundaries;
 //! * [`control`]: the control messages of connection 0 and the close reasons;
 //! * [`conns`]: the sans-IO state machine one side of a tube runs (open/accept, data, half-close, close,
-//!   ping/pong, outbound flow control).
+//!   ping/pong, outbound flow control);
+//! * [`delivery`]: receive-side flow control (each connection's undelivered backlog, the stall bound).
 
 pub mod conns;
 pub mod control;
+pub mod delivery;
 pub mod frame;
 pub mod outbox;
 
 pub use conns::{Config, Connections, Role, TubeError, TubeEvent};
 pub use control::{CloseReason, ControlError, ControlMessage};
+pub use delivery::Delivery;
 pub use frame::{Frame, FrameDecoder, FrameError, MAX_DATA_PAYLOAD};
 pub use outbox::Outbox;
 

@@ -6,7 +6,10 @@
 //! The contract, with no protocol knowledge: bytes in become `Command::Send`, bytes out come from
 //! `Output::ConnectionData`, a TCP half-close is `Command::SendEof` / `Output::ConnectionEof`, a reset or
 //! close is `Command::CloseConnection` / `Output::ConnectionClosed`, and a gateway answers
-//! `Output::ConnectTarget` with `Command::TargetConnected`.
+//! `Output::ConnectTarget` with `Command::TargetConnected`. What the writer puts on the local socket is
+//! credited back with `Command::Delivered` ([`Credit`]): the node stops reading the tube while a local
+//! side is a budget behind, so a peer that does not read costs bounded memory (receive-side flow control,
+//! `pam_lite_core::tube::delivery`).
 
 pub mod threads;
 
@@ -22,8 +25,43 @@ use pam_lite_core::{Command, ConnNo, Input, Output};
 pub const READ_CHUNK: usize = 16 * 1024;
 /// Chunks queued towards one local socket before `dispatch` waits for it.
 pub const WRITE_QUEUE: usize = 64;
+/// Bytes written to a local socket before the writer credits them even though its queue is not empty
+/// (it always credits when the queue runs empty). Far below the core's `RECEIVE_BUDGET` (2 MiB), so
+/// credit never lags enough to pause a local side that keeps up; large enough that a fast transfer costs
+/// one extra node input per 256 KiB, not one per chunk.
+pub const CREDIT_BATCH: usize = 256 * 1024;
 /// How long a gateway waits for its target's TCP handshake.
 pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The writer's running count of bytes written to its local socket and not yet credited.
+#[derive(Debug)]
+pub struct Credit {
+    conn: ConnNo,
+    pending: usize,
+}
+
+impl Credit {
+    pub fn new(conn: ConnNo) -> Self {
+        Self { conn, pending: 0 }
+    }
+
+    /// `n` more bytes were written; the credit to send now if a batch is full.
+    pub fn wrote(&mut self, n: usize) -> Option<Input> {
+        self.pending = self.pending.saturating_add(n);
+        (self.pending >= CREDIT_BATCH)
+            .then(|| self.take())
+            .flatten()
+    }
+
+    /// Everything written so far (call when the writer's queue is empty, before waiting).
+    pub fn take(&mut self) -> Option<Input> {
+        let bytes = std::mem::take(&mut self.pending);
+        (bytes > 0).then_some(Input::Command(Command::Delivered {
+            conn: self.conn,
+            bytes,
+        }))
+    }
+}
 
 /// What the writer of one local connection must do next.
 #[derive(Debug, PartialEq, Eq)]

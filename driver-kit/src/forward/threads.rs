@@ -22,7 +22,8 @@ use std::time::Duration;
 use pam_lite_core::{Command, ConnNo, Input, Output};
 
 use super::{
-    target_connected, Route, Routes, ToSocket, READ_CHUNK, TARGET_CONNECT_TIMEOUT, WRITE_QUEUE,
+    target_connected, Credit, Route, Routes, ToSocket, READ_CHUNK, TARGET_CONNECT_TIMEOUT,
+    WRITE_QUEUE,
 };
 use crate::flow::FlowControl;
 use crate::runtime::{Forward, InputSink, NodeHandle};
@@ -64,6 +65,8 @@ pub struct Forwarder<S> {
 
 impl<S: InputSink> Forwarder<S> {
     fn new<H: NodeHandle<Sender = S>>(handle: &H, target: Option<SocketAddr>) -> Self {
+        // This forwarder credits what its writers deliver (`Command::Delivered`).
+        handle.flow().claim_delivery();
         Self {
             shared: Arc::new(Shared {
                 inputs: handle.sender(),
@@ -282,13 +285,31 @@ fn write_loop<S: InputSink>(
     mut stream: TcpStream,
     rx: Receiver<ToSocket>,
 ) {
-    while let Ok(what) = rx.recv() {
+    let mut credit = Credit::new(conn);
+    loop {
+        let what = match rx.try_recv() {
+            Ok(what) => what,
+            Err(mpsc::TryRecvError::Empty) => {
+                // Queue drained: credit everything written before waiting for more.
+                if let Some(input) = credit.take() {
+                    shared.inputs.input(input);
+                }
+                match rx.recv() {
+                    Ok(what) => what,
+                    Err(_) => break,
+                }
+            }
+            Err(mpsc::TryRecvError::Disconnected) => break,
+        };
         match what {
             ToSocket::Data(data) => {
                 if let Err(e) = stream.write_all(&data) {
                     shared.local_failed(conn, "local write failed", &e);
                     let _ = stream.shutdown(Shutdown::Both);
                     return;
+                }
+                if let Some(input) = credit.wrote(data.len()) {
+                    shared.inputs.input(input);
                 }
             }
             ToSocket::Eof => {

@@ -5945,3 +5945,55 @@ fn forward_only_marker_ack_does_not_reset_peer_errors() {
         (true, true, 2)
     );
 }
+
+/// A receiver whose application stopped reading advertises a closed window; once the
+/// application reads again, a window-update SACK is due at once instead of waiting for the
+/// sender's next zero-window probe (which backs off up to `rto_max`).
+#[test]
+fn test_read_that_reopens_a_closed_window_sends_a_window_update() -> Result<()> {
+    let stream_id = 1;
+    let mut a = Association {
+        state: AssociationState::Established,
+        peer_last_tsn: 0,
+        my_next_tsn: 1,
+        max_receive_buffer_size: 1024,
+        max_receive_message_size: 1024,
+        max_payload_size: 1200,
+        ..Default::default()
+    };
+    assert!(
+        a.create_stream(stream_id, false, PayloadProtocolIdentifier::Binary)
+            .is_some()
+    );
+    // Four 256-byte messages fill the 1024-byte buffer: nothing is read meanwhile.
+    for i in 0..4u32 {
+        a.handle_data(&ChunkPayloadData {
+            tsn: i + 1,
+            stream_identifier: stream_id,
+            stream_sequence_number: i as u16,
+            beginning_fragment: true,
+            ending_fragment: true,
+            user_data: Bytes::from(vec![i as u8; 256]),
+            ..Default::default()
+        })?;
+    }
+    assert_eq!(a.get_my_receiver_window_credit(), 0);
+    let sack = a.create_selective_ack_chunk();
+    assert_eq!(sack.advertised_receiver_window_credit, 0);
+    a.ack_state = AckState::Idle;
+
+    // One read opens a quarter: not yet worth a SACK of its own.
+    a.stream(stream_id)?.read()?.unwrap();
+    assert_eq!(a.ack_state, AckState::Idle, "a quarter is not enough");
+    // The second read opens half of the buffer: the window update is due now.
+    a.stream(stream_id)?.read()?.unwrap();
+    assert_eq!(a.ack_state, AckState::Immediate);
+    let sack = a.create_selective_ack_chunk();
+    assert_eq!(sack.advertised_receiver_window_credit, 512);
+
+    // With the open window advertised, further reads send nothing extra.
+    a.ack_state = AckState::Idle;
+    a.stream(stream_id)?.read()?.unwrap();
+    assert_eq!(a.ack_state, AckState::Idle);
+    Ok(())
+}

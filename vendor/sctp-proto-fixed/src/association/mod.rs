@@ -319,6 +319,12 @@ pub struct Association {
     // per inbound packet context
     delayed_ack_triggered: bool,
     immediate_ack_triggered: bool,
+    /// The receive window our last SACK advertised: when the application's reads reopen a
+    /// window that was (nearly) closed, a window-update SACK goes out at once (see
+    /// [`Association::window_update_after_read`]).
+    last_advertised_rwnd: u32,
+    /// The receive window the peer's last SACK advertised (0: it was closed).
+    peer_last_a_rwnd: u32,
 
     pub(crate) stats: AssociationStats,
     ack_state: AckState,
@@ -420,6 +426,8 @@ impl Default for Association {
             // per inbound packet context
             delayed_ack_triggered: false,
             immediate_ack_triggered: false,
+            last_advertised_rwnd: u32::MAX,
+            peer_last_a_rwnd: u32::MAX,
 
             stats: AssociationStats::default(),
             ack_state: AckState::default(),
@@ -835,6 +843,25 @@ impl Association {
                     trace!("discarding invalid partial_decode");
                 }
             } //TODO:
+        }
+    }
+
+    /// After the application read data: if our last SACK advertised a window smaller than
+    /// half the receive buffer and the reads have since opened at least half of it, send a
+    /// window-update SACK now (RFC 9260 §6.2 allows a SACK "to update the offered window as
+    /// the receiving application consumes new data").
+    ///
+    /// Without it, a sender that saw a closed window only learns that it reopened from its next
+    /// zero-window probe, which rides the T3-rtx timer with exponential backoff (up to
+    /// `rto_max`, 60 s): a receiver that paused reading for a while would then sit idle for up
+    /// to a minute after resuming.
+    pub(crate) fn window_update_after_read(&mut self) {
+        let half = self.max_receive_buffer_size / 2;
+        if self.last_advertised_rwnd < half
+            && self.get_my_receiver_window_credit() >= half
+            && self.state() == AssociationState::Established
+        {
+            self.ack_state = AckState::Immediate;
         }
     }
 
@@ -2577,6 +2604,28 @@ impl Association {
         //       of bytes still outstanding after processing the Cumulative
         //       TSN Ack and the Gap Ack Blocks.
 
+        // The peer's window reopened after it advertised zero (its application stopped reading,
+        // and it dropped our zero-window probes): what is still in flight was dropped, and the
+        // T3-rtx timer has backed off for as long as the window was closed (up to `rto_max`).
+        // Retransmit now and restart the timer without backoff; a closed window is not
+        // congestion, so cwnd is left alone.
+        let window_reopened = self.peer_last_a_rwnd == 0
+            && d.advertised_receiver_window_credit > 0
+            && !cum_tsn_ack_point_advanced
+            && self.outbound_queue.inflight_len() > 0;
+        self.peer_last_a_rwnd = d.advertised_receiver_window_credit;
+        if window_reopened {
+            debug!(
+                "[{}] peer window reopened ({} bytes): retransmitting the dropped probe",
+                self.side, d.advertised_receiver_window_credit
+            );
+            self.outbound_queue.mark_all_to_retransmit();
+            self.timers.stop(Timer::T3RTX);
+            self.timers
+                .start(Timer::T3RTX, now, self.rto_mgr.get_rto());
+            self.awake_write_loop();
+        }
+
         // bytes acked were already subtracted by markAsAcked() method
         let bytes_outstanding = self.outbound_queue.inflight_bytes() as u32;
         if bytes_outstanding >= d.advertised_receiver_window_credit {
@@ -4189,9 +4238,11 @@ impl Association {
     }
 
     fn create_selective_ack_chunk(&mut self) -> ChunkSelectiveAck {
+        let credit = self.get_my_receiver_window_credit();
+        self.last_advertised_rwnd = credit;
         ChunkSelectiveAck {
             cumulative_tsn_ack: self.peer_last_tsn,
-            advertised_receiver_window_credit: self.get_my_receiver_window_credit(),
+            advertised_receiver_window_credit: credit,
             gap_ack_blocks: self.payload_queue.get_gap_ack_blocks(self.peer_last_tsn),
             duplicate_tsn: self.payload_queue.pop_duplicates(),
         }
