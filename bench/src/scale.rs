@@ -60,6 +60,7 @@ pub fn ticket_from_json(v: &Value) -> Option<DemoTicket> {
         traffic_seed_b64: s("/traffic_encryption_seed_b64")?,
         protocol: s("/protocol")?,
         ca_pem: s("/tls_ca_pem"),
+        relay_host: None,
     })
 }
 
@@ -316,6 +317,7 @@ mod tests {
             traffic_seed_b64: "CCCC".into(),
             protocol: "ssh".into(),
             ca_pem: None,
+            relay_host: None,
         };
         assert_eq!(ticket_from_json(&t.to_json()), Some(t.clone()));
         let mut with_ca = t;

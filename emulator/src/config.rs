@@ -60,6 +60,14 @@ pub struct EmulatorConfig {
     /// Send Keeper 2.2.9's three warm-up Pings when the data channel opens.
     pub warmup_pings: bool,
 
+    // ---- relays (STUN/TURN)
+    /// The ticket's `relay_host` (`host` or `host:port`): where the client gathers from.
+    pub relay_host: Option<String>,
+    /// What the router's `relay_access_creds` answers (a real TURN server's credentials).
+    pub relay_credentials: Option<pam_lite_core::relay::TurnCredentials>,
+    /// The emulated gateway's own STUN/TURN servers and policy (credentials inside).
+    pub gateway_relay: pam_lite_core::relay::RelayPlan,
+
     // ---- client ↔ gateway UDP path (user-space impairment)
     /// Datagrams arriving at the gateway.
     pub udp_to_gateway: UdpImpairment,
@@ -89,6 +97,9 @@ impl Default for EmulatorConfig {
             answer_delay: Duration::ZERO,
             gateway_version: "2.2.9".into(),
             warmup_pings: true,
+            relay_host: None,
+            relay_credentials: None,
+            gateway_relay: pam_lite_core::relay::RelayPlan::default(),
             udp_to_gateway: UdpImpairment::default(),
             udp_from_gateway: UdpImpairment::default(),
         }

@@ -162,6 +162,7 @@ impl Emulator {
                     rrc_failures: config.fail_rrc.clone(),
                     gateway_offline: config.gateway_offline,
                 },
+                relay_credentials: config.relay_credentials.clone(),
             },
             ChaCha20Rng::from_seed(id.router_rng_seed),
         );
@@ -178,6 +179,7 @@ impl Emulator {
             answer_delay: config.answer_delay,
             version: config.gateway_version.clone(),
             warmup_pings: config.warmup_pings,
+            relay: config.gateway_relay.clone(),
             unix_ms_at_start: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -229,6 +231,7 @@ impl Emulator {
             traffic_seed_b64: STANDARD.encode(&id.traffic_seed),
             protocol: config.protocol.clone(),
             ca_pem: tls.map(|t| t.ca_pem),
+            relay_host: config.relay_host.clone(),
         };
         tracing::info!(
             router = %ticket.router_url,

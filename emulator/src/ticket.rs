@@ -26,6 +26,8 @@ pub struct DemoTicket {
     pub protocol: String,
     /// With TLS: the PEM of the CA that signed the router's certificate.
     pub ca_pem: Option<String>,
+    /// The STUN/TURN host the client gathers from (`relay_host`).
+    pub relay_host: Option<String>,
 }
 
 impl std::fmt::Debug for DemoTicket {
@@ -117,6 +119,9 @@ impl DemoTicket {
         if let (Some(pem), Some(obj)) = (&self.ca_pem, t.as_object_mut()) {
             obj.insert("tls_ca_pem".into(), Value::String(pem.clone()));
         }
+        if let (Some(host), Some(obj)) = (&self.relay_host, t.as_object_mut()) {
+            obj.insert("relay_host".into(), Value::String(host.clone()));
+        }
         t
     }
 
@@ -141,6 +146,7 @@ mod tests {
             traffic_seed_b64: STANDARD.encode([9u8; 32]),
             protocol: "ssh".into(),
             ca_pem: None,
+            relay_host: None,
         }
     }
 

@@ -83,6 +83,7 @@ impl Scenario {
                 secret,
                 gateways: vec![gateway_uid.clone()],
                 faults: self.faults.clone(),
+                relay_credentials: None,
             },
             ChaCha20Rng::from_seed(seeds[1]),
         );

@@ -138,6 +138,7 @@ impl Harness {
                     rrc_failures: cfg.rrc_failures.clone(),
                     gateway_offline: cfg.gateway_offline,
                 },
+                relay_credentials: None,
             },
             ChaCha20Rng::seed_from_u64(2),
         );

@@ -97,6 +97,7 @@ pub mod fuzzing {
             secret,
             gateways: vec!["AAECAwQFBgcICQoLDA0ODw".into()],
             faults,
+            relay_credentials: None,
         };
         let mut server = RouterServer::new(config, ChaCha20Rng::from_seed([13; 32]));
         let text = String::from_utf8_lossy(data);

@@ -67,6 +67,10 @@ pub struct RouterConfig {
     /// Uids (URL-safe base64) of the gateways connected to this router.
     pub gateways: Vec<String>,
     pub faults: Faults,
+    /// What `relay_access_creds` answers: a real TURN server's long-term credentials (the emulator's
+    /// `--relay-user/--relay-password`, so a client can allocate on coturn). `None`: random ones, as
+    /// before (they work on no server).
+    pub relay_credentials: Option<crate::relay::TurnCredentials>,
 }
 
 /// How [`RouterServer::http_request`] handled a request. Either way the response itself arrives as a
@@ -414,10 +418,17 @@ impl<R: RngCore + CryptoRng> RouterServer<R> {
         let user = self.random_hex(8);
         let mut secret = [0u8; 20];
         self.rng.fill_bytes(&mut secret);
-        let creds = RelayAccessCreds {
-            username: format!("{expiry}:{user}"),
-            password: STANDARD.encode(secret),
-            server_time,
+        let creds = match &self.config.relay_credentials {
+            Some(c) => RelayAccessCreds {
+                username: c.username.clone(),
+                password: c.password.clone(),
+                server_time,
+            },
+            None => RelayAccessCreds {
+                username: format!("{expiry}:{user}"),
+                password: STANDARD.encode(secret),
+                server_time,
+            },
         };
         self.ok_with_payload(id, tokens, &creds.encode_to_vec())
     }
@@ -728,6 +739,7 @@ mod tests {
                 secret,
                 gateways: vec![GW.into()],
                 faults,
+                relay_credentials: None,
             },
             ChaCha20Rng::from_seed([5; 32]),
         );
