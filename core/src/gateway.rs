@@ -62,6 +62,9 @@ pub struct GatewayConfig {
     pub unix_ms_at_start: u64,
     /// Refuse new conversations beyond this many live tubes (bounded memory).
     pub max_tubes: usize,
+    /// Fault injection (the emulator's `--answer-bad-fingerprint`): announce a DTLS fingerprint in the
+    /// answer that is not the gateway's certificate's, so a client must refuse the handshake.
+    pub answer_bad_fingerprint: bool,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -86,6 +89,7 @@ impl Default for GatewayConfig {
             warmup_pings: true,
             unix_ms_at_start: 0,
             max_tubes: 4096,
+            answer_bad_fingerprint: false,
         }
     }
 }
@@ -319,7 +323,12 @@ impl Gateway {
             let Some(pending) = self.tubes[idx].answer.take() else {
                 continue;
             };
-            let body = json!({ "answer": B64.encode(pending.sdp.as_bytes()) }).to_string();
+            let sdp = if self.cfg.answer_bad_fingerprint {
+                signaling::corrupt_fingerprint(&pending.sdp)
+            } else {
+                pending.sdp
+            };
+            let body = json!({ "answer": B64.encode(sdp.as_bytes()) }).to_string();
             let data = self.tubes[idx].key.encrypt(body.as_bytes(), &mut self.rng);
             let reply_to = self.tubes[idx].reply_to;
             self.reply(reply_to, json!({ "is_ok": true, "data": data }));
