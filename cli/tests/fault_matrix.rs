@@ -896,9 +896,7 @@ fn markdown(rows: &[Row], wall: Duration) -> String {
          staying under the ceiling proves they were not buffered). *SHA-256* is the first 4 bytes of the \
          hash of each {} KiB echo that completed (sent = received). Launches run with \
          `PAM_WEBRTC_CONNECT_TIMEOUT_SEC={CONNECT_TIMEOUT_SECS}` and one offer attempt.\n\n\
-         **{passed} of {} runs pass** ({} cases × 2 runtimes).\n\n\
-         | case | fault | runtime | expected exit | exit | time s (bound) | peak MiB | SHA-256 | last line | result |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         **{passed} of {} runs pass** ({} cases × 2 runtimes).\n",
         thread::available_parallelism().map_or(0, |n| n.get()),
         wall.as_secs_f64(),
         MEMORY_CEILING_KIB / 1024,
@@ -906,6 +904,22 @@ fn markdown(rows: &[Row], wall: Duration) -> String {
         TRANSFER >> 10,
         rows.len(),
         rows.len() / 2,
+    );
+    md.push_str(
+        "\nReading the table:\n\n\
+         * A gateway restart and a UDP blackhole are noticed through ICE (consent lost, then \
+         `ICE disconnected`; see the time column). There is no path recovery yet (issue 14), so the session ends with \
+         11 rather than resuming.\n\
+         * A DTLS fingerprint that is not the gateway certificate's is refused during the handshake \
+         (str0m: `remote fingerprint no match`), well before the connect timeout.\n\
+         * Oversized input is refused at its limit without being buffered: HTTP bodies at the driver's \
+         4 MiB body limit (exit 4), WebSocket messages at the 1 MiB frame limit (exit 9).\n\
+         * A target that resets after accepting is, for the emulated gateway, a closed connection \
+         (reason Normal): `tunnel --stdio` ends with EOF and exit 0.\n\
+         * SIGINT before the tunnel is up ends the launch at once with 0 (nothing was open), as with the \
+         session up.\n\n\
+         | case | fault | runtime | expected exit | exit | time s (bound) | peak MiB | SHA-256 | last line | result |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let hashes = if r.m.transfers.is_empty() {
