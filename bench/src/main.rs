@@ -31,6 +31,7 @@ mod procs;
 mod ready;
 mod report;
 mod scale;
+mod soak;
 mod stats;
 mod targets;
 mod throughput;
@@ -127,6 +128,16 @@ enum Sub {
         #[arg(long, default_value = "Launch waterfall")]
         title: String,
     },
+    /// Soak (issue 13): hold one `pam-lite tunnel` per runtime open for MINUTES while connections open
+    /// and close and data flows; report RSS and open file descriptors over time (not part of the
+    /// report; prints markdown and writes `<out>/soak.md` and `soak.json`).
+    Soak {
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Which runtimes (both run at the same time).
+        #[arg(long, value_enum, default_value = "both")]
+        runtime: SoakRuntimes,
+    },
     /// Profiling aid: LAUNCHES sequential `fast` launches on the reference network (item 1's), each to
     /// its first echoed byte.
     #[command(hide = true)]
@@ -136,6 +147,14 @@ enum Sub {
         #[arg(long, default_value_t = 10)]
         launches: usize,
     },
+}
+
+/// `soak --runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SoakRuntimes {
+    Smol,
+    Blocking,
+    Both,
 }
 
 fn init_logging(verbose: u8) {
@@ -169,6 +188,9 @@ fn main() -> ExitCode {
         }
         Some(Sub::ProfileLaunch { runtime, launches }) => {
             return report_aid(ready::profile(*runtime, *launches))
+        }
+        Some(Sub::Soak { minutes, runtime }) => {
+            return report_aid(run_soak(&args, *minutes, *runtime));
         }
         Some(Sub::DrawTiming { files, out, title }) => {
             return report_aid(
@@ -371,6 +393,46 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         report.meta.wall_secs
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_soak(args: &Args, minutes: u64, which: SoakRuntimes) -> Result<String, String> {
+    let bin = cli::locate(args.pam_lite.as_deref(), !args.no_build)?;
+    let runtimes: &[launch::Runtime] = match which {
+        SoakRuntimes::Smol => &[launch::Runtime::Smol],
+        SoakRuntimes::Blocking => &[launch::Runtime::Blocking],
+        SoakRuntimes::Both => &[launch::Runtime::Smol, launch::Runtime::Blocking],
+    };
+    eprintln!(
+        "pam-lite-bench: soak, {minutes} min, {} ({})",
+        runtimes
+            .iter()
+            .map(|r| r.name())
+            .collect::<Vec<_>>()
+            .join(" + "),
+        bin.display()
+    );
+    let results = soak::run(&bin, runtimes, minutes);
+    let md = soak::markdown(&command_line(), minutes, &results);
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+    for (name, body) in [("soak.md", md.as_str()), ("soak.json", json.as_str())] {
+        let p = args.out.join(name);
+        std::fs::write(&p, body).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if let Some(bad) = results
+        .iter()
+        .find(|r| r.first_error.is_some() || !r.alive_at_end)
+    {
+        eprintln!("{md}");
+        return Err(format!(
+            "soak {}: {}",
+            bad.runtime,
+            bad.first_error
+                .as_deref()
+                .unwrap_or("the tunnel process died")
+        ));
+    }
+    Ok(md)
 }
 
 fn run_scale(plan: &Plan) -> Result<Vec<scale::ScaleResult>, String> {

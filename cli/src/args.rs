@@ -271,6 +271,32 @@ pub struct EmulatorArgs {
     /// Drop the client's WebSocket this many milliseconds after it opened.
     #[arg(long, value_name = "MS")]
     pub ws_drop_ms: Option<u64>,
+    /// Router fault: every WebSocket push names another conversation (a misrouted answer).
+    #[arg(long)]
+    pub ws_wrong_conversation: bool,
+    /// Router fault: deliver every WebSocket push N extra times (duplicate answers).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub ws_duplicate: u32,
+    /// Router fault: push N messages for another conversation as soon as a WebSocket opens.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub ws_flood: u32,
+    /// Router fault: push one WebSocket message of this many bytes as soon as a WebSocket opens.
+    #[arg(long, value_name = "BYTES")]
+    pub ws_oversize: Option<usize>,
+    /// Router fault: every successful HTTP response carries this many bytes of padding as its body.
+    #[arg(long, value_name = "BYTES")]
+    pub http_oversize: Option<usize>,
+    /// Gateway fault: the answer announces a DTLS fingerprint that is not the gateway's certificate's.
+    #[arg(long)]
+    pub answer_bad_fingerprint: bool,
+    /// Gateway fault: restart the gateway (every session lost, same address) this many milliseconds
+    /// after the first datagram from a client.
+    #[arg(long, value_name = "MS")]
+    pub gateway_restart_ms: Option<u64>,
+    /// Network fault: the client-gateway UDP path drops everything, both ways, from this many
+    /// milliseconds after the first datagram from a client.
+    #[arg(long, value_name = "MS")]
+    pub udp_blackhole_ms: Option<u64>,
     /// Probability (0-1) that a UDP datagram between client and gateway is lost.
     #[arg(long, value_name = "P", default_value_t = 0.0)]
     pub udp_loss: f64,

@@ -163,6 +163,14 @@ pub fn config_from_args(a: &EmulatorArgs) -> Result<EmulatorConfig, CliError> {
         fail_rrc,
         gateway_offline: a.gateway_offline,
         ws_drop_after: a.ws_drop_ms.map(ms),
+        ws_wrong_conversation: a.ws_wrong_conversation,
+        ws_duplicate: a.ws_duplicate,
+        ws_flood: a.ws_flood,
+        ws_oversize: a.ws_oversize,
+        http_oversize: a.http_oversize,
+        answer_bad_fingerprint: a.answer_bad_fingerprint,
+        gateway_restart_after: a.gateway_restart_ms.map(ms),
+        udp_blackhole_after: a.udp_blackhole_ms.map(ms),
         gateway_rtt: ms(a.gateway_rtt_ms),
         answer_delay: ms(a.answer_delay_ms),
         ..EmulatorConfig::default()
@@ -249,8 +257,16 @@ mod tests {
             "500",
             "--target",
             "127.0.0.1:22",
+            "--ws-duplicate",
+            "2",
+            "--udp-blackhole-ms",
+            "700",
+            "--answer-bad-fingerprint",
         ]);
         let c = config_from_args(&a).unwrap();
+        assert_eq!(c.ws_duplicate, 2);
+        assert_eq!(c.udp_blackhole_after, Some(Duration::from_millis(700)));
+        assert!(c.answer_bad_fingerprint && !c.ws_wrong_conversation);
         assert_eq!(c.router_rtt, Duration::from_millis(80));
         assert_eq!(c.fail_http, vec![503, 502]);
         assert_eq!(c.fail_rrc, vec![RouterResponseCode::RrcTimeout]);

@@ -191,6 +191,19 @@ fn cases() -> Vec<Case> {
             }),
         ),
         (
+            "DTLS fingerprint in the answer is not the gateway's",
+            11,
+            Box::new(|| {
+                let emu = emulator(EmulatorConfig {
+                    answer_bad_fingerprint: true,
+                    ..EmulatorConfig::default()
+                });
+                let r = stdio_launch(&emu, "badfp.json", |_| {});
+                assert!(r.stderr.contains("fingerprint"), "{}", r.stderr);
+                r
+            }),
+        ),
+        (
             "tunnel --stdio, target unreachable",
             12,
             Box::new(|| {
@@ -218,7 +231,6 @@ fn cases() -> Vec<Case> {
 const NOT_YET_END_TO_END: &[(i32, &str)] = &[
     (7, "the emulator's gateway never answers an offer with is_ok: false"),
     (10, "no emulator knob returns a malformed or echoed answer (the actpass refusal is a core unit test)"),
-    (11, "no emulator knob breaks ICE after connect within the test's time"),
 ];
 
 #[test]

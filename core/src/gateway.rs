@@ -67,6 +67,9 @@ pub struct GatewayConfig {
     /// STUN/TURN servers (one allocation shared by every tube) and the ICE policy. The gateway has no
     /// router to ask: TURN needs `credentials` here.
     pub relay: RelayPlan,
+    /// Fault injection (the emulator's `--answer-bad-fingerprint`): announce a DTLS fingerprint in the
+    /// answer that is not the gateway's certificate's, so a client must refuse the handshake.
+    pub answer_bad_fingerprint: bool,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -92,6 +95,7 @@ impl Default for GatewayConfig {
             unix_ms_at_start: 0,
             max_tubes: 4096,
             relay: RelayPlan::default(),
+            answer_bad_fingerprint: false,
         }
     }
 }
@@ -410,7 +414,12 @@ impl Gateway {
             let Some(pending) = self.tubes[idx].answer.take() else {
                 continue;
             };
-            let body = json!({ "answer": B64.encode(pending.sdp.as_bytes()) }).to_string();
+            let sdp = if self.cfg.answer_bad_fingerprint {
+                signaling::corrupt_fingerprint(&pending.sdp)
+            } else {
+                pending.sdp
+            };
+            let body = json!({ "answer": B64.encode(sdp.as_bytes()) }).to_string();
             let data = self.tubes[idx].key.encrypt(body.as_bytes(), &mut self.rng);
             let reply_to = self.tubes[idx].reply_to;
             self.reply(reply_to, json!({ "is_ok": true, "data": data }));

@@ -106,6 +106,15 @@ impl AttemptFailure {
 
     /// The launch error this failure ends the launch with, after `attempts` attempts.
     pub fn into_launch_error(self, attempts: u32) -> LaunchError {
+        // 401 / 403 mean the session, not the network: say so first, without the (often HTML) body.
+        if let AttemptFailure::Http { status, .. } = &self {
+            if let Some(meaning) = auth_meaning(*status) {
+                return LaunchError::Router(format!(
+                    "{meaning} ({FAILURE_PREFIX}HTTP {status} {})",
+                    reason_phrase(*status)
+                ));
+            }
+        }
         let message = format!("{FAILURE_PREFIX}{}", self.commander_message());
         match self {
             AttemptFailure::Network(_) => LaunchError::RouterUnreachable(message),
@@ -121,6 +130,19 @@ impl AttemptFailure {
                 LaunchError::Protocol(crate::ProtocolError::OfferAttempt(message))
             }
         }
+    }
+}
+
+/// What an authentication status means for the user (the ticket carries a Keeper session token, so a
+/// 401 is almost always an expired session and a 403 a session that may not use this gateway/record).
+fn auth_meaning(status: u16) -> Option<&'static str> {
+    match status {
+        401 => Some(
+            "session expired: the router no longer accepts this ticket's session token; \
+             export a fresh ticket",
+        ),
+        403 => Some("access denied: the router refused this session for this gateway or record"),
+        _ => None,
     }
 }
 
@@ -254,6 +276,24 @@ mod tests {
             code_name: code.into(),
             message: msg.into(),
         }
+    }
+
+    #[test]
+    fn auth_statuses_say_session_expired_or_denied_without_the_body() {
+        for (status, words) in [(401, "session expired"), (403, "access denied")] {
+            let e = http(status, "<html>noise</html>").into_launch_error(1);
+            let LaunchError::Router(m) = &e else {
+                panic!("{status}: {e:?}")
+            };
+            assert!(m.starts_with(words), "{m}");
+            assert!(m.contains(&format!("HTTP {status}")), "{m}");
+            assert!(!m.contains("noise"), "{m}");
+            assert!(!http(status, "").is_transient());
+        }
+        let LaunchError::Router(m) = http(404, "x").into_launch_error(1) else {
+            panic!()
+        };
+        assert!(!m.contains("session"), "{m}");
     }
 
     fn http(status: u16, text: &str) -> AttemptFailure {

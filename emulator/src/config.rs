@@ -10,6 +10,11 @@ use crate::front::HttpFault;
 use crate::impair::UdpImpairment;
 use crate::target::TargetConfig;
 
+/// Largest oversized message or body the emulator will fabricate (it holds it in memory itself).
+pub const MAX_INJECTED: usize = 256 << 20;
+/// Most flood messages or duplicates per push.
+pub const MAX_FLOOD: u32 = 1_000_000;
+
 /// The emulator's configuration. Build it with struct update syntax from [`EmulatorConfig::default`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmulatorConfig {
@@ -49,6 +54,18 @@ pub struct EmulatorConfig {
     pub gateway_offline: bool,
     /// Drop every router WebSocket this long after it opened (abruptly, no close frame).
     pub ws_drop_after: Option<Duration>,
+    /// Every WebSocket push names another conversation than the one it answers (a router that
+    /// misroutes): a client must ignore it.
+    pub ws_wrong_conversation: bool,
+    /// Every WebSocket push is delivered this many extra times (duplicate answers and candidates).
+    pub ws_duplicate: u32,
+    /// Push this many unrelated messages (other conversations) on every WebSocket as soon as it opens.
+    pub ws_flood: u32,
+    /// Push one text message of this many bytes on every WebSocket as soon as it opens.
+    pub ws_oversize: Option<usize>,
+    /// Every successful router HTTP response (`get_controllers`, `send_controller_message`, ...) carries
+    /// this many bytes of padding instead of its body.
+    pub http_oversize: Option<usize>,
 
     // ---- router ↔ gateway and the gateway itself
     /// Router ↔ gateway round trip: each controller message and reply waits half.
@@ -59,6 +76,11 @@ pub struct EmulatorConfig {
     pub gateway_version: String,
     /// Send Keeper 2.2.9's three warm-up Pings when the data channel opens.
     pub warmup_pings: bool,
+    /// The gateway's answer announces a DTLS fingerprint that is not its certificate's.
+    pub answer_bad_fingerprint: bool,
+    /// The gateway restarts (every session lost, same address and identity) this long after the first
+    /// datagram from a client. [`crate::Emulator::restart_gateway`] does it on demand.
+    pub gateway_restart_after: Option<Duration>,
 
     // ---- relays (STUN/TURN)
     /// The ticket's `relay_host` (`host` or `host:port`): where the client gathers from.
@@ -73,6 +95,9 @@ pub struct EmulatorConfig {
     pub udp_to_gateway: UdpImpairment,
     /// Datagrams the gateway sends.
     pub udp_from_gateway: UdpImpairment,
+    /// The UDP path goes dark (every datagram dropped, both ways) this long after the first datagram from
+    /// a client. [`crate::Emulator::set_udp_blackhole`] does it on demand.
+    pub udp_blackhole_after: Option<Duration>,
 }
 
 impl Default for EmulatorConfig {
@@ -93,6 +118,11 @@ impl Default for EmulatorConfig {
             http_faults: Vec::new(),
             gateway_offline: false,
             ws_drop_after: None,
+            ws_wrong_conversation: false,
+            ws_duplicate: 0,
+            ws_flood: 0,
+            ws_oversize: None,
+            http_oversize: None,
             gateway_rtt: Duration::ZERO,
             answer_delay: Duration::ZERO,
             gateway_version: "2.2.9".into(),
@@ -100,8 +130,11 @@ impl Default for EmulatorConfig {
             relay_host: None,
             relay_credentials: None,
             gateway_relay: pam_lite_core::relay::RelayPlan::default(),
+            answer_bad_fingerprint: false,
+            gateway_restart_after: None,
             udp_to_gateway: UdpImpairment::default(),
             udp_from_gateway: UdpImpairment::default(),
+            udp_blackhole_after: None,
         }
     }
 }
@@ -127,6 +160,19 @@ impl EmulatorConfig {
             .find(|f| !(100..=599).contains(&f.status))
         {
             return Err(format!("http_faults: {} is not an HTTP status", f.status));
+        }
+        if let Some(n) = self.ws_oversize.filter(|n| *n > MAX_INJECTED) {
+            return Err(format!(
+                "ws_oversize: {n} bytes is more than {MAX_INJECTED}"
+            ));
+        }
+        if let Some(n) = self.http_oversize.filter(|n| *n > MAX_INJECTED) {
+            return Err(format!(
+                "http_oversize: {n} bytes is more than {MAX_INJECTED}"
+            ));
+        }
+        if self.ws_flood > MAX_FLOOD || self.ws_duplicate > MAX_FLOOD {
+            return Err(format!("ws_flood / ws_duplicate: at most {MAX_FLOOD}"));
         }
         if self.fail_rrc.contains(&RouterResponseCode::RrcOk) {
             return Err("fail_rrc: RRC_OK is not a failure".into());
@@ -194,6 +240,16 @@ mod tests {
             loss: 2.0,
             ..Default::default()
         });
+        assert!(c.validate().is_err());
+        let c = EmulatorConfig {
+            ws_oversize: Some(MAX_INJECTED + 1),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("ws_oversize"));
+        let c = EmulatorConfig {
+            ws_flood: MAX_FLOOD + 1,
+            ..Default::default()
+        };
         assert!(c.validate().is_err());
         let c = EmulatorConfig {
             gateway_version: "2 2".into(),

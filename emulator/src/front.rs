@@ -35,6 +35,7 @@ use smol::Executor;
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
 use crate::hub::{Hub, WsPush};
+use crate::ws_faults;
 
 /// The WebSocket endpoint.
 pub const WS_PATH: &str = "/api/user/client";
@@ -66,6 +67,16 @@ pub struct FrontConfig {
     /// Drop every WebSocket this long after it opened (abruptly, with no close frame).
     pub ws_drop_after: Option<Duration>,
     pub http_faults: Vec<HttpFault>,
+    /// Rewrite every push to name another conversation ([`crate::ws_faults::misroute`]).
+    pub ws_wrong_conversation: bool,
+    /// Send every push this many extra times.
+    pub ws_duplicate: u32,
+    /// Push this many messages for another conversation as soon as a WebSocket opens.
+    pub ws_flood: u32,
+    /// Push one message of this many bytes as soon as a WebSocket opens.
+    pub ws_oversize: Option<usize>,
+    /// Replace the body of every successful HTTP response with this many bytes of padding.
+    pub http_oversize: Option<usize>,
 }
 
 struct Ctx {
@@ -295,7 +306,14 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Bytes>> {
         );
     };
     tracing::debug!(%path, status = r.status, "router answered");
-    let mut out = Response::new(Full::new(Bytes::from(r.body)));
+    let body = match ctx.cfg.http_oversize {
+        Some(n) if (200..300).contains(&r.status) => {
+            tracing::info!(%path, bytes = n, "injected an oversized response body");
+            vec![b'x'; n]
+        }
+        _ => r.body,
+    };
+    let mut out = Response::new(Full::new(Bytes::from(body)));
     *out.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if let Some(ct) = r.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
         out.headers_mut().insert(CONTENT_TYPE, ct);
@@ -349,6 +367,12 @@ async fn ws_upgrade(mut req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Byte
     let hub = ctx.hub.clone();
     let half = ctx.cfg.rtt / 2;
     let drop_after = ctx.cfg.ws_drop_after;
+    let faults = WsFaults {
+        wrong_conversation: ctx.cfg.ws_wrong_conversation,
+        duplicate: ctx.cfg.ws_duplicate,
+        flood: ctx.cfg.ws_flood,
+        oversize: ctx.cfg.ws_oversize,
+    };
     ctx.ex
         .spawn(async move {
             match upgrade.await {
@@ -356,7 +380,7 @@ async fn ws_upgrade(mut req: Request<Incoming>, ctx: &Ctx) -> Response<Full<Byte
                     let ws =
                         WebSocketStream::from_raw_socket(HyperIo(upgraded), Role::Server, None)
                             .await;
-                    run_socket(ws, pushes, half, drop_after, ws_id).await;
+                    run_socket(ws, pushes, half, drop_after, faults, ws_id).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
             }
@@ -385,18 +409,58 @@ enum Step {
     Drop,
 }
 
+/// The misbehaviour of one WebSocket (see [`FrontConfig`]).
+#[derive(Debug, Clone, Copy)]
+struct WsFaults {
+    wrong_conversation: bool,
+    duplicate: u32,
+    flood: u32,
+    oversize: Option<usize>,
+}
+
 /// Serve one WebSocket: deliver pushes (each after half the RTT, in order), answer pings, notice closes.
 async fn run_socket<S>(
     ws: WebSocketStream<S>,
     pushes: smol::channel::Receiver<WsPush>,
     half_rtt: Duration,
     drop_after: Option<Duration>,
+    faults: WsFaults,
     ws_id: u64,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let drop_at = drop_after.map(|d| Instant::now() + d);
     let (mut tx, mut rx) = ws.split();
+    if let Some(n) = faults.oversize {
+        tracing::info!(
+            ws = ws_id,
+            bytes = n,
+            "pushing an oversized message (ws_oversize)"
+        );
+        if tx
+            .send(Message::text(ws_faults::oversize_message(n)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    if faults.flood > 0 {
+        tracing::info!(
+            ws = ws_id,
+            messages = faults.flood,
+            "flooding the WebSocket (ws_flood)"
+        );
+        for i in 0..faults.flood {
+            if tx
+                .send(Message::text(ws_faults::flood_message(i)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
     // Pushes are stamped with their delivery time as they arrive, so reading never stalls behind them
     // and their order is kept (the delay is the same for all).
     let (due_tx, due_rx) = smol::channel::unbounded::<(Instant, WsPush)>();
@@ -445,7 +509,19 @@ async fn run_socket<S>(
             match step {
                 Step::Due(item) => waiting = Some(item),
                 Step::Push(Some(WsPush::Text(t))) => {
-                    if tx.send(Message::text(t)).await.is_err() {
+                    let t = if faults.wrong_conversation {
+                        ws_faults::misroute(&t)
+                    } else {
+                        t
+                    };
+                    let mut failed = false;
+                    for _ in 0..=faults.duplicate {
+                        failed |= tx.send(Message::text(t.clone())).await.is_err();
+                        if failed {
+                            break;
+                        }
+                    }
+                    if failed {
                         break;
                     }
                 }

@@ -70,6 +70,12 @@ pub struct HostConfig {
     pub udp_outbound: UdpImpairment,
     /// Seed of the impairment RNGs (same seed, same fate for the same traffic).
     pub impairment_seed: u64,
+    /// Restart the gateway (a fresh node: every session and target connection lost, same address and
+    /// identity) this long after the first datagram from a client. See [`GatewayHost::restart`].
+    pub restart_after: Option<Duration>,
+    /// Drop every datagram in both directions from this long after the first datagram from a client (a
+    /// path that goes dark). See [`GatewayHost::set_blackhole`].
+    pub blackhole_after: Option<Duration>,
 }
 
 impl Default for HostConfig {
@@ -81,6 +87,8 @@ impl Default for HostConfig {
             udp_inbound: UdpImpairment::default(),
             udp_outbound: UdpImpairment::default(),
             impairment_seed: 0,
+            restart_after: None,
+            blackhole_after: None,
         }
     }
 }
@@ -93,6 +101,7 @@ enum Event {
     },
     Datagram(Datagram),
     Target(TargetEvent),
+    Restart,
     Stop,
 }
 
@@ -116,6 +125,7 @@ pub struct GatewayHost {
     udp_addr: SocketAddr,
     threads: Vec<JoinHandle<()>>,
     stats: Arc<std::sync::Mutex<(LinkStats, LinkStats)>>,
+    blackhole: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for GatewayHost {
@@ -144,10 +154,11 @@ impl ControllerInbox {
 }
 
 impl GatewayHost {
-    /// Bind the gateway's UDP socket on `config.udp_bind` and start the node built by `make_node` (given the start
-    /// instant). `replies` receives every controller reply.
+    /// Bind the gateway's UDP socket on `config.udp_bind` and start the node built by `make_node` (given the
+    /// start instant and the restart generation, 0 first; a restart builds a new node). `replies` receives
+    /// every controller reply.
     pub fn start<N: GatewayNode>(
-        make_node: impl FnOnce(Instant) -> N + Send + 'static,
+        make_node: impl Fn(Instant, u32) -> N + Send + 'static,
         config: HostConfig,
         replies: ReplySink,
     ) -> io::Result<Self> {
@@ -168,6 +179,7 @@ impl GatewayHost {
         let udp_addr = socket.local_addr()?;
         socket.set_read_timeout(Some(UDP_POLL))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let blackhole = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(std::sync::Mutex::new((
             LinkStats::default(),
@@ -178,21 +190,24 @@ impl GatewayHost {
             let socket = socket.try_clone()?;
             let tx = tx.clone();
             let stop = stop.clone();
+            let blackhole = blackhole.clone();
             thread::Builder::new()
                 .name("emu-gw-udp".into())
-                .spawn(move || udp_reader(socket, udp_addr, tx, stop))?
+                .spawn(move || udp_reader(socket, udp_addr, tx, stop, blackhole))?
         };
         let main = {
             let tx = tx.clone();
             let stop = stop.clone();
             let stats = stats.clone();
+            let blackhole = blackhole.clone();
             thread::Builder::new()
                 .name("emu-gateway".into())
                 .spawn(move || {
                     let now = Instant::now();
-                    let node = make_node(now);
+                    let node = make_node(now, 0);
                     let mut gw = Loop::new(node, config, socket, udp_addr, tx, stop, replies, now);
-                    gw.run(rx);
+                    gw.blackhole = blackhole;
+                    gw.run(rx, &make_node);
                     if let Ok(mut s) = stats.lock() {
                         *s = (gw.udp_in.stats(), gw.udp_out.stats());
                     }
@@ -205,7 +220,20 @@ impl GatewayHost {
             udp_addr,
             threads: vec![main, reader],
             stats,
+            blackhole,
         })
+    }
+
+    /// Restart the gateway now: its node is replaced by a fresh one (every tube, DTLS/SCTP association and
+    /// target connection is gone; the UDP address and the identity stay), as a gateway process that
+    /// crashed and came back does. Clients must notice on their own.
+    pub fn restart(&self) {
+        let _ = self.tx.send(Event::Restart);
+    }
+
+    /// Drop (`true`) or pass (`false`) every datagram in both directions from now on.
+    pub fn set_blackhole(&self, on: bool) {
+        self.blackhole.store(on, Ordering::Release);
     }
 
     /// The gateway's UDP address (its only ICE host candidate).
@@ -234,10 +262,17 @@ impl Drop for GatewayHost {
     }
 }
 
-fn udp_reader(socket: UdpSocket, local: SocketAddr, tx: Sender<Event>, stop: Arc<AtomicBool>) {
+fn udp_reader(
+    socket: UdpSocket,
+    local: SocketAddr,
+    tx: Sender<Event>,
+    stop: Arc<AtomicBool>,
+    blackhole: Arc<AtomicBool>,
+) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     while !stop.load(Ordering::Acquire) {
         match socket.recv_from(&mut buf) {
+            Ok(_) if blackhole.load(Ordering::Acquire) => {}
             Ok((n, source)) => {
                 let contents = buf.get(..n).unwrap_or_default().to_vec();
                 let d = Datagram {
@@ -281,6 +316,12 @@ struct Loop<N> {
     pending: HashMap<ConnNo, VecDeque<Pending>>,
     /// Connections the node closed while their target was still being opened.
     closed_early: Vec<ConnNo>,
+    /// Every datagram is dropped while set (shared with the UDP reader and [`GatewayHost`]).
+    blackhole: Arc<AtomicBool>,
+    /// When the first client datagram arrived (the origin of `restart_after` / `blackhole_after`).
+    first_datagram: Option<Instant>,
+    /// Restarts so far (each new node gets the next generation).
+    generation: u32,
 }
 
 impl<N: GatewayNode> Loop<N> {
@@ -315,16 +356,58 @@ impl<N: GatewayNode> Loop<N> {
             sinks: HashMap::new(),
             pending: HashMap::new(),
             closed_early: Vec::new(),
+            blackhole: Arc::new(AtomicBool::new(false)),
+            first_datagram: None,
+            generation: 0,
         };
-        lp.input(
+        lp.announce(now);
+        lp
+    }
+
+    /// Give the node its one host candidate.
+    fn announce(&mut self, now: Instant) {
+        let local = self.local;
+        self.input(
             Input::LocalCandidate {
                 addr: local,
                 kind: CandidateKind::Host,
             },
             now,
         );
-        lp.input(Input::GatheringComplete, now);
-        lp
+        self.input(Input::GatheringComplete, now);
+    }
+
+    /// The instants `restart_after` / `blackhole_after` fire at (once the first datagram came).
+    fn scheduled(&self) -> [Option<Instant>; 2] {
+        let at = |d: Option<Duration>| Some(self.first_datagram? + d?);
+        [
+            at(self.config.restart_after).filter(|_| self.generation == 0),
+            at(self.config.blackhole_after).filter(|_| !self.blackhole.load(Ordering::Acquire)),
+        ]
+    }
+
+    /// Replace the node with a fresh one (see [`GatewayHost::restart`]).
+    fn restart(&mut self, make_node: &dyn Fn(Instant, u32) -> N, now: Instant) {
+        self.generation = self.generation.saturating_add(1);
+        tracing::info!(
+            generation = self.generation,
+            "restarting the emulated gateway"
+        );
+        for (_, sink) in self.sinks.drain() {
+            sink.credit().release(usize::MAX);
+            sink.close();
+        }
+        self.pending.clear();
+        self.closed_early.clear();
+        self.ctl_in = ImpairedLink::new(
+            UdpImpairment {
+                latency: self.config.router_rtt / 2,
+                ..Default::default()
+            },
+            self.config.impairment_seed,
+        );
+        self.node = make_node(now, self.generation);
+        self.announce(now);
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -336,11 +419,12 @@ impl<N: GatewayNode> Loop<N> {
             self.udp_out.next_due(),
         ]
         .into_iter()
+        .chain(self.scheduled())
         .flatten()
         .min()
     }
 
-    fn run(&mut self, rx: Receiver<Event>) {
+    fn run(&mut self, rx: Receiver<Event>, make_node: &dyn Fn(Instant, u32) -> N) {
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
             let wait = self
@@ -351,16 +435,25 @@ impl<N: GatewayNode> Loop<N> {
             match rx.recv_timeout(wait) {
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(ev) => {
-                    self.on_event(ev, Instant::now());
+                    self.on_event(ev, Instant::now(), make_node);
                     // Take whatever else is queued before looking at timers again.
                     while let Ok(ev) = rx.try_recv() {
                         if matches!(ev, Event::Stop) {
                             return self.finish();
                         }
-                        self.on_event(ev, Instant::now());
+                        self.on_event(ev, Instant::now(), make_node);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            let [restart_at, blackhole_at] = self.scheduled();
+            if blackhole_at.is_some_and(|t| t <= now) {
+                tracing::info!("the emulated gateway's UDP path goes dark (blackhole_after)");
+                self.blackhole.store(true, Ordering::Release);
+            }
+            if restart_at.is_some_and(|t| t <= now) {
+                self.restart(make_node, now);
             }
             self.tick(Instant::now());
         }
@@ -376,15 +469,19 @@ impl<N: GatewayNode> Loop<N> {
         }
     }
 
-    fn on_event(&mut self, ev: Event, now: Instant) {
+    fn on_event(&mut self, ev: Event, now: Instant, make_node: &dyn Fn(Instant, u32) -> N) {
         match ev {
             Event::Controller {
                 reply_to,
                 stream,
                 payload,
             } => self.ctl_in.push((reply_to, stream, payload), now),
-            Event::Datagram(d) => self.udp_in.push(d, now),
+            Event::Datagram(d) => {
+                self.first_datagram.get_or_insert(now);
+                self.udp_in.push(d, now)
+            }
             Event::Target(t) => self.on_target(t, now),
+            Event::Restart => self.restart(make_node, now),
             Event::Stop => {}
         }
     }
@@ -410,6 +507,9 @@ impl<N: GatewayNode> Loop<N> {
             }
             while let Some(d) = self.udp_out.pop_due(now) {
                 progressed = true;
+                if self.blackhole.load(Ordering::Acquire) {
+                    continue;
+                }
                 if let Err(e) = self.socket.send_to(&d.contents, d.destination) {
                     tracing::debug!(error = %e, destination = %d.destination, "gateway send_to failed");
                 }
@@ -657,7 +757,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
         let host = GatewayHost::start(
-            |_| Fake {
+            |_, _| Fake {
                 out: VecDeque::new(),
             },
             config,
@@ -719,7 +819,7 @@ mod tests {
         assert_eq!(host.udp_addr().ip().to_string(), "127.0.0.2");
         assert_ne!(host.udp_addr().port(), 0);
         let err = GatewayHost::start(
-            |_| Fake {
+            |_, _| Fake {
                 out: VecDeque::new(),
             },
             HostConfig {
@@ -753,6 +853,75 @@ mod tests {
         assert!(client.recv_from(&mut buf).is_err());
         let (inbound, _) = host.shutdown();
         assert_eq!(inbound.dropped, 5);
+    }
+
+    /// Send one datagram and wait a little for its echo.
+    fn echoed(client: &UdpSocket, to: SocketAddr) -> bool {
+        client.send_to(b"x", to).expect("send");
+        let mut buf = [0u8; 16];
+        client.recv_from(&mut buf).is_ok()
+    }
+
+    #[test]
+    fn a_blackhole_drops_everything_until_lifted() {
+        let (host, _rx) = start(HostConfig::default());
+        let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        assert!(echoed(&client, host.udp_addr()));
+        host.set_blackhole(true);
+        assert!(!echoed(&client, host.udp_addr()));
+        host.set_blackhole(false);
+        assert!(echoed(&client, host.udp_addr()));
+    }
+
+    #[test]
+    fn blackhole_after_counts_from_the_first_datagram() {
+        let (host, _rx) = start(HostConfig {
+            blackhole_after: Some(Duration::from_millis(400)),
+            ..Default::default()
+        });
+        let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        client
+            .set_read_timeout(Some(Duration::from_millis(150)))
+            .expect("timeout");
+        // Nothing is scheduled before a client speaks: the path stays up however long that takes.
+        thread::sleep(Duration::from_millis(500));
+        assert!(echoed(&client, host.udp_addr()));
+        thread::sleep(Duration::from_millis(600));
+        assert!(!echoed(&client, host.udp_addr()));
+    }
+
+    #[test]
+    fn a_restart_builds_a_fresh_node_with_the_next_generation() {
+        let (gen_tx, gen_rx) = mpsc::channel();
+        let gen_tx = Mutex::new(gen_tx);
+        let host = GatewayHost::start(
+            move |_, generation| {
+                let _ = gen_tx.lock().map(|t| t.send(generation));
+                Fake {
+                    out: VecDeque::new(),
+                }
+            },
+            HostConfig {
+                restart_after: Some(Duration::from_millis(200)),
+                ..Default::default()
+            },
+            Box::new(|_, _| {}),
+        )
+        .expect("start");
+        let next = || gen_rx.recv_timeout(Duration::from_secs(5)).ok();
+        assert_eq!(next(), Some(0));
+        host.restart();
+        assert_eq!(next(), Some(1));
+        // restart_after fires once, and only once a client has spoken (and only on the first node).
+        let client = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        assert!(echoed(&client, host.udp_addr()));
+        assert_eq!(gen_rx.recv_timeout(Duration::from_millis(600)).ok(), None);
     }
 
     #[test]

@@ -32,6 +32,7 @@ mod router;
 pub mod target;
 pub mod ticket;
 pub mod tls;
+pub mod ws_faults;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -180,6 +181,7 @@ impl Emulator {
             version: config.gateway_version.clone(),
             warmup_pings: config.warmup_pings,
             relay: config.gateway_relay.clone(),
+            answer_bad_fingerprint: config.answer_bad_fingerprint,
             unix_ms_at_start: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -193,11 +195,20 @@ impl Emulator {
             udp_inbound: config.udp_to_gateway,
             udp_outbound: config.udp_from_gateway,
             impairment_seed: id.impairment_seed,
+            restart_after: config.gateway_restart_after,
+            blackhole_after: config.udp_blackhole_after,
         };
         let gateway_seed = id.gateway_rng_seed;
         let replies_hub = hub.clone();
         let gateway = gateway_host::GatewayHost::start(
-            move |now| Gateway::new(gateway_config, gateway_seed, now),
+            move |now, generation: u32| {
+                // A restarted gateway draws new keys and certificates, as a new process would.
+                let mut seed = gateway_seed;
+                for (b, g) in seed.iter_mut().zip(generation.to_le_bytes()) {
+                    *b ^= g;
+                }
+                Gateway::new(gateway_config.clone(), seed, now)
+            },
             host_config,
             Box::new(move |reply_to, payload| replies_hub.gateway_reply(reply_to, &payload)),
         )
@@ -209,6 +220,11 @@ impl Emulator {
             fresh_connection_cost: config.fresh_connection_cost,
             ws_auth_delay: config.ws_auth_delay,
             ws_drop_after: config.ws_drop_after,
+            ws_wrong_conversation: config.ws_wrong_conversation,
+            ws_duplicate: config.ws_duplicate,
+            ws_flood: config.ws_flood,
+            ws_oversize: config.ws_oversize,
+            http_oversize: config.http_oversize,
             http_faults: config.http_faults.clone(),
         };
         let server_config = tls.as_ref().map(|t| t.server_config.clone());
@@ -261,6 +277,16 @@ impl Emulator {
     /// The gateway's UDP address (its ICE host candidate).
     pub fn gateway_udp_addr(&self) -> SocketAddr {
         self.gateway.udp_addr()
+    }
+
+    /// Restart the emulated gateway now (every session lost; see [`gateway_host::GatewayHost::restart`]).
+    pub fn restart_gateway(&self) {
+        self.gateway.restart();
+    }
+
+    /// Make the client ↔ gateway UDP path drop every datagram (`true`) or carry them again (`false`).
+    pub fn set_udp_blackhole(&self, on: bool) {
+        self.gateway.set_blackhole(on);
     }
 
     /// Stop the router and the gateway and wait for their threads.

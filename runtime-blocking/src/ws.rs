@@ -254,7 +254,18 @@ impl WsConn {
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     break "connection closed".to_owned()
                 }
-                Err(e) => break e.to_string(),
+                Err(e) => {
+                    // A failed read (an oversized frame, a protocol violation, I/O) leaves tungstenite
+                    // mid-frame: reading on would wait for (and buffer) the rest of the frame it just
+                    // refused, so the socket is dropped here instead of drained (fault matrix: a 96 MiB
+                    // message used to grow the process past 300 MiB and trip tungstenite's assertion).
+                    let reason = e.to_string();
+                    tracing::debug!(%reason, "websocket failed");
+                    out.push(Input::WsClosed { reason });
+                    self.state = State::Idle;
+                    self.deadline = None;
+                    return;
+                }
             }
         };
         tracing::debug!(%reason, "websocket closed");

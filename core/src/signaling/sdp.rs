@@ -29,6 +29,31 @@ pub fn ensure_max_message_size(sdp: &str) -> String {
     }
 }
 
+/// Fault injection for the emulated gateway: every `a=fingerprint:` line's hex digits are changed (each
+/// digit `d` becomes `15 - d`), so the SDP names a certificate nobody holds while staying well formed.
+/// A client that checks the DTLS certificate against the answer must then refuse the handshake.
+pub fn corrupt_fingerprint(sdp: &str) -> String {
+    let newline = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut out = String::with_capacity(sdp.len());
+    for (i, line) in sdp.split(newline).enumerate() {
+        if i > 0 {
+            out.push_str(newline);
+        }
+        match line.split_once(' ') {
+            Some((head, hex)) if head.to_ascii_lowercase().starts_with("a=fingerprint:") => {
+                out.push_str(head);
+                out.push(' ');
+                out.extend(hex.chars().map(|c| match c.to_digit(16) {
+                    Some(d) => char::from_digit(15 - d, 16).map_or(c, |h| h.to_ascii_uppercase()),
+                    None => c,
+                }));
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +78,15 @@ mod tests {
             "v=0\na=max-message-size:1073741823\n"
         );
         assert_eq!(ensure_max_message_size(""), "");
+    }
+
+    #[test]
+    fn corrupt_fingerprint_changes_only_the_digits_of_fingerprint_lines() {
+        let sdp = "v=0\r\na=fingerprint:sha-256 0A:F1:99\r\na=setup:active\r\n";
+        assert_eq!(
+            corrupt_fingerprint(sdp),
+            "v=0\r\na=fingerprint:sha-256 F5:0E:66\r\na=setup:active\r\n"
+        );
+        assert_eq!(corrupt_fingerprint("v=0\na=x y\n"), "v=0\na=x y\n");
     }
 }
