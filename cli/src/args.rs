@@ -155,6 +155,18 @@ pub struct CommonArgs {
     /// rule. The chosen candidates are logged at -v.
     #[arg(long, value_name = "ADDR:PORT")]
     pub udp_bind: Option<SocketAddr>,
+    /// Offer only relayed candidates: every byte goes through the TURN server (`relay_host`, or
+    /// KRELAY_URL), as Commander's `turn_only`. Fails with exit 13 when no relay can be allocated.
+    #[arg(long, conflicts_with = "no_relay")]
+    pub relay_only: bool,
+    /// Do not allocate a TURN relay (STUN still finds your public address). Without a direct or
+    /// server-reflexive path the launch then fails with exit 13.
+    #[arg(long)]
+    pub no_relay: bool,
+    /// How to reach the TURN server: `auto` = UDP on 3478, and TCP to the same port when UDP gets no
+    /// answer within a second (networks that block UDP); `tcp` = TCP only; `tls` = `turns:` on 5349.
+    #[arg(long, value_enum, default_value_t = RelayTransport::Auto)]
+    pub relay_transport: RelayTransport,
     /// More logs on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides. Secrets are never logged.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -170,6 +182,23 @@ impl CommonArgs {
             SocketAddr::from(([0, 0, 0, 0], 0))
         })
     }
+}
+
+/// `pam-lite emulator --gateway-relay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GatewayRelay {
+    All,
+    RelayOnly,
+    NoRelay,
+    None,
+}
+
+/// `--relay-transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RelayTransport {
+    Auto,
+    Tcp,
+    Tls,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -309,6 +338,20 @@ pub struct EmulatorArgs {
     /// Probability (0-1) that a UDP datagram is delivered twice.
     #[arg(long, value_name = "P", default_value_t = 0.0)]
     pub udp_dup: f64,
+    /// A STUN/TURN server (`host[:port]`, port 3478 by default, e.g. a coturn): written into the ticket as
+    /// `relay_host`, and used by the emulated gateway (see --gateway-relay).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub relay_host: Option<String>,
+    /// The TURN username the router's relay_access_creds hands out (and the gateway uses).
+    #[arg(long, value_name = "USER", requires = "relay_password")]
+    pub relay_user: Option<String>,
+    /// The TURN password for --relay-user.
+    #[arg(long, value_name = "PASS", requires = "relay_user")]
+    pub relay_password: Option<String>,
+    /// Which candidates the emulated gateway gathers with --relay-host: `all` (host, STUN, TURN with the
+    /// --relay-user credentials), `relay-only`, `no-relay` (host + STUN), or `none` (host only).
+    #[arg(long, value_enum, default_value_t = GatewayRelay::All)]
+    pub gateway_relay: GatewayRelay,
     /// Tunnel target for `pam-lite tunnel` connections.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "terminal")]
     pub target: Option<String>,

@@ -13,6 +13,7 @@ use pam_lite_core::router::proto::RouterResponseCode;
 use pam_lite_emulator::{Emulator, EmulatorConfig, EmulatorError, TargetConfig, UdpImpairment};
 
 use crate::args::EmulatorArgs;
+use pam_lite_core::relay::{IcePolicy, RelayPlan, TurnCredentials, TurnEndpoint, TurnTransport};
 use crate::exit::CliError;
 use crate::ticket::Ticket;
 
@@ -151,7 +152,11 @@ pub fn config_from_args(a: &EmulatorArgs) -> Result<EmulatorConfig, CliError> {
         loss: a.udp_loss,
         duplicate: a.udp_dup,
     };
+    let (relay_credentials, gateway_relay) = emulator_relays(a)?;
     Ok(EmulatorConfig {
+        relay_host: a.relay_host.clone(),
+        relay_credentials,
+        gateway_relay,
         listen: a.listen,
         gateway_udp: a.gateway_udp,
         tls: a.tls,
@@ -176,6 +181,47 @@ pub fn config_from_args(a: &EmulatorArgs) -> Result<EmulatorConfig, CliError> {
         ..EmulatorConfig::default()
     }
     .with_udp(udp))
+}
+
+/// The emulator's relay knobs: what the router's relay_access_creds answers, and the gateway's plan.
+fn emulator_relays(
+    a: &EmulatorArgs,
+) -> Result<(Option<TurnCredentials>, RelayPlan), CliError> {
+    use crate::args::GatewayRelay;
+    let credentials = match (&a.relay_user, &a.relay_password) {
+        (Some(u), Some(p)) => Some(TurnCredentials {
+            username: u.clone(),
+            password: p.clone(),
+        }),
+        _ => None,
+    };
+    let Some(host) = &a.relay_host else {
+        return Ok((credentials, RelayPlan::default()));
+    };
+    let (name, port) = crate::relay::split_host_port(host, crate::relay::RELAY_PORT);
+    let addrs = crate::relay::resolve(&name, port)
+        .map_err(|e| CliError::Usage(format!("--relay-host {host:?}: {e}")))?;
+    let policy = match a.gateway_relay {
+        GatewayRelay::None => return Ok((credentials, RelayPlan::default())),
+        GatewayRelay::All => IcePolicy::All,
+        GatewayRelay::RelayOnly => IcePolicy::RelayOnly,
+        GatewayRelay::NoRelay => IcePolicy::NoRelay,
+    };
+    let plan = RelayPlan {
+        stun: addrs.clone(),
+        turn: addrs
+            .iter()
+            .map(|&addr| TurnEndpoint {
+                addr,
+                name: name.clone(),
+                transport: TurnTransport::Udp,
+            })
+            .collect(),
+        credentials: credentials.clone(),
+        policy,
+        ..RelayPlan::default()
+    };
+    Ok((credentials, plan))
 }
 
 /// Write `contents` to `path` readable by the owner only (a ticket is a secret).

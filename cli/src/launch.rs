@@ -48,8 +48,9 @@ pub fn client_config(
     ticket: &Ticket,
     env: &EnvSettings,
     kind: SessionKind,
-    trickle_ice: bool,
+    common: &CommonArgs,
 ) -> ClientConfig {
+    let trickle_ice = !common.no_trickle_ice;
     let (session, offer) = match kind {
         SessionKind::Terminal { cols, rows, stdin } => (
             Session::Terminal(TerminalSettings {
@@ -73,7 +74,7 @@ pub fn client_config(
         session,
         trickle_ice,
         profile: env.profile.clone(),
-        relay: Default::default(),
+        relay: crate::relay::relay_plan(ticket, env, common),
         unix_ms_at_start: unix_ms(),
     }
 }
@@ -157,7 +158,7 @@ pub fn launch(args: &LaunchArgs, ticket: Ticket) -> Result<(), CliError> {
             rows,
             stdin: args.stdin,
         },
-        !args.common.no_trickle_ice,
+        &args.common,
     );
     tracing::info!(?cfg, runtime = ?args.common.runtime, "launching");
     let start = Instant::now();
@@ -428,7 +429,7 @@ pub fn tunnel(args: &TunnelArgs, ticket: Ticket, listener: TcpListener) -> Resul
         &ticket,
         &env,
         SessionKind::Tunnel,
-        !args.common.no_trickle_ice,
+        &args.common,
     );
     tracing::info!(?cfg, runtime = ?args.common.runtime, "opening the tunnel");
     let start = Instant::now();

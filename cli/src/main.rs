@@ -15,6 +15,7 @@ mod exit;
 mod exit_codes;
 mod launch;
 mod logging;
+mod relay;
 mod runner;
 mod secret;
 mod settings;

@@ -8,6 +8,8 @@ use pam_lite_core::profile::Profile;
 
 use crate::exit::CliError;
 
+/// `KRELAY_URL`: replaces the ticket's `relay_host` (Commander: a bare host; `host:port` works too).
+pub const KRELAY_URL: &str = "KRELAY_URL";
 /// `KROUTER_URL`: replaces the ticket's router URL.
 pub const KROUTER_URL: &str = "KROUTER_URL";
 /// `PAM_CONNECT_TIMING`: truthy = `--timing`.
@@ -39,6 +41,8 @@ pub struct EnvSettings {
     pub router_url: Option<String>,
     /// `VERIFY_SSL` is set to a false value.
     pub skip_tls_verify: bool,
+    /// `KRELAY_URL`: the STUN/TURN host instead of the ticket's `relay_host`.
+    pub relay_host: Option<String>,
 }
 
 /// Build the profile `profile_name` with the environment applied, plus the other variables.
@@ -68,6 +72,9 @@ pub fn from_env(
     let timing = timing_flag || get(PAM_CONNECT_TIMING).is_some_and(|v| truthy(&v));
     let router_url = get(KROUTER_URL).filter(|v| !v.trim().is_empty());
     let skip_tls_verify = get(VERIFY_SSL).is_some_and(|v| falsy(&v));
+    let relay_host = get(KRELAY_URL)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
     if let Some(name) = not_utf8.into_inner() {
         return Err(CliError::Config(format!(
             "environment variable {name} is not valid UTF-8"
@@ -79,6 +86,7 @@ pub fn from_env(
         timing,
         router_url,
         skip_tls_verify,
+        relay_host,
     })
 }
 

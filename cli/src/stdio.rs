@@ -56,7 +56,7 @@ pub fn tunnel_stdio(args: &TunnelArgs, ticket: Ticket) -> Result<(), CliError> {
         &ticket,
         &env,
         SessionKind::Tunnel,
-        !args.common.no_trickle_ice,
+        &args.common,
     );
     tracing::info!(?cfg, runtime = ?args.common.runtime, "opening the tunnel for stdio");
     let start = Instant::now();

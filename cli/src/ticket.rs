@@ -153,7 +153,7 @@ fn check_ca_pem(pem: &str) -> Result<(), String> {
 pub struct Ticket {
     /// Router base URL without a trailing `/` (`https://connect.keepersecurity.com`).
     pub router_url: String,
-    /// `relay_host` (informational: pam-lite's WebRTC stack has no TURN client).
+    /// `relay_host`: the STUN/TURN server (`krelay.<keeper host>`; `host:port` also accepted).
     pub relay_host: Option<String>,
     /// `verify_tls` (default true). False accepts any router certificate.
     pub verify_tls: bool,
@@ -178,8 +178,10 @@ pub struct Ticket {
     pub guacd_params: GuacdParams,
     pub disable_copy: bool,
     pub disable_paste: bool,
-    /// `turn` was present (ignored: no TURN client).
+    /// `turn` was present.
     pub has_turn: bool,
+    /// `turn.username` / `turn.password`: TURN credentials, so no `relay_access_creds` call is needed.
+    pub turn: Option<pam_lite_core::relay::TurnCredentials>,
     /// `gateway_public_key_b64` (65-byte point) was present (ConnectAs; not implemented, ignored).
     pub has_gateway_public_key: bool,
     pub two_factor_value: Option<Secret<String>>,
@@ -726,13 +728,22 @@ impl Ticket {
             ),
         };
 
-        let has_turn = match top.opt_obj("turn")? {
-            None => false,
+        let (has_turn, turn) = match top.opt_obj("turn")? {
+            None => (false, None),
             Some(t) => {
-                t.opt_str("username", MAX_SHORT)?;
-                t.opt_str("password", MAX_SHORT)?;
+                let username = t.opt_str("username", MAX_SHORT)?;
+                let password = t.opt_str("password", MAX_SHORT)?;
                 t.opt_u64("expires_unix")?;
-                true
+                let creds = match (username, password) {
+                    (Some(u), Some(p)) if !u.is_empty() => {
+                        Some(pam_lite_core::relay::TurnCredentials {
+                            username: u.to_string(),
+                            password: p.to_string(),
+                        })
+                    }
+                    _ => None,
+                };
+                (true, creds)
             }
         };
         let has_gateway_public_key = match top.opt_str("gateway_public_key_b64", MAX_SHORT)? {
@@ -801,6 +812,7 @@ impl Ticket {
             disable_copy,
             disable_paste,
             has_turn,
+            turn,
             has_gateway_public_key,
             two_factor_value,
             unknown_fields,
@@ -893,8 +905,8 @@ impl Ticket {
                  and secrets; run `chmod 600` on it"
             ));
         }
-        if self.has_turn {
-            w.push("`turn` is ignored: pam-lite's WebRTC stack has no TURN client".into());
+        if self.has_turn && self.turn.is_none() {
+            w.push("`turn` has no username/password: TURN credentials will be asked from the router".into());
         }
         if self.has_gateway_public_key {
             w.push("`gateway_public_key_b64` is ignored: ConnectAs is not implemented".into());
@@ -1000,8 +1012,10 @@ impl Ticket {
         );
         line(
             "turn",
-            if self.has_turn {
-                "present (ignored)"
+            if self.turn.is_some() {
+                "present (TURN credentials, no relay_access_creds call)"
+            } else if self.has_turn {
+                "present without credentials"
             } else {
                 "-"
             },

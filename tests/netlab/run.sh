@@ -60,7 +60,7 @@ SCENARIO_TIMEOUT=${PAM_LITE_NETLAB_SCENARIO_TIMEOUT:-60}
 WORK=$(mktemp -d /tmp/netlab.XXXXXX)
 TURN_USER=lab
 TURN_PASS=lab-secret-$$
-trap 'topo_down; rm -rf "$WORK"' EXIT
+trap 'topo_down; if [ -n "${PAM_LITE_NETLAB_KEEP:-}" ]; then cp -r "$WORK" "$PAM_LITE_NETLAB_KEEP"; fi; rm -rf "$WORK"' EXIT
 
 # --- helpers ------------------------------------------------------------------------------------------
 
@@ -191,19 +191,24 @@ emulator_up() {
   # The target must listen before the tunnel opens (python starts slowly on a busy machine).
   wait_for 10 nsx gw sh -c "ss -ltn | grep -q '127.0.0.1:$ECHO_PORT '" || { echo "the echo target did not start"; return 1; }
   rm -f "$WORK/ticket.json"
-  bg gw emulator "$PAM_LITE_BIN" emulator --listen "$GW_IP:$ROUTER_PORT" --gateway-udp "$GW_IP:0" \
-    --target "127.0.0.1:$ECHO_PORT" --ticket-out "$WORK/ticket.json" -v
+  bg gw emulator env ${PAM_LITE_NETLAB_RUST_LOG:+RUST_LOG=$PAM_LITE_NETLAB_RUST_LOG} "$PAM_LITE_BIN" emulator --listen "$GW_IP:$ROUTER_PORT" --gateway-udp "$GW_IP:0" \
+    --target "127.0.0.1:$ECHO_PORT" --ticket-out "$WORK/ticket.json" -v "$@"
   wait_for 10 test -s "$WORK/ticket.json" || { echo "the emulator wrote no ticket: $(tail -c 200 "$WORK/emulator.log")"; return 1; }
 }
 
-# tunnel_8mib RUNTIME [ENV...]: 8 MiB through `pam-lite tunnel --stdio` from cli to the echo on gw; prints
+# tunnel_8mib RUNTIME [ENV...] [-- FLAGS...]: 8 MiB through `pam-lite tunnel --stdio` from cli to the echo on gw; prints
 # the reason when the bytes did not come back intact (SHA-256), nothing on success.
 tunnel_8mib() {
   local runtime=$1; shift
+  local envs=() flags=()
+  while [ $# -gt 0 ]; do
+    if [ "$1" = -- ]; then shift; flags=("$@"); break; fi
+    envs+=("$1"); shift
+  done
   head -c $((8 * 1024 * 1024)) /dev/urandom >"$WORK/in.bin"
   local rc=0
-  nsx cli env "$@" timeout 45 "$PAM_LITE_BIN" tunnel --ticket "$WORK/ticket.json" --stdio --runtime "$runtime" -v \
-    <"$WORK/in.bin" >"$WORK/out.bin" 2>"$WORK/client.log" || rc=$?
+  nsx cli env "${envs[@]}" timeout 45 "$PAM_LITE_BIN" tunnel --ticket "$WORK/ticket.json" --stdio --runtime "$runtime" -v \
+    "${flags[@]}" <"$WORK/in.bin" >"$WORK/out.bin" 2>"$WORK/client.log" || rc=$?
   local want got
   want=$(sha256sum <"$WORK/in.bin" | cut -d' ' -f1)
   got=$(sha256sum <"$WORK/out.bin" | cut -d' ' -f1)
@@ -242,20 +247,138 @@ scenario_pamlite_behind_nat_without_relay_fails_clearly() {
   local took=$((SECONDS - start)) last
   last=$(grep -v '^\s*$' "$WORK/client.log" | tail -1)
   case "$rc" in
-    11) grep -qi "ICE" <<<"$last" || echo "exit 11 but the last line does not name ICE: $last" ;;
-    8) grep -qiE "timed out|timeout" <<<"$last" || echo "exit 8 but the last line does not say it timed out: $last" ;;
-    *) echo "exit $rc, not 11 (WebRTC) or 8 (timed out): $(tail -c 200 "$WORK/client.log" | tr '\n' ' ')"; return 0 ;;
+    13) grep -q "no network path to the gateway" <<<"$last" || echo "exit 13 but the last line does not say there is no path: $last" ;;
+    *) echo "exit $rc, not 13 (no network path): $(tail -c 200 "$WORK/client.log" | tr '\n' ' ')"; return 0 ;;
   esac
   # The router answered (through NAT B's port forward): the failure is the UDP path, not the router.
   grep -qi "router" <<<"$last" && echo "failed at the router, not on the UDP path: $last"
   [ "$took" -le 30 ] || echo "failed only after ${took}s (bound: the 24 s connect timeout + router round trips)"
 }
 
+# --- relays (issue 9): srflx, relay, TURN over TCP, --relay-only, a dead TURN server, wrong credentials ---
+
+# count_up: byte counters on NAT A's forward path (installed after `nat a`, which flushes its ruleset):
+# what the client sent to coturn over UDP and over TCP, and what went straight to the gateway's side.
+count_up() {
+  nsx nata nft -f - <<EOF
+table ip labcount {
+  chain forward {
+    type filter hook forward priority -10; policy accept;
+    ip daddr $SRV_IP udp dport 3478 counter
+    ip daddr $SRV_IP tcp dport 3478 counter
+    ip daddr { $NATB_WAN, 198.19.2.0/24 } meta l4proto udp counter
+  }
+}
+EOF
+}
+# counted: "UDP-to-TURN TCP-to-TURN UDP-direct" bytes.
+counted() {
+  nsx nata nft list table ip labcount | grep -o 'bytes [0-9]*' | awk '{printf "%s ", $2}'
+}
+
+# relay_lab NATA NATB [EMULATOR FLAGS...]: the NATs, coturn on srv, the router published on NAT B, the
+# emulator with coturn as its relay host (the router hands out coturn's credentials), counters on NAT A.
+relay_lab() {
+  nat a "$1"; nat b "$2"; shift 2
+  count_up
+  forward_tcp b "$ROUTER_PORT"
+  coturn_up || { echo "coturn did not start"; return 1; }
+  emulator_up --relay-host "$SRV_IP" --relay-user "$TURN_USER" --relay-password "$TURN_PASS" "$@"
+}
+
+MIB8=$((8 * 1024 * 1024))
+
+# path_check WANT: the 8 MiB went the WANT way (udp-relay, tcp-relay, direct), per NAT A's counters.
+path_check() {
+  local c udp tcp direct
+  c=$(counted); read -r udp tcp direct <<<"$c"
+  case "$1" in
+    direct) [ "$direct" -ge "$MIB8" ] && [ "$udp" -lt "$MIB8" ] && [ "$tcp" -lt "$MIB8" ] \
+      || echo "expected the direct (srflx) path, counters udp-turn/tcp-turn/direct = $c" ;;
+    udp-relay) [ "$udp" -ge "$MIB8" ] || echo "expected the UDP relay path, counters udp-turn/tcp-turn/direct = $c" ;;
+    tcp-relay) [ "$tcp" -ge "$MIB8" ] || echo "expected TURN over TCP, counters udp-turn/tcp-turn/direct = $c" ;;
+  esac
+}
+
+# Both NATs endpoint-independent: STUN's server-reflexive candidates connect directly (no relay data).
+pamlite_srflx() {
+  relay_lab eim eim || return 0
+  tunnel_8mib "$1" KROUTER_URL="http://$NATB_WAN:$ROUTER_PORT" ${PAM_LITE_NETLAB_RUST_LOG:+RUST_LOG=$PAM_LITE_NETLAB_RUST_LOG} || return 0
+  path_check direct
+}
+scenario_pamlite_srflx_eim_smol() { pamlite_srflx smol; }
+scenario_pamlite_srflx_eim_blocking() { pamlite_srflx blocking; }
+
+# Both NATs symmetric (a new port per destination): only the relay path works.
+pamlite_symmetric() {
+  relay_lab symmetric symmetric || return 0
+  tunnel_8mib "$1" KROUTER_URL="http://$NATB_WAN:$ROUTER_PORT" ${PAM_LITE_NETLAB_RUST_LOG:+RUST_LOG=$PAM_LITE_NETLAB_RUST_LOG} || return 0
+  path_check udp-relay
+}
+scenario_pamlite_relay_symmetric_smol() { pamlite_symmetric smol; }
+scenario_pamlite_relay_symmetric_blocking() { pamlite_symmetric blocking; }
+
+# NAT A drops all UDP: the client's TURN allocation falls back to TCP (after 1 s of UDP silence).
+pamlite_udp_blocked() {
+  relay_lab udp-block eim || return 0
+  tunnel_8mib "$1" KROUTER_URL="http://$NATB_WAN:$ROUTER_PORT" || return 0
+  path_check tcp-relay
+}
+scenario_pamlite_turn_tcp_udp_blocked_smol() { pamlite_udp_blocked smol; }
+scenario_pamlite_turn_tcp_udp_blocked_blocking() { pamlite_udp_blocked blocking; }
+
+# --relay-only on an open network: a direct path exists, yet every byte goes through coturn.
+pamlite_relay_only() {
+  relay_lab none none || return 0
+  tunnel_8mib "$1" -- --relay-only || return 0
+  path_check udp-relay
+}
+scenario_pamlite_relay_only_smol() { pamlite_relay_only smol; }
+scenario_pamlite_relay_only_blocking() { pamlite_relay_only blocking; }
+
+# The TURN server is down but a direct path exists: the launch connects and says which server failed.
+pamlite_turn_down() {
+  nat a none; nat b none
+  count_up
+  emulator_up --relay-host "$SRV_IP" --relay-user "$TURN_USER" --relay-password "$TURN_PASS" --gateway-relay none || return 0
+  tunnel_8mib "$1" || return 0
+  path_check direct
+  grep -q "relay server gave no candidate" "$WORK/client.log" \
+    || echo "the client did not say the TURN server failed: $(grep -m1 -i relay "$WORK/client.log")"
+}
+scenario_pamlite_turn_down_direct_ok_smol() { pamlite_turn_down smol; }
+scenario_pamlite_turn_down_direct_ok_blocking() { pamlite_turn_down blocking; }
+
+# Wrong TURN credentials and no other path (--relay-only behind a symmetric NAT): exit 13 within
+# seconds, naming the refused credentials — not a timeout.
+pamlite_wrong_credentials() {
+  nat a symmetric; nat b symmetric
+  forward_tcp b "$ROUTER_PORT"
+  coturn_up || { echo "coturn did not start"; return 0; }
+  emulator_up --relay-host "$SRV_IP" --relay-user "$TURN_USER" --relay-password "not-$TURN_PASS" \
+    --gateway-relay no-relay || return 0
+  : >"$WORK/in.bin"
+  local rc=0 start=$SECONDS last
+  nsx cli env KROUTER_URL="http://$NATB_WAN:$ROUTER_PORT" timeout 45 "$PAM_LITE_BIN" tunnel --runtime "$1" \
+    --ticket "$WORK/ticket.json" --stdio --relay-only <"$WORK/in.bin" >/dev/null 2>"$WORK/client.log" || rc=$?
+  local took=$((SECONDS - start))
+  last=$(grep -v '^\s*$' "$WORK/client.log" | tail -1)
+  [ "$rc" = 13 ] || { echo "exit $rc, not 13: $last"; return 0; }
+  grep -q "credentials were refused" <<<"$last" || echo "exit 13 but the message does not name the credentials: $last"
+  [ "$took" -le 10 ] || echo "took ${took}s (bound: the 5 s gathering bound + router round trips)"
+}
+scenario_pamlite_wrong_credentials_smol() { pamlite_wrong_credentials smol; }
+scenario_pamlite_wrong_credentials_blocking() { pamlite_wrong_credentials blocking; }
+
 # --- runner -------------------------------------------------------------------------------------------
 
 ALL=(topology_open topology_eim_nat topology_symmetric_nat topology_udp_blocked topology_port_forward
   coturn_relays_for_symmetric_nat coturn_refuses_wrong_credentials
-  pamlite_open_network_smol pamlite_open_network_blocking pamlite_behind_nat_without_relay_fails_clearly)
+  pamlite_open_network_smol pamlite_open_network_blocking pamlite_behind_nat_without_relay_fails_clearly
+  pamlite_srflx_eim_smol pamlite_srflx_eim_blocking pamlite_relay_symmetric_smol pamlite_relay_symmetric_blocking
+  pamlite_turn_tcp_udp_blocked_smol pamlite_turn_tcp_udp_blocked_blocking pamlite_relay_only_smol
+  pamlite_relay_only_blocking pamlite_turn_down_direct_ok_smol pamlite_turn_down_direct_ok_blocking
+  pamlite_wrong_credentials_smol pamlite_wrong_credentials_blocking)
 if [ "${1:-}" = --list ]; then printf '%s\n' "${ALL[@]}"; exit 0; fi
 selected=("$@")
 [ "${#selected[@]}" -gt 0 ] || selected=("${ALL[@]}")

@@ -115,6 +115,12 @@ table ip lab {
     ct status dnat accept
     iifname "lan" oifname "wan" $([ "$kind" = udp-block ] && echo "meta l4proto udp drop;") accept
   }
+  # Unsolicited traffic to the NAT's own public address is dropped before conntrack confirms an entry
+  # for it, as a home router's NAT does. Without this, Linux remembers the dropped-on-arrival packet as a
+  # flow to the NAT box itself, and when the inside host then punches a hole to that same peer, the
+  # masquerade must pick another port (the tuple is taken): simultaneous hole punching — the srflx
+  # path ICE relies on — would fail in the lab though it works through real endpoint-independent NATs.
+  chain input { type filter hook input priority filter; policy accept; iifname "wan" ct state new meta l4proto udp drop; }
 }
 EOF
       ;;
