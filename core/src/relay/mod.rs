@@ -20,6 +20,9 @@
 //! outcomes and schedules never do.
 
 mod clock;
+/// The fuzz entry point (`fuzz/`), with a real TURN server behind it.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod stun;
 mod turn;
 
