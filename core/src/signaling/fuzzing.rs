@@ -107,7 +107,7 @@ fn value(
     let nested = depth < 5;
     match r.u8() % 16 {
         0 => Value::Null,
-        1 => Value::Bool(r.u8() % 2 == 0),
+        1 => Value::Bool(r.u8().is_multiple_of(2)),
         2 => Value::from(i64::from(r.u8()) - 128),
         3 => serde_json::Number::from_f64(f64::from(r.u8()) / 3.0)
             .map(Value::Number)
@@ -120,7 +120,7 @@ fn value(
         // Sealed with the right key (or, sometimes, another), as the gateway's `data` is.
         9 | 10 if nested => {
             let inner = value(r, depth + 1, key, other, rng).to_string();
-            let k = if r.u8() % 4 == 0 { other } else { key };
+            let k = if r.u8().is_multiple_of(4) { other } else { key };
             Value::String(k.encrypt(inner.as_bytes(), rng))
         }
         // A JSON document inside a string, as `payload` is.
