@@ -21,6 +21,9 @@
 
 mod clock;
 mod layer;
+/// The fuzz entry point (`fuzz/`), with a real TURN server behind it.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod stun;
 mod turn;
 

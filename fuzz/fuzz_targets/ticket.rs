@@ -1,0 +1,8 @@
+#![no_main]
+//! Fuzz target: see `pam_lite::fuzzing::fuzz_ticket` (cli/src/fuzzing.rs).
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    pam_lite::fuzzing::fuzz_ticket(data);
+});
