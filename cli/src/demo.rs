@@ -13,9 +13,9 @@ use pam_lite_core::router::proto::RouterResponseCode;
 use pam_lite_emulator::{Emulator, EmulatorConfig, EmulatorError, TargetConfig, UdpImpairment};
 
 use crate::args::EmulatorArgs;
-use pam_lite_core::relay::{IcePolicy, RelayPlan, TurnCredentials, TurnEndpoint, TurnTransport};
 use crate::exit::CliError;
 use crate::ticket::Ticket;
+use pam_lite_core::relay::{IcePolicy, RelayPlan, TurnCredentials, TurnEndpoint, TurnTransport};
 
 /// A running in-process emulator and the ticket for it. Keep it alive for the whole launch.
 pub struct Demo {
@@ -184,9 +184,7 @@ pub fn config_from_args(a: &EmulatorArgs) -> Result<EmulatorConfig, CliError> {
 }
 
 /// The emulator's relay knobs: what the router's relay_access_creds answers, and the gateway's plan.
-fn emulator_relays(
-    a: &EmulatorArgs,
-) -> Result<(Option<TurnCredentials>, RelayPlan), CliError> {
+fn emulator_relays(a: &EmulatorArgs) -> Result<(Option<TurnCredentials>, RelayPlan), CliError> {
     use crate::args::GatewayRelay;
     let credentials = match (&a.relay_user, &a.relay_password) {
         (Some(u), Some(p)) => Some(TurnCredentials {

@@ -425,12 +425,7 @@ pub fn tunnel(args: &TunnelArgs, ticket: Ticket, listener: TcpListener) -> Resul
     let local = listener
         .local_addr()
         .map_err(|e| CliError::local("cannot read the listener address", e))?;
-    let cfg = client_config(
-        &ticket,
-        &env,
-        SessionKind::Tunnel,
-        &args.common,
-    );
+    let cfg = client_config(&ticket, &env, SessionKind::Tunnel, &args.common);
     tracing::info!(?cfg, runtime = ?args.common.runtime, "opening the tunnel");
     let start = Instant::now();
     let mut timing = TimingReport::new(start, env.timing, args.common.timing_json.clone())?;

@@ -37,7 +37,9 @@ pub fn relay_plan(ticket: &Ticket, env: &EnvSettings, common: &CommonArgs) -> Re
     };
     let Some(host) = env.relay_host.as_deref().or(ticket.relay_host.as_deref()) else {
         if policy == IcePolicy::RelayOnly {
-            tracing::warn!("--relay-only, but the ticket has no relay_host and KRELAY_URL is not set");
+            tracing::warn!(
+                "--relay-only, but the ticket has no relay_host and KRELAY_URL is not set"
+            );
         }
         return plan;
     };
@@ -123,17 +125,32 @@ mod tests {
 
     #[test]
     fn host_and_port_forms() {
-        assert_eq!(split_host_port("krelay.keepersecurity.com", 3478), ("krelay.keepersecurity.com".into(), 3478));
-        assert_eq!(split_host_port("198.18.0.11:3479", 3478), ("198.18.0.11".into(), 3479));
-        assert_eq!(split_host_port("relay.test:5349", 3478), ("relay.test".into(), 5349));
+        assert_eq!(
+            split_host_port("krelay.keepersecurity.com", 3478),
+            ("krelay.keepersecurity.com".into(), 3478)
+        );
+        assert_eq!(
+            split_host_port("198.18.0.11:3479", 3478),
+            ("198.18.0.11".into(), 3479)
+        );
+        assert_eq!(
+            split_host_port("relay.test:5349", 3478),
+            ("relay.test".into(), 5349)
+        );
         assert_eq!(split_host_port("fd00::1", 3478), ("fd00::1".into(), 3478));
         assert_eq!(split_host_port("[fd00::1]:9", 3478), ("fd00::1".into(), 9));
-        assert_eq!(split_host_port("relay.test:0", 3478), ("relay.test:0".into(), 3478));
+        assert_eq!(
+            split_host_port("relay.test:0", 3478),
+            ("relay.test:0".into(), 3478)
+        );
     }
 
     #[test]
     fn addresses_resolve_without_dns_and_bad_names_fail_with_a_reason() {
-        assert_eq!(resolve("127.0.0.1", 3478).unwrap(), vec!["127.0.0.1:3478".parse().unwrap()]);
+        assert_eq!(
+            resolve("127.0.0.1", 3478).unwrap(),
+            vec!["127.0.0.1:3478".parse().unwrap()]
+        );
         assert!(resolve("no-such-host.invalid", 3478).is_err());
     }
 }

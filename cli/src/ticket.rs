@@ -906,7 +906,10 @@ impl Ticket {
             ));
         }
         if self.has_turn && self.turn.is_none() {
-            w.push("`turn` has no username/password: TURN credentials will be asked from the router".into());
+            w.push(
+                "`turn` has no username/password: TURN credentials will be asked from the router"
+                    .into(),
+            );
         }
         if self.has_gateway_public_key {
             w.push("`gateway_public_key_b64` is ignored: ConnectAs is not implemented".into());

@@ -204,6 +204,45 @@ fn cases() -> Vec<Case> {
             }),
         ),
         (
+            "--relay-only against a relay server that refuses every datagram",
+            13,
+            Box::new(|| {
+                // A TURN "server" on loopback that never answers: relay-only cannot allocate, and the
+                // launch says so with exit 13 once gathering's 5 s bound passes (not at the connect bound).
+                let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let emu = emulator(EmulatorConfig {
+                    relay_host: Some(silent.local_addr().unwrap().to_string()),
+                    relay_credentials: Some(pam_lite_core::relay::TurnCredentials {
+                        username: "u".into(),
+                        password: "p".into(),
+                    }),
+                    ..EmulatorConfig::default()
+                });
+                let r = common::run(
+                    &[
+                        "tunnel",
+                        "--stdio",
+                        "--relay-only",
+                        "--ticket",
+                        ticket_file("relayonly.json", &emu.ticket().to_json_string())
+                            .to_str()
+                            .unwrap(),
+                    ],
+                    &[],
+                    b"",
+                    DEADLINE,
+                );
+                assert!(
+                    r.stderr.contains("no network path to the gateway"),
+                    "{}",
+                    r.stderr
+                );
+                assert!(r.stderr.contains("TURN server 127.0.0.1:"), "{}", r.stderr);
+                drop(silent);
+                r
+            }),
+        ),
+        (
             "tunnel --stdio, target unreachable",
             12,
             Box::new(|| {
@@ -238,7 +277,7 @@ fn every_documented_exit_code_is_produced_and_no_other() {
     let documented = documented_codes();
     assert_eq!(
         documented.keys().copied().collect::<Vec<_>>(),
-        (0..=12).collect::<Vec<_>>(),
+        (0..=13).collect::<Vec<_>>(),
         "EXIT_CODES.md's table"
     );
     let handles: Vec<_> = cases()

@@ -494,6 +494,13 @@ impl RelayLayer {
         while let Some(e) = relays.poll_event() {
             events.push(e);
         }
+        // Servers still silent when gathering ends are named then (they may still answer later, and
+        // their candidates would still trickle).
+        let silent = if events.contains(&RelayEvent::Gathered) {
+            relays.silent_servers()
+        } else {
+            Vec::new()
+        };
         for e in events {
             match e {
                 RelayEvent::Candidate {
@@ -517,7 +524,16 @@ impl RelayLayer {
                     turn,
                     failure,
                 }),
-                RelayEvent::Gathered => self.finish_gathering(),
+                RelayEvent::Gathered => {
+                    for &(server, turn) in &silent {
+                        self.problem(RelayProblem::Server {
+                            server,
+                            turn,
+                            failure: RelayFailure::Unreachable,
+                        });
+                    }
+                    self.finish_gathering();
+                }
             }
         }
     }

@@ -20,10 +20,10 @@
 //! outcomes and schedules never do.
 
 mod clock;
-mod layer;
 /// The fuzz entry point (`fuzz/`), with a real TURN server behind it.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+mod layer;
 mod stun;
 mod turn;
 
@@ -335,6 +335,24 @@ impl Relays {
                 .allocations
                 .iter()
                 .any(|a| matches!(a.state(), State::Connecting | State::Allocating))
+    }
+
+    /// The servers that have not answered yet: (server, is TURN). Deduplicated.
+    pub fn silent_servers(&self) -> Vec<(SocketAddr, bool)> {
+        let mut out: Vec<(SocketAddr, bool)> = Vec::new();
+        for (b, reported) in self.bindings.iter().zip(&self.binding_reported) {
+            if !reported && !out.contains(&(b.server(), false)) {
+                out.push((b.server(), false));
+            }
+        }
+        for a in &self.allocations {
+            if matches!(a.state(), State::Connecting | State::Allocating)
+                && !out.contains(&(a.server(), true))
+            {
+                out.push((a.server(), true));
+            }
+        }
+        out
     }
 
     /// Whether `addr` is one of our relay addresses (a transmit from it goes through [`Relays::send`]).

@@ -390,8 +390,14 @@ impl Allocation {
                 self.outbox.push_back(build.build().data);
                 true
             }
-            Ok(None) => true,
-            Err(_) => false,
+            Ok(None) => {
+                tracing::trace!(%peer, "TURN send produced nothing");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = ?e, "TURN send refused");
+                false
+            }
         }
     }
 
