@@ -28,6 +28,10 @@ const SCTP_MAX_BUFFERED: usize = 128 * 1024;
 /// Ask str0m to tell us when the channel has drained below this, so queued frames can move on.
 const BUFFERED_LOW: usize = 64 * 1024;
 
+/// The [`PeerEvent::Closed`] reason when ICE gave up (no candidate pair answers any more). Before the
+/// peer ever connected this means "no path", which the client reports as such.
+pub const ICE_DISCONNECTED: &str = "ICE disconnected";
+
 /// Which side of the offer/answer exchange this peer is. The offerer is ICE-controlling, creates the data
 /// channel, and (with a str0m answerer) acts as the DTLS client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,7 +417,7 @@ impl Peer {
                 self.events.push_back(PeerEvent::Connected);
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.fail("ICE disconnected".into());
+                self.fail(ICE_DISCONNECTED.into());
             }
             Event::ChannelOpen(id, _label) => {
                 // The answerer learns the channel id only here (the offerer created it in-band).

@@ -291,6 +291,7 @@ impl Client {
                     if !self.finished
                         && !self.session.closing
                         && self.data_plane.connected_at.is_none()
+                        && reason == crate::rtc::ICE_DISCONNECTED
                     {
                         // ICE gave up before it ever connected: no path, not a lost session.
                         let problems = self.relay.problems().to_vec();
