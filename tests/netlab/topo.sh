@@ -33,6 +33,7 @@ NATA_WAN=198.18.0.1
 NATB_WAN=198.18.0.2
 CLI_IP=198.19.1.2
 GW_IP=198.19.2.2
+VOID_GW=198.18.0.254
 
 # nsx NS CMD...: run CMD inside namespace NS.
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
@@ -75,6 +76,18 @@ topo_up() {
 
   for ns in nata natb; do
     nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
+  done
+
+  # "The rest of the internet": every public host has a default route (to inet's router, whose own
+  # default is a blackhole), so a datagram for an address nobody routes (a peer's private host candidate)
+  # leaves and vanishes silently, as it does on the real internet. Without a default route the kernel refuses such a send at once (ENETUNREACH), and coturn
+  # then stops relaying for that allocation altogether: every later Send indication and ChannelData is
+  # dropped, which is not what a real TURN server on the internet does.
+  nsx inet ip addr add "$VOID_GW/24" dev br0
+  nsx inet sysctl -qw net.ipv4.ip_forward=1
+  nsx inet ip route add blackhole default
+  for ns in srv nata natb; do
+    nsx "$ns" ip route add default via "$VOID_GW"
   done
 }
 

@@ -226,6 +226,23 @@ impl Client {
         }
     }
 
+    /// The peer's transmits, the one way out for them: a transmit from one of our relay addresses is
+    /// wrapped for its TURN server by the relay layer (a Send indication or ChannelData, on the node's
+    /// socket or the allocation's stream); any other goes out as it is. Then the relay layer's own I/O.
+    pub(super) fn drain_transmits(&mut self) {
+        let now = self.now;
+        if let Some(peer) = self.peer.as_mut() {
+            while let Some(d) = peer.poll_transmit() {
+                if let Some(d) = self.relay.outgoing(d, now) {
+                    self.outputs.push_back(Output::Transmit(d));
+                }
+            }
+        }
+        while let Some(o) = self.relay.poll_output() {
+            self.outputs.push_back(o);
+        }
+    }
+
     /// On `Input::Timeout`: the peer's own timers.
     pub(super) fn on_peer_timeout(&mut self) {
         let now = self.now;
@@ -241,18 +258,10 @@ impl Client {
     pub(super) fn pump_peer(&mut self) {
         let now = self.now;
         self.pump_relay();
+        self.drain_transmits();
         let Some(peer) = self.peer.as_mut() else {
             return;
         };
-        while let Some(d) = peer.poll_transmit() {
-            // From a relay address: wrapped for the TURN server by the relay layer.
-            if let Some(d) = self.relay.outgoing(d, now) {
-                self.outputs.push_back(Output::Transmit(d));
-            }
-        }
-        while let Some(o) = self.relay.poll_output() {
-            self.outputs.push_back(o);
-        }
         let mut events = Vec::new();
         while let Some(e) = peer.poll_event() {
             events.push(e);

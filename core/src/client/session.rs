@@ -260,11 +260,7 @@ impl Client {
                 }
             }
         }
-        if let Some(peer) = self.peer.as_mut() {
-            while let Some(d) = peer.poll_transmit() {
-                self.outputs.push_back(Output::Transmit(d));
-            }
-        }
+        self.drain_transmits();
         if let Some(conns) = self.session.conns.as_ref() {
             if let Some(paused) = self.session.outbox.pause_change(conns) {
                 for conn in conns.connections() {

@@ -20,6 +20,7 @@
 //! outcomes and schedules never do.
 
 mod clock;
+mod framing;
 /// The fuzz entry point (`fuzz/`), with a real TURN server behind it.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
@@ -284,7 +285,7 @@ impl Relays {
                 .iter_mut()
                 .filter(|a| a.transport() == TurnTransport::Udp)
             {
-                if a.handle(from, self.local, data, &clock, now) {
+                if a.handle(from, data, &clock, now) {
                     consumed = true;
                     break;
                 }
@@ -309,7 +310,7 @@ impl Relays {
             StreamEvent::Connected { local } => a.stream_connected(local, &clock, now),
             StreamEvent::Data(bytes) => {
                 let server = a.server();
-                a.handle(server, self.local, &bytes, &clock, now);
+                a.handle(server, &bytes, &clock, now);
             }
             StreamEvent::Closed { .. } => a.stream_closed(&clock, now),
         }
@@ -331,10 +332,17 @@ impl Relays {
     /// Whether a server may still give a candidate (a binding or allocation has no outcome yet).
     pub fn pending(&self) -> bool {
         self.binding_reported.iter().any(|r| !r)
-            || self
-                .allocations
-                .iter()
-                .any(|a| matches!(a.state(), State::Connecting | State::Allocating))
+            || self.allocations.iter().any(|a| {
+                matches!(a.state(), State::Connecting | State::Allocating)
+                    && !self.allocated_at(a.server())
+            })
+    }
+
+    /// Whether some allocation (over any transport) holds a relay address on `server`.
+    fn allocated_at(&self, server: SocketAddr) -> bool {
+        self.allocations
+            .iter()
+            .any(|a| a.server() == server && a.relayed().is_some())
     }
 
     /// The servers that have not answered yet: (server, is TURN). Deduplicated.
@@ -346,7 +354,9 @@ impl Relays {
             }
         }
         for a in &self.allocations {
+            // A server whose TCP sibling allocated is not silent, only its UDP is (blocked on the way).
             if matches!(a.state(), State::Connecting | State::Allocating)
+                && !self.allocated_at(a.server())
                 && !out.contains(&(a.server(), true))
             {
                 out.push((a.server(), true));

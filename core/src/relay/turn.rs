@@ -2,8 +2,8 @@
 //! (TCP, or TLS that the driver terminates), driven by turn-client-proto.
 //!
 //! turn-client-proto does the protocol: the 401/nonce challenge, long-term credentials, refreshing the
-//! allocation, permissions and channels before they expire, ChannelData and Send/Data indications, and
-//! RFC 4571 framing on streams. This module adds what a launch needs around it:
+//! allocation, permissions and channels before they expire, ChannelData and Send/Data indications. Framing on streams
+//! is done here (`framing.rs`: the crate neither pads ChannelData nor skips the server's padding). This module adds what a launch needs around it:
 //! * **why an allocation failed** — the crate reports only "failed", so the error codes the server sent are
 //!   watched here: a second 401 after credentials were offered is *wrong credentials* (a clear error, not a
 //!   timeout), any other error code is a refusal, silence is *unreachable*;
@@ -28,6 +28,7 @@ use turn_client_proto::types::TurnCredentials;
 use turn_client_proto::udp::TurnClientUdp;
 
 use super::clock::Clock;
+use super::framing::{pad_for_stream, StreamFramer};
 use super::RelayFailure;
 
 /// How the node reaches the TURN server.
@@ -73,6 +74,8 @@ pub(crate) struct Allocation {
     wake: Option<Instant>,
     /// The server has answered something (a UDP allocation that hears nothing falls back to TCP).
     heard: bool,
+    /// Whole frames out of the stream (TCP/TLS): the crate is given one unpadded frame at a time.
+    framer: StreamFramer,
 }
 
 impl std::fmt::Debug for Allocation {
@@ -114,6 +117,7 @@ impl Allocation {
             received: VecDeque::new(),
             wake: None,
             heard: false,
+            framer: StreamFramer::default(),
         };
         if transport == TurnTransport::Udp {
             this.start(local, clock, now);
@@ -203,7 +207,6 @@ impl Allocation {
     pub(crate) fn handle(
         &mut self,
         from: SocketAddr,
-        local: SocketAddr,
         data: &[u8],
         clock: &Clock,
         now: Instant,
@@ -216,12 +219,37 @@ impl Allocation {
         }
         self.heard = true;
         if self.transport == TurnTransport::Udp {
-            self.watch_allocate_response(data);
+            self.handle_frame(data, clock, now);
+        } else {
+            match self.framer.push(data) {
+                Ok(frames) => {
+                    for frame in frames {
+                        self.handle_frame(&frame, clock, now);
+                    }
+                }
+                Err(_) => {
+                    tracing::debug!(server = %self.server, "TURN stream carried neither STUN nor ChannelData");
+                    if let Some(client) = &mut self.client {
+                        client.protocol_error();
+                    }
+                    self.fail(RelayFailure::Closed);
+                }
+            }
         }
+        self.pump(clock, now);
+        true
+    }
+
+    /// One whole message from the server: a datagram, or a frame of the stream without its padding.
+    fn handle_frame(&mut self, data: &[u8], clock: &Clock, now: Instant) {
+        self.watch_allocate_response(data);
+        let server = self.server;
         let Some(client) = &mut self.client else {
-            return false;
+            return;
         };
-        let transmit = Transmit::new(data, client.transport(), from, local);
+        // Addressed to the client's own local address: the node's UDP socket, or the stream's local end
+        // (the crate files a stream's bytes under that (local, server) pair and ignores any other).
+        let transmit = Transmit::new(data, client.transport(), server, client.local_addr());
         let ret = client.recv(transmit, clock.proto(now));
         if self.state == State::Allocating {
             if let Some(failure) = self.fatal_allocate_error() {
@@ -245,13 +273,10 @@ impl Allocation {
                 self.received.push_back((d.peer, d.data().to_vec()));
             }
         }
-        self.pump(clock, now);
-        true
     }
 
-    /// Watch the Allocate responses on a datagram link: the crate reports failure without a reason, and
-    /// the mapped address it does not report at all. (On a stream, messages are framed inside the crate;
-    /// a stream failure is classified the same way by the lack of an allocation and the codes seen.)
+    /// Watch the Allocate responses: the crate reports failure without a reason, and the mapped address
+    /// it does not report at all.
     fn watch_allocate_response(&mut self, data: &[u8]) {
         let Ok(msg) = Message::from_bytes(data) else {
             return;
@@ -263,7 +288,8 @@ impl Allocation {
             if let Ok(e) = msg.attribute::<ErrorCode>() {
                 self.allocate_errors.push(e.code());
             }
-        } else if msg.has_class(MessageClass::Success) {
+        } else if msg.has_class(MessageClass::Success) && self.transport == TurnTransport::Udp {
+            // (A stream's mapped address is a TCP mapping: no use as a UDP server-reflexive candidate.)
             if let Ok(x) = msg.attribute::<XorMappedAddress>() {
                 self.mapped = Some(x.addr(msg.transaction_id()));
             }
@@ -403,7 +429,11 @@ impl Allocation {
 
     /// Bytes for the server, in order: datagrams from the node's socket, or writes on the stream.
     pub(crate) fn poll_bytes(&mut self) -> Option<Vec<u8>> {
-        self.outbox.pop_front()
+        let bytes = self.outbox.pop_front()?;
+        Some(match self.transport {
+            TurnTransport::Udp => bytes,
+            TurnTransport::Tcp | TurnTransport::Tls => pad_for_stream(bytes),
+        })
     }
 
     /// Data a peer sent to our relay address: (peer, bytes).
