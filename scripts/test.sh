@@ -44,6 +44,12 @@ cargo test --locked --manifest-path vendor/sctp-proto-fixed/Cargo.toml
 step "vendored str0m (vendor/str0m-fixed) test suite"
 cargo test --locked --manifest-path vendor/str0m-fixed/Cargo.toml --lib --tests
 
+# The fuzz targets are their own workspace (cargo-fuzz builds them with its own flags); their bodies run as
+# replay/property tests above, and this proves the targets themselves still build (a separate workspace
+# does not inherit the root's [patch], which once broke them unnoticed). Needs no nightly and no cargo-fuzz.
+step "fuzz targets build (fuzz/, cargo check)"
+cargo check --locked --manifest-path fuzz/Cargo.toml --bins
+
 # ---------------------------------------------------------------------------------------------------------
 # Keeper interop (issue 5): a Python venv with Keeper's own tube library and Commander (pinned, from PyPI),
 # then tests/tests/keeper_interop.rs inside a private network namespace. Bounded (~2 min here, hard cap
