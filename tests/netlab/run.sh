@@ -3,6 +3,7 @@
 # (Debian's coturn), topology in tests/netlab/topo.sh.
 #
 #   tests/netlab/run.sh [SCENARIO...]      all scenarios, or the named ones (`--list` lists them)
+#   tests/netlab/run.sh --bench            time to ready and throughput per path (a table; not a test)
 #
 # Prints one line per scenario, `PASS <name>` or `FAIL <name>: <why>`, then `N passed, M failed`, and exits
 # non-zero when any failed. Each scenario builds the topology afresh (no conntrack state survives from one
@@ -405,6 +406,65 @@ ALL=(topology_open topology_eim_nat topology_symmetric_nat topology_udp_blocked 
   pamlite_relay_symmetric_smol pamlite_relay_symmetric_blocking
   pamlite_turn_tcp_udp_blocked_smol pamlite_turn_tcp_udp_blocked_blocking)
 # Scenarios that fail today, run only when named: each prints SKIPPED with the reason in a full run.
+# --- --bench: time to ready and throughput per path (issue 9), not a test --------------------------------
+# bench_one LABEL RUNTIME NATA NATB [FLAGS...]: one launch through the lab's emulator with coturn as the relay
+# host, PAM_LITE_NETLAB_BENCH_MIB (default 64) echoed through `tunnel --stdio` and checked with SHA-256.
+# Prints one Markdown row: time from start to the open data channel (the `data_channel_open` checkpoint of
+# --timing-json), echo throughput after it (MiB/s, each byte there and back), and which path NAT A's byte
+# counters saw (udp-turn / tcp-turn / udp-peer-relay / direct, MiB).
+bench_one() {
+  local label=$1 rt=$2 a=$3 b=$4; shift 4
+  local mib=${PAM_LITE_NETLAB_BENCH_MIB:-64}
+  topo_down; topo_up
+  if ! relay_lab "$a" "$b" >"$WORK/bench.why" 2>&1; then
+    echo "| $label | $rt | setup failed: $(head -c 120 "$WORK/bench.why" | tr '\n' ' ') | | | |"; return
+  fi
+  local env=()
+  [ "$b" = none ] || env=(KROUTER_URL="http://$NATB_WAN:$ROUTER_PORT")
+  head -c $((mib * 1024 * 1024)) /dev/urandom >"$WORK/in.bin"
+  rm -f "$WORK/timing.json"
+  local t0 t1 rc=0
+  t0=$(date +%s%N)
+  nsx cli env "${env[@]}" timeout 300 "$PAM_LITE_BIN" tunnel --ticket "$WORK/ticket.json" --stdio --runtime "$rt" \
+    --timing-json "$WORK/timing.json" "$@" <"$WORK/in.bin" >"$WORK/out.bin" 2>"$WORK/client.log" || rc=$?
+  t1=$(date +%s%N)
+  local ok=yes
+  [ "$rc" = 0 ] && [ "$(sha256sum <"$WORK/in.bin")" = "$(sha256sum <"$WORK/out.bin")" ] || ok="no (exit $rc)"
+  python3 - "$WORK/timing.json" "$t0" "$t1" "$mib" "$label" "$rt" "$ok" "$(counted)" <<'PY'
+import json, sys
+path, t0, t1, mib, label, rt, ok, counters = sys.argv[1:]
+try:
+    entries = json.load(open(path))["entries"]
+    ready = next(e["ms"] for e in entries if e["name"] == "data_channel_open")
+except Exception:
+    ready = None
+wall = (int(t1) - int(t0)) / 1e9
+mibs = "–" if ready is None or ok != "yes" else f"{int(mib) / max(wall - ready / 1000, 1e-3):.1f}"
+path_mib = " / ".join(f"{int(c) / 1048576:.1f}" for c in counters.split())
+ready_s = "–" if ready is None else f"{ready:.0f}"
+print(f"| {label} | {rt} | {ready_s} | {mibs} | {path_mib} | {ok} |")
+PY
+  jobs -p | xargs -r kill 2>/dev/null || true
+}
+
+bench() {
+  echo "| path | runtime | ready (ms) | echo MiB/s | udp-turn / tcp-turn / udp-peer-relay / direct (MiB) | SHA-256 equal |"
+  echo "|---|---|---:|---:|---|---|"
+  local rt
+  for rt in smol blocking; do
+    bench_one "open network (host)" "$rt" none none
+    bench_one "open network, --relay-only" "$rt" none none --relay-only
+    bench_one "EIM NATs (srflx)" "$rt" eim eim
+    bench_one "symmetric NATs (relay)" "$rt" symmetric symmetric
+    bench_one "UDP blocked at A (TURN/TCP)" "$rt" udp-block eim
+  done
+  topo_down
+}
+if [ "${1:-}" = --bench ]; then
+  [ -x "$PAM_LITE_BIN" ] || { echo "no pam-lite binary at $PAM_LITE_BIN (set PAM_LITE_BIN)"; exit 1; }
+  bench; exit 0
+fi
+
 if [ "${1:-}" = --list ]; then printf '%s\n' "${ALL[@]}"; exit 0; fi
 selected=("$@")
 [ "${#selected[@]}" -gt 0 ] || selected=("${ALL[@]}")
