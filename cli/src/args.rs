@@ -62,7 +62,7 @@ pub enum Command {
     Tunnel(TunnelArgs),
     /// Run the emulated router and gateway (on 127.0.0.1 unless --listen / --gateway-udp say otherwise) and
     /// write a launch ticket for them.
-    Emulator(EmulatorArgs),
+    Emulator(Box<EmulatorArgs>),
     /// Work with launch tickets.
     #[command(subcommand)]
     Ticket(TicketCommand),
@@ -352,6 +352,11 @@ pub struct EmulatorArgs {
     /// --relay-user credentials), `relay-only`, `no-relay` (host + STUN), or `none` (host only).
     #[arg(long, value_enum, default_value_t = GatewayRelay::All)]
     pub gateway_relay: GatewayRelay,
+    /// After `--`: serve the gateway with this external process (program and arguments) instead of the
+    /// emulated one. It speaks the JSON lines of `tests/interop/keeper_peer.py --role gateway`: Keeper's
+    /// own tube as the gateway, for interop (it connects to its own target; --target is not used by it).
+    #[arg(value_name = "GATEWAY_CMD", last = true)]
+    pub external_gateway: Vec<String>,
     /// Tunnel target for `pam-lite tunnel` connections.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "terminal")]
     pub target: Option<String>,

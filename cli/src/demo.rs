@@ -157,6 +157,7 @@ pub fn config_from_args(a: &EmulatorArgs) -> Result<EmulatorConfig, CliError> {
         relay_host: a.relay_host.clone(),
         relay_credentials,
         gateway_relay,
+        external_gateway: (!a.external_gateway.is_empty()).then(|| a.external_gateway.clone()),
         listen: a.listen,
         gateway_udp: a.gateway_udp,
         tls: a.tls,
@@ -279,7 +280,7 @@ mod tests {
         let mut argv = vec!["pam-lite", "emulator"];
         argv.extend_from_slice(extra);
         match crate::args::Cli::parse_from(argv).command {
-            crate::args::Command::Emulator(a) => a,
+            crate::args::Command::Emulator(a) => *a,
             _ => panic!("not the emulator command"),
         }
     }

@@ -224,9 +224,10 @@ fn spawn_stdin_reader(
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         tracing::debug!(error = %e, "reading stdin failed");
+                        // `Error`, not `ConnectionLost` (which is the target's normal close).
                         let _ = inputs(Input::Command(Command::CloseConnection {
                             conn: CONN,
-                            reason: CloseReason::ConnectionLost,
+                            reason: CloseReason::Error,
                         }));
                         return;
                     }
@@ -246,10 +247,17 @@ fn target_text(ticket: &Ticket) -> String {
 }
 
 /// A close reason that means something went wrong (anything but a normal close by either side).
+///
+/// `ConnectionLost` from the gateway is the target closing its end: Keeper's gateway reports every
+/// backend close that way ("Backend connection closed unexpectedly"), the normal end of a proxied
+/// session included (the server's close after `exit`, or after our EOF); stdout has had every byte.
 fn is_error(reason: &CloseReason) -> bool {
     !matches!(
         reason,
-        CloseReason::Normal | CloseReason::Client | CloseReason::UpstreamClosed
+        CloseReason::Normal
+            | CloseReason::Client
+            | CloseReason::UpstreamClosed
+            | CloseReason::ConnectionLost
     )
 }
 

@@ -89,6 +89,10 @@ pub struct EmulatorConfig {
     pub relay_credentials: Option<pam_lite_core::relay::TurnCredentials>,
     /// The emulated gateway's own STUN/TURN servers and policy (credentials inside).
     pub gateway_relay: pam_lite_core::relay::RelayPlan,
+    /// Serve the gateway with an external process instead of this crate's gateway machine: its program
+    /// and arguments, speaking `tests/interop/keeper_peer.py --role gateway`'s JSON lines (Keeper's own
+    /// tube, for interop; see [`crate::external`]).
+    pub external_gateway: Option<Vec<String>>,
 
     // ---- client ↔ gateway UDP path (user-space impairment)
     /// Datagrams arriving at the gateway.
@@ -130,6 +134,7 @@ impl Default for EmulatorConfig {
             relay_host: None,
             relay_credentials: None,
             gateway_relay: pam_lite_core::relay::RelayPlan::default(),
+            external_gateway: None,
             answer_bad_fingerprint: false,
             gateway_restart_after: None,
             udp_to_gateway: UdpImpairment::default(),

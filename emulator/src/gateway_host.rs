@@ -136,20 +136,20 @@ impl std::fmt::Debug for GatewayHost {
     }
 }
 
-/// A cloneable handle to deliver controller messages to the gateway.
+/// A cloneable handle to deliver controller messages to the gateway (this crate's gateway machine, or an
+/// external gateway process: [`crate::external`]).
 #[derive(Clone)]
-pub struct ControllerInbox(Sender<Event>);
+pub struct ControllerInbox(Arc<dyn Fn(u64, bool, String) -> bool + Send + Sync>);
 
 impl ControllerInbox {
+    /// An inbox that hands each message to `deliver` (`false`: the gateway has stopped).
+    pub fn from_fn(deliver: impl Fn(u64, bool, String) -> bool + Send + Sync + 'static) -> Self {
+        ControllerInbox(Arc::new(deliver))
+    }
+
     /// Deliver a controller message (the router↔gateway delay is applied by the gateway machine).
     pub fn deliver(&self, reply_to: u64, stream: bool, payload: String) -> bool {
-        self.0
-            .send(Event::Controller {
-                reply_to,
-                stream,
-                payload,
-            })
-            .is_ok()
+        (self.0)(reply_to, stream, payload)
     }
 }
 
@@ -242,7 +242,15 @@ impl GatewayHost {
     }
 
     pub fn inbox(&self) -> ControllerInbox {
-        ControllerInbox(self.tx.clone())
+        let tx = self.tx.clone();
+        ControllerInbox::from_fn(move |reply_to, stream, payload| {
+            tx.send(Event::Controller {
+                reply_to,
+                stream,
+                payload,
+            })
+            .is_ok()
+        })
     }
 
     /// Stop the threads and wait for them. Returns the (inbound, outbound) UDP link statistics.

@@ -24,6 +24,7 @@
 //! ```
 
 pub mod config;
+pub mod external;
 pub mod front;
 pub mod gateway_host;
 pub mod hub;
@@ -121,6 +122,8 @@ pub struct Emulator {
     ticket: DemoTicket,
     front: front::Front,
     gateway: gateway_host::GatewayHost,
+    /// An external gateway process serving the router instead of `gateway` (which then sees no traffic).
+    _external: Option<external::ExternalGateway>,
     router_addr: SocketAddr,
 }
 
@@ -200,6 +203,23 @@ impl Emulator {
         };
         let gateway_seed = id.gateway_rng_seed;
         let replies_hub = hub.clone();
+        let external = match &config.external_gateway {
+            Some(argv) => {
+                let hub = hub.clone();
+                Some(
+                    external::ExternalGateway::start(
+                        argv,
+                        gateway_config.seeds.clone(),
+                        gateway_config.default_seed.clone(),
+                        std::sync::Arc::new(move |reply_to, payload: String| {
+                            hub.gateway_reply(reply_to, &payload)
+                        }),
+                    )
+                    .map_err(EmulatorError::Gateway)?,
+                )
+            }
+            None => None,
+        };
         let gateway = gateway_host::GatewayHost::start(
             move |now, generation: u32| {
                 // A restarted gateway draws new keys and certificates, as a new process would.
@@ -213,7 +233,10 @@ impl Emulator {
             Box::new(move |reply_to, payload| replies_hub.gateway_reply(reply_to, &payload)),
         )
         .map_err(EmulatorError::Gateway)?;
-        hub.set_gateway(gateway.inbox());
+        hub.set_gateway(match &external {
+            Some(e) => e.inbox(),
+            None => gateway.inbox(),
+        });
 
         let front_config = front::FrontConfig {
             rtt: config.router_rtt,
@@ -260,6 +283,7 @@ impl Emulator {
             ticket,
             front,
             gateway,
+            _external: external,
             router_addr,
         })
     }

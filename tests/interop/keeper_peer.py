@@ -70,6 +70,10 @@ def main():
     ap.add_argument("--no-trickle", action="store_true", help="trickle_ice=False: candidates inside the SDP")
     ap.add_argument("--deadline", type=float, default=120.0, help="hard limit in seconds")
     ap.add_argument("--log-level", type=int, default=40, help="keeper's log level on stderr (10..50)")
+    ap.add_argument("--krelay", default="", help="STUN/TURN host (port 3478), as Commander passes krelay_server")
+    ap.add_argument("--turn-user", default="", help="TURN username (Commander: relay_access_creds)")
+    ap.add_argument("--turn-password", default="", help="TURN password")
+    ap.add_argument("--turn-only", action="store_true", help="relay candidates only (Commander's turn_only)")
     a = ap.parse_args()
 
     def die():
@@ -98,9 +102,17 @@ def main():
         else:
             emit({"type": "signal", "kind": kind, "data": data})
 
-    common = dict(trickle_ice=not a.no_trickle, callback_token="dGVzdA==", krelay_server="",
-                  # Keeper's test mode: host candidates only, no STUN/TURN, no KSM config needed.
-                  ksm_config="TEST_MODE_KSM_CONFIG", signal_callback=on_signal)
+    common = dict(trickle_ice=not a.no_trickle, callback_token="dGVzdA==", krelay_server=a.krelay,
+                  # Keeper's test mode ("host candidates only, no STUN") unless --krelay; with it, no KSM
+                  # config, as Commander passes (the explicit TURN credentials below need no router call).
+                  ksm_config="" if a.krelay else "TEST_MODE_KSM_CONFIG", signal_callback=on_signal)
+    # With --krelay: the settings Commander builds (create_rust_webrtc_settings) with explicit TURN
+    # credentials, so the tube asks no router for them.
+    relay = {"use_turn": False}
+    if a.krelay:
+        relay = {"use_turn": True, "turn_only": a.turn_only, "relay_url": a.krelay,
+                 "stun_url": f"stun:{a.krelay}:3478", "turn_url": f"turn:{a.krelay}:3478",
+                 "turn_username": a.turn_user, "turn_password": a.turn_password}
 
     def watch_ready():
         end = time.monotonic() + a.deadline
@@ -115,7 +127,7 @@ def main():
         t = time.monotonic()
         res = reg.create_tube(conversation_id=a.conv,
                               settings={"conversationType": "tunnel", "local_listen_addr": a.listen,
-                                        "socks_mode": False, "use_turn": False},
+                                        "socks_mode": False, **relay},
                               client_version="Commander-Python", offer=None, **common)
         st["tid"] = res["tube_id"]
         emit({"type": "offer", "sdp": base64.b64decode(res["offer"]).decode(), "ms": ms_since(t),
@@ -149,7 +161,7 @@ def main():
                 t = time.monotonic()
                 res = reg.create_tube(conversation_id=a.conv,
                                       settings={"conversationType": "tunnel", "target_host": a.target_host,
-                                                "target_port": a.target_port, "use_turn": False},
+                                                "target_port": a.target_port, **relay},
                                       client_version="gateway-sim",
                                       offer=base64.b64encode(msg["sdp"].encode()).decode(), **common)
                 st["tid"] = res["tube_id"]

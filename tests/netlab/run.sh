@@ -338,6 +338,25 @@ pamlite_symmetric() {
 scenario_pamlite_relay_symmetric_smol() { pamlite_symmetric smol; }
 scenario_pamlite_relay_symmetric_blocking() { pamlite_symmetric blocking; }
 
+# Keeper's own tube (keeper-pam-webrtc-rs 2.2.9 from tests/interop/.venv, run by tests/interop/keeper_peer.py)
+# as the gateway behind symmetric NAT B, with use_turn and explicit TURN credentials for coturn as Commander
+# passes them; pam-lite as the client behind symmetric NAT A. The emulated router bridges the signalling to
+# it (`pam-lite emulator -- keeper_peer.py ...`): only the relay path exists.
+pamlite_keeper_gateway() {
+  local py=$here/../interop/.venv/bin/python
+  if [ ! -x "$py" ]; then
+    bash "$here/../interop/setup.sh" >"$WORK/venv.log" 2>&1 || { echo "no interop venv: $(tail -c 200 "$WORK/venv.log")"; return 0; }
+  fi
+  relay_lab symmetric symmetric -- "$py" "$here/../interop/keeper_peer.py" --role gateway \
+    --target-host 127.0.0.1 --target-port "$ECHO_PORT" --krelay "$SRV_IP" \
+    --turn-user "$TURN_USER" --turn-password "$TURN_PASS" --deadline 120 \
+    --log-level "${PAM_LITE_NETLAB_KEEPER_LOG:-40}" || return 0
+  tunnel_8mib "$1" KROUTER_URL="http://$NATB_WAN:$ROUTER_PORT" || return 0
+  path_check udp-relay
+}
+scenario_keeper_gateway_behind_nat_b_smol() { pamlite_keeper_gateway smol; }
+scenario_keeper_gateway_behind_nat_b_blocking() { pamlite_keeper_gateway blocking; }
+
 # NAT A drops all UDP: the client's TURN allocation falls back to TCP (after 1 s of UDP silence).
 pamlite_udp_blocked() {
   relay_lab udp-block eim || return 0
@@ -404,7 +423,8 @@ ALL=(topology_open topology_eim_nat topology_symmetric_nat topology_udp_blocked 
   pamlite_relay_only_blocking pamlite_turn_down_direct_ok_smol pamlite_turn_down_direct_ok_blocking
   pamlite_wrong_credentials_smol pamlite_wrong_credentials_blocking
   pamlite_relay_symmetric_smol pamlite_relay_symmetric_blocking
-  pamlite_turn_tcp_udp_blocked_smol pamlite_turn_tcp_udp_blocked_blocking)
+  pamlite_turn_tcp_udp_blocked_smol pamlite_turn_tcp_udp_blocked_blocking
+  keeper_gateway_behind_nat_b_smol keeper_gateway_behind_nat_b_blocking)
 # Scenarios that fail today, run only when named: each prints SKIPPED with the reason in a full run.
 # --- --bench: time to ready and throughput per path (issue 9), not a test --------------------------------
 # bench_one LABEL RUNTIME NATA NATB [FLAGS...]: one launch through the lab's emulator with coturn as the relay
@@ -416,7 +436,7 @@ bench_one() {
   local label=$1 rt=$2 a=$3 b=$4; shift 4
   local mib=${PAM_LITE_NETLAB_BENCH_MIB:-64}
   topo_down; topo_up
-  if ! relay_lab "$a" "$b" >"$WORK/bench.why" 2>&1; then
+  if ! relay_lab "$a" "$b" "${bench_emulator[@]}" >"$WORK/bench.why" 2>&1; then
     echo "| $label | $rt | setup failed: $(head -c 120 "$WORK/bench.why" | tr '\n' ' ') | | | |"; return
   fi
   local env=()
@@ -447,16 +467,28 @@ PY
   jobs -p | xargs -r kill 2>/dev/null || true
 }
 
+# Emulator arguments for bench_one (empty: pam-lite's emulated gateway).
+bench_emulator=()
 bench() {
   echo "| path | runtime | ready (ms) | echo MiB/s | udp-turn / tcp-turn / udp-peer-relay / direct (MiB) | SHA-256 equal |"
   echo "|---|---|---:|---:|---|---|"
-  local rt
+  local rt keeper=()
+  local py=$here/../interop/.venv/bin/python
+  [ -x "$py" ] || bash "$here/../interop/setup.sh" >/dev/null 2>&1 || true
+  [ -x "$py" ] && keeper=(-- "$py" "$here/../interop/keeper_peer.py" --role gateway --target-host 127.0.0.1
+    --target-port "$ECHO_PORT" --krelay "$SRV_IP" --turn-user "$TURN_USER" --turn-password "$TURN_PASS" --deadline 280)
   for rt in smol blocking; do
+    bench_emulator=()
     bench_one "open network (host)" "$rt" none none
     bench_one "open network, --relay-only" "$rt" none none --relay-only
     bench_one "EIM NATs (srflx)" "$rt" eim eim
     bench_one "symmetric NATs (relay)" "$rt" symmetric symmetric
     bench_one "UDP blocked at A (TURN/TCP)" "$rt" udp-block eim
+    if [ "${#keeper[@]}" -gt 0 ]; then
+      bench_emulator=("${keeper[@]}")
+      bench_one "open network (host), Keeper's tube as gateway" "$rt" none none
+      bench_one "symmetric NATs (relay), Keeper's tube as gateway" "$rt" symmetric symmetric
+    fi
   done
   topo_down
 }

@@ -206,6 +206,10 @@ pub(crate) struct RelayLayer {
     remote: Vec<SocketAddr>,
     gathered: bool,
     relayed: usize,
+    /// Every candidate address announced so far: a STUN server and a TURN server on the same host both
+    /// report the same server-reflexive address, and a peer must hear each candidate once (Keeper's tube
+    /// stalls its signalling on a repeated candidate).
+    announced: Vec<SocketAddr>,
     problems: Vec<RelayProblem>,
     outputs: VecDeque<Output>,
     events: VecDeque<GatherEvent>,
@@ -232,6 +236,7 @@ impl RelayLayer {
             remote: Vec::new(),
             gathered,
             relayed: 0,
+            announced: Vec::new(),
             problems: Vec::new(),
             outputs: VecDeque::new(),
             events: VecDeque::new(),
@@ -506,6 +511,10 @@ impl RelayLayer {
                 RelayEvent::Candidate {
                     kind, addr, base, ..
                 } => {
+                    if self.announced.contains(&addr) {
+                        continue;
+                    }
+                    self.announced.push(addr);
                     let kind = match kind {
                         Gathered::ServerReflexive => CandidateKind::ServerReflexive { base },
                         Gathered::Relayed => {

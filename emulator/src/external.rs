@@ -1,0 +1,285 @@
+//! An external gateway behind the emulated router: a process that speaks the JSON lines of
+//! `tests/interop/keeper_peer.py --role gateway` — in practice **Keeper's own tube** (keeper-pam-webrtc-rs)
+//! as the gateway, so a real `pam-lite` client launch meets Keeper's WebRTC stack, ICE agent and TURN client
+//! end to end (the NAT lab puts it behind NAT B with coturn).
+//!
+//! The bridge does what the Keeper Gateway's controller code does around its tube: it opens the client's
+//! offer with the tunnel key (record seed + the action's nonce), hands the SDP to the tube, seals the tube's
+//! answer and each trickled candidate for the client as replies to the offer, and passes the client's
+//! trickled candidates on. The process is one tube, so the bridge serves one conversation; a second offer
+//! is refused like a gateway at its limit would.
+//!
+//! Everything from the process is bounded: a line is at most [`MAX_LINE`] bytes (longer ones end the
+//! bridge), and its text reaches logs only sanitised.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use pam_lite_core::signaling::{self, ConversationId, GatewayAction, TunnelKey};
+use pam_lite_core::text::sanitize_max;
+use rand_core::OsRng;
+use serde_json::{json, Value};
+
+use crate::gateway_host::ControllerInbox;
+
+/// The longest line accepted from the process (an SDP answer with many candidates is a few KiB).
+const MAX_LINE: usize = 256 * 1024;
+
+/// Replies for the router: (reply_to, the gateway's reply JSON).
+pub type Replies = Arc<dyn Fn(u64, String) + Send + Sync>;
+
+/// The conversation the process serves.
+struct Conversation {
+    conv: ConversationId,
+    key: TunnelKey,
+    reply_to: u64,
+}
+
+struct Shared {
+    stdin: Mutex<ChildStdin>,
+    conversation: Mutex<Option<Conversation>>,
+    seeds: HashMap<String, Vec<u8>>,
+    default_seed: Option<Vec<u8>>,
+    replies: Replies,
+}
+
+/// A running external gateway process, its reader thread and the worker that takes the router's messages
+/// (the router delivers while it holds its own lock, and a reply re-enters the router: so not inline).
+/// Dropping it kills the process.
+pub struct ExternalGateway {
+    inbox: mpsc::Sender<(u64, String)>,
+    child: Child,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ExternalGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalGateway")
+            .field("pid", &self.child.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExternalGateway {
+    /// Start `argv` (program and arguments; its stderr is inherited, so its log lands in the emulator's).
+    pub fn start(
+        argv: &[String],
+        seeds: HashMap<String, Vec<u8>>,
+        default_seed: Option<Vec<u8>>,
+        replies: Replies,
+    ) -> std::io::Result<ExternalGateway> {
+        let (program, args) = argv.split_first().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "an empty gateway command")
+        })?;
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            return Err(std::io::Error::other("the gateway process has no pipes"));
+        };
+        let shared = Arc::new(Shared {
+            stdin: Mutex::new(stdin),
+            conversation: Mutex::new(None),
+            seeds,
+            default_seed,
+            replies,
+        });
+        let reader_shared = shared.clone();
+        let reader = std::thread::Builder::new()
+            .name("external-gateway".into())
+            .spawn(move || read_lines(stdout, &reader_shared))?;
+        // Ends when every sender (the router's inbox clones) is gone.
+        let (inbox, messages) = mpsc::channel::<(u64, String)>();
+        std::thread::Builder::new()
+            .name("external-gateway-inbox".into())
+            .spawn(move || {
+                for (reply_to, payload) in messages {
+                    shared.on_controller_message(reply_to, &payload);
+                }
+            })?;
+        Ok(ExternalGateway {
+            inbox,
+            child,
+            reader: Some(reader),
+        })
+    }
+
+    /// The router's handle: controller messages go to [`Shared::on_controller_message`] on the worker.
+    pub fn inbox(&self) -> ControllerInbox {
+        let inbox = self.inbox.clone();
+        ControllerInbox::from_fn(move |reply_to, _stream, payload| {
+            inbox.send((reply_to, payload)).is_ok()
+        })
+    }
+}
+
+impl Drop for ExternalGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Shared {
+    fn reply(&self, reply_to: u64, payload: Value) {
+        (self.replies)(reply_to, payload.to_string());
+    }
+
+    fn refuse(&self, reply_to: u64, error: &str) {
+        tracing::warn!(%error, "external gateway refuses a controller message");
+        self.reply(
+            reply_to,
+            json!({ "is_ok": false, "data": error, "error": error }),
+        );
+    }
+
+    fn send(&self, line: Value) {
+        let mut stdin = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = writeln!(stdin, "{line}").and_then(|()| stdin.flush()) {
+            tracing::warn!(error = %e, "the external gateway process is gone");
+        }
+    }
+
+    fn on_controller_message(&self, reply_to: u64, payload: &str) {
+        let action = match GatewayAction::parse(payload) {
+            Ok(a) => a,
+            Err(e) => return self.refuse(reply_to, &format!("bad gateway action: {e}")),
+        };
+        let input = |k: &str| action.inputs.get(k).and_then(Value::as_str).unwrap_or("");
+        let Some(conv) = ConversationId::parse(&action.conversation_id) else {
+            return self.refuse(reply_to, "bad conversationId");
+        };
+        match input("kind") {
+            "start" => {
+                let mut slot = self.conversation.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.is_some() {
+                    return self.refuse(reply_to, "gateway is at its tube limit");
+                }
+                let Some(seed) = self
+                    .seeds
+                    .get(input("recordUid"))
+                    .or(self.default_seed.as_ref())
+                else {
+                    return self.refuse(reply_to, "unknown record");
+                };
+                let Some(nonce) = action.nonce().filter(|n| !n.is_empty()) else {
+                    return self.refuse(reply_to, "bad base64Nonce");
+                };
+                let key = TunnelKey::derive(seed, &nonce);
+                let sdp = match key
+                    .decrypt(input("data"))
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| signaling::parse_offer_data(&p).map_err(|e| e.to_string()))
+                {
+                    Ok(sdp) => sdp,
+                    Err(e) => return self.refuse(reply_to, &format!("bad offer: {e}")),
+                };
+                *slot = Some(Conversation {
+                    conv,
+                    key,
+                    reply_to,
+                });
+                drop(slot);
+                tracing::info!(
+                    sdp_bytes = sdp.len(),
+                    "external gateway: the client's offer"
+                );
+                self.send(json!({ "type": "offer", "sdp": sdp }));
+            }
+            "icecandidate" => {
+                let slot = self.conversation.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(c) = slot.as_ref().filter(|c| c.conv == conv) else {
+                    return self.refuse(reply_to, "unknown conversation");
+                };
+                let list = match c.key.decrypt(input("data")) {
+                    Ok(plain) => signaling::parse_candidates(&plain),
+                    Err(e) => return self.refuse(reply_to, &format!("decryption failed: {e}")),
+                };
+                drop(slot);
+                tracing::info!(
+                    candidates = list.len(),
+                    "external gateway: the client's candidates"
+                );
+                for candidate in list {
+                    self.send(json!({ "type": "candidate", "candidate": candidate }));
+                }
+                self.reply(
+                    reply_to,
+                    json!({ "is_ok": true, "data": "ice candidate received" }),
+                );
+            }
+            other => self.refuse(reply_to, &format!("unsupported action kind {other:?}")),
+        }
+    }
+
+    /// A line from the process: its answer and candidates go to the client, sealed as the gateway's
+    /// replies to the offer; anything else is logged.
+    fn on_line(&self, line: &str) {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            tracing::warn!(line = %sanitize_max(line, 200), "external gateway: not JSON");
+            return;
+        };
+        let body = match msg.get("type").and_then(Value::as_str) {
+            Some("answer") => {
+                let sdp = msg.get("sdp").and_then(Value::as_str).unwrap_or("");
+                json!({ "answer": B64.encode(sdp.as_bytes()) })
+            }
+            Some("candidate") => match msg.get("candidate").and_then(Value::as_str) {
+                Some(c) if !c.is_empty() => json!({ "candidates": [c] }),
+                _ => return, // the end of its candidates: the client needs no word of it
+            },
+            _ => {
+                tracing::info!(message = %sanitize_max(line, 300), "external gateway");
+                return;
+            }
+        };
+        let slot = self.conversation.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(c) = slot.as_ref() else {
+            return;
+        };
+        tracing::info!(
+            message = %sanitize_max(&body.to_string(), 120),
+            "external gateway: to the client"
+        );
+        let data = c.key.encrypt(body.to_string().as_bytes(), &mut OsRng);
+        let reply_to = c.reply_to;
+        drop(slot);
+        self.reply(reply_to, json!({ "is_ok": true, "data": data }));
+    }
+}
+
+fn read_lines(stdout: std::process::ChildStdout, shared: &Shared) {
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) => break,
+            Ok(n) if n > MAX_LINE => {
+                tracing::warn!("external gateway: a line over {MAX_LINE} bytes; bridge stopped");
+                break;
+            }
+            Ok(_) => shared.on_line(String::from_utf8_lossy(&line).trim()),
+            Err(e) => {
+                tracing::warn!(error = %e, "external gateway: reading its output failed");
+                break;
+            }
+        }
+    }
+    tracing::info!("external gateway process ended its output");
+}
