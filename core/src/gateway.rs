@@ -193,12 +193,17 @@ impl Gateway {
             let Some(c) = tube.peer.add_local_candidate(addr, kind, now) else {
                 continue;
             };
-            let body = json!({ "candidates": [c] }).to_string();
-            let data = tube.key.encrypt(body.as_bytes(), &mut self.rng);
-            let reply_to = tube.reply_to;
-            self.reply(reply_to, json!({ "is_ok": true, "data": data }));
+            self.reply_candidates(idx, vec![c]);
             self.pump(idx);
         }
+    }
+
+    /// Trickle `candidates` to tube `idx`'s client: sealed with its tunnel key, as a reply to its offer.
+    fn reply_candidates(&mut self, idx: usize, candidates: Vec<String>) {
+        let body = json!({ "candidates": candidates }).to_string();
+        let data = self.tubes[idx].key.encrypt(body.as_bytes(), &mut self.rng);
+        let reply_to = self.tubes[idx].reply_to;
+        self.reply(reply_to, json!({ "is_ok": true, "data": data }));
     }
 
     /// Drain the relay layer: relayed data to the tube it belongs to, gathered candidates, its I/O.
@@ -441,9 +446,7 @@ impl Gateway {
                 }
             }
             if !candidates.is_empty() {
-                let body = json!({ "candidates": candidates }).to_string();
-                let data = self.tubes[idx].key.encrypt(body.as_bytes(), &mut self.rng);
-                self.reply(reply_to, json!({ "is_ok": true, "data": data }));
+                self.reply_candidates(idx, candidates);
             }
             self.pump(idx);
         }
