@@ -47,6 +47,10 @@ struct Case {
     turn: Turn,
     policy: IcePolicy,
     seed: u64,
+    /// Loss, duplication and jitter on every link (peer and relay), in per mille and milliseconds.
+    loss_permille: u32,
+    dup_permille: u32,
+    jitter_ms: u64,
 }
 
 fn blocked(n: Option<NatConfig>) -> bool {
@@ -96,6 +100,11 @@ fn build(c: &Case) -> Sim {
     s.net.client_nat = c.client;
     s.net.gateway_nat = c.gateway;
     s.net.turn_up = c.turn != Turn::Down;
+    for link in [&mut s.net.peer_link, &mut s.net.relay_link] {
+        link.loss = f64::from(c.loss_permille) / 1000.0;
+        link.duplicate = f64::from(c.dup_permille) / 1000.0;
+        link.jitter = Duration::from_millis(c.jitter_ms);
+    }
     s.relay = Some(RelaySetup {
         client_policy: c.policy,
         client_credentials_ok: c.turn != Turn::WrongCredentials,
@@ -198,9 +207,13 @@ fn nat() -> impl Strategy<Value = Option<NatConfig>> {
 prop_compose! {
     fn case()(client in nat(), gateway in nat(),
               turn in prop_oneof![4 => Just(Turn::Up), 1 => Just(Turn::Down), 1 => Just(Turn::WrongCredentials)],
-              relay_only in proptest::bool::weighted(0.25), seed in any::<u64>()) -> Case {
+              relay_only in proptest::bool::weighted(0.25), seed in any::<u64>(),
+              impaired in proptest::bool::weighted(0.5), loss_permille in 0u32..50,
+              dup_permille in 0u32..50, jitter_ms in 0u64..20) -> Case {
         let policy = if relay_only { IcePolicy::RelayOnly } else { IcePolicy::All };
-        Case { client, gateway, turn, policy, seed }
+        let (loss_permille, dup_permille, jitter_ms) =
+            if impaired { (loss_permille, dup_permille, jitter_ms) } else { (0, 0, 0) };
+        Case { client, gateway, turn, policy, seed, loss_permille, dup_permille, jitter_ms }
     }
 }
 
@@ -229,6 +242,9 @@ fn case_of(
         turn,
         policy,
         seed: 7,
+        loss_permille: 0,
+        dup_permille: 0,
+        jitter_ms: 0,
     }
 }
 

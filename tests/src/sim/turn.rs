@@ -4,7 +4,10 @@
 //!
 //! One deliberate addition, to stay faithful to coturn in the NAT lab: a CreatePermission or ChannelBind
 //! for a peer on the server's own address (another allocation's relay address) is refused with a signed
-//! 403, so relay ↔ relay through one server is no path. Everything else is the crate's own behaviour.
+//! 403, so relay ↔ relay through one server is no path. And, as coturn does (RFC 8656 §7.2's SHOULD), a
+//! retransmitted Allocate whose allocation already exists (its success answer was lost) gets that same
+//! success again; turn-server-proto 0.7.3 answers it with 437 (Allocation Mismatch), which would make any
+//! lost Allocate answer fatal. Everything else is the crate's own behaviour.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -21,7 +24,7 @@ use turn_server_proto::stun::types::message::{
 };
 use turn_server_proto::stun::types::TransportType;
 use turn_server_proto::types::attribute::XorPeerAddress;
-use turn_server_proto::types::message::{CHANNEL_BIND, CREATE_PERMISSION};
+use turn_server_proto::types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION};
 use turn_server_proto::types::Instant as ProtoInstant;
 
 use pam_lite_core::Datagram;
@@ -64,6 +67,8 @@ pub struct SimTurn {
     pub refused_self: u64,
     /// Every CreatePermission / ChannelBind request seen: (method, peer), for diagnostics.
     pub peer_requests: Vec<(&'static str, SocketAddr)>,
+    /// Per UDP client: the Allocate success it was sent (transaction id, bytes), for retransmissions.
+    allocated: HashMap<SocketAddr, (u128, Vec<u8>)>,
 }
 
 impl SimTurn {
@@ -85,6 +90,7 @@ impl SimTurn {
             relayed: 0,
             refused_self: 0,
             peer_requests: Vec::new(),
+            allocated: HashMap::new(),
         }
     }
 
@@ -111,6 +117,13 @@ impl SimTurn {
         let on_tcp = self.relays.get(&d.destination).copied().unwrap_or(false);
         if to_relay {
             self.relayed += 1;
+        } else if let Some(reply) = self.repeat_allocate_success(d.source, &d.contents) {
+            self.out.push_back(TurnOut::Udp(Datagram {
+                source: TURN_ADDR,
+                destination: d.source,
+                contents: reply,
+            }));
+            return;
         } else if let Some(reply) = self.refuse_self_peer(&d.contents) {
             self.out.push_back(TurnOut::Udp(Datagram {
                 source: TURN_ADDR,
@@ -128,8 +141,7 @@ impl SimTurn {
             d.destination,
         );
         if let Some(reply) = server.recv(t, pnow) {
-            let reply = reply.build();
-            self.push(answer_to(reply, d.source));
+            self.push(answer_to(reply.build(), d.source));
         }
         self.pump(now);
     }
@@ -158,6 +170,9 @@ impl SimTurn {
     fn push(&mut self, t: Transmit<Vec<u8>>) {
         if t.from != TURN_ADDR {
             self.relayed += 1;
+        } else if t.transport == TransportType::Udp {
+            // (An Allocate's success leaves here, after the relay socket was allocated.)
+            self.remember_allocate_success(&t);
         }
         self.out.push_back(match t.transport {
             TransportType::Tcp => TurnOut::Tcp {
@@ -170,6 +185,26 @@ impl SimTurn {
                 contents: t.data,
             }),
         });
+    }
+
+    /// The success a retransmitted Allocate (same client, same transaction) was already given.
+    fn repeat_allocate_success(&self, from: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
+        let msg = Message::from_bytes(data).ok()?;
+        let (tid, success) = self.allocated.get(&from)?;
+        let same = msg.has_method(ALLOCATE)
+            && msg.has_class(MessageClass::Request)
+            && u128::from(msg.transaction_id()) == *tid;
+        same.then(|| success.clone())
+    }
+
+    fn remember_allocate_success(&mut self, reply: &Transmit<Vec<u8>>) {
+        let Ok(msg) = Message::from_bytes(&reply.data) else {
+            return;
+        };
+        if msg.has_method(ALLOCATE) && msg.has_class(MessageClass::Success) {
+            let tid = u128::from(msg.transaction_id());
+            self.allocated.insert(reply.to, (tid, reply.data.clone()));
+        }
     }
 
     /// coturn's refusal of a peer on its own address: a signed 403 for CreatePermission / ChannelBind.
