@@ -37,6 +37,8 @@ pub struct RelaySetup {
     pub client_policy: IcePolicy,
     /// Whether the client's TURN credentials are the server's (the gateway's always are).
     pub client_credentials_ok: bool,
+    /// The client asks the router (`relay_access_creds`) instead of having them in its ticket.
+    pub credentials_from_router: bool,
 }
 
 impl RelaySetup {
@@ -58,11 +60,32 @@ impl RelaySetup {
     }
 }
 
+impl RelaySetup {
+    /// The client's plan: the server, its policy, and its credentials (or none: ask the router).
+    pub fn client_plan(&self) -> RelayPlan {
+        let mut plan = Self::plan(self.client_policy, self.client_password());
+        if self.credentials_from_router {
+            plan.credentials = None;
+        }
+        plan
+    }
+
+    /// What the client holds (in its ticket, or from the router's `relay_access_creds`).
+    fn client_password(&self) -> &'static str {
+        if self.client_credentials_ok {
+            TURN_PASSWORD
+        } else {
+            "wrong-password"
+        }
+    }
+}
+
 impl Default for RelaySetup {
     fn default() -> Self {
         RelaySetup {
             client_policy: IcePolicy::All,
             client_credentials_ok: true,
+            credentials_from_router: false,
         }
     }
 }
@@ -127,7 +150,10 @@ impl Scenario {
                 secret,
                 gateways: vec![gateway_uid.clone()],
                 faults: self.faults.clone(),
-                relay_credentials: None,
+                relay_credentials: self.relay.as_ref().map(|r| TurnCredentials {
+                    username: TURN_USER.into(),
+                    password: r.client_password().into(),
+                }),
             },
             ChaCha20Rng::from_seed(seeds[1]),
         );
@@ -181,14 +207,7 @@ impl Scenario {
                 trickle_ice: self.trickle,
                 profile: self.profile.clone(),
                 relay: match &self.relay {
-                    Some(r) => RelaySetup::plan(
-                        r.client_policy,
-                        if r.client_credentials_ok {
-                            TURN_PASSWORD
-                        } else {
-                            "wrong-password"
-                        },
-                    ),
+                    Some(r) => r.client_plan(),
                     None => RelayPlan::default(),
                 },
                 unix_ms_at_start: 1_795_000_000_000,
