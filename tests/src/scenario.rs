@@ -15,7 +15,9 @@ use pam_lite_core::{CandidateKind, Input};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
+use crate::sim::turn::{TURN_ADDR, TURN_PASSWORD, TURN_USER};
 use crate::sim::{NetConfig, Sim};
+use pam_lite_core::relay::{IcePolicy, RelayPlan, TurnCredentials, TurnEndpoint, TurnTransport};
 
 /// What kind of session the simulated launch opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,68 @@ pub enum Mode {
     Tunnel,
     /// `pam launch`: a Guacamole terminal on connection 1.
     Terminal,
+}
+
+/// Both nodes gather from the simulation's TURN/STUN server ([`crate::sim::turn`]), as a launcher and a
+/// gateway both use Keeper's krelay: the server is their STUN server and, with credentials, their TURN
+/// server (over UDP, falling back to TCP when UDP is silent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySetup {
+    /// The client's ICE policy (`--relay-only` is [`IcePolicy::RelayOnly`]).
+    pub client_policy: IcePolicy,
+    /// Whether the client's TURN credentials are the server's (the gateway's always are).
+    pub client_credentials_ok: bool,
+    /// The client asks the router (`relay_access_creds`) instead of having them in its ticket.
+    pub credentials_from_router: bool,
+}
+
+impl RelaySetup {
+    pub fn plan(policy: IcePolicy, password: &str) -> RelayPlan {
+        RelayPlan {
+            stun: vec![TURN_ADDR],
+            turn: vec![TurnEndpoint {
+                addr: TURN_ADDR,
+                name: "krelay.sim.invalid".into(),
+                transport: TurnTransport::Udp,
+            }],
+            credentials: Some(TurnCredentials {
+                username: TURN_USER.into(),
+                password: password.into(),
+            }),
+            policy,
+            ..RelayPlan::default()
+        }
+    }
+}
+
+impl RelaySetup {
+    /// The client's plan: the server, its policy, and its credentials (or none: ask the router).
+    pub fn client_plan(&self) -> RelayPlan {
+        let mut plan = Self::plan(self.client_policy, self.client_password());
+        if self.credentials_from_router {
+            plan.credentials = None;
+        }
+        plan
+    }
+
+    /// What the client holds (in its ticket, or from the router's `relay_access_creds`).
+    fn client_password(&self) -> &'static str {
+        if self.client_credentials_ok {
+            TURN_PASSWORD
+        } else {
+            "wrong-password"
+        }
+    }
+}
+
+impl Default for RelaySetup {
+    fn default() -> Self {
+        RelaySetup {
+            client_policy: IcePolicy::All,
+            client_credentials_ok: true,
+            credentials_from_router: false,
+        }
+    }
 }
 
 /// Everything that varies between simulated launches.
@@ -39,6 +103,8 @@ pub struct Scenario {
     /// Extra client host candidates on other (unreachable) interfaces, like a multi-homed host: they
     /// make serial vs batched candidate delivery visible.
     pub extra_candidates: u16,
+    /// STUN/TURN on both nodes (`None`: host candidates only).
+    pub relay: Option<RelaySetup>,
 }
 
 impl Scenario {
@@ -54,6 +120,7 @@ impl Scenario {
             faults: Faults::default(),
             answer_delay: Duration::from_millis(500),
             extra_candidates: 2,
+            relay: None,
         }
     }
 
@@ -83,7 +150,10 @@ impl Scenario {
                 secret,
                 gateways: vec![gateway_uid.clone()],
                 faults: self.faults.clone(),
-                relay_credentials: None,
+                relay_credentials: self.relay.as_ref().map(|r| TurnCredentials {
+                    username: TURN_USER.into(),
+                    password: r.client_password().into(),
+                }),
             },
             ChaCha20Rng::from_seed(seeds[1]),
         );
@@ -96,6 +166,10 @@ impl Scenario {
                 },
                 answer_delay: self.answer_delay,
                 unix_ms_at_start: 1_795_000_000_000,
+                relay: match &self.relay {
+                    Some(_) => RelaySetup::plan(IcePolicy::All, TURN_PASSWORD),
+                    None => RelayPlan::default(),
+                },
                 ..GatewayConfig::default()
             },
             seeds[2],
@@ -132,7 +206,10 @@ impl Scenario {
                 session,
                 trickle_ice: self.trickle,
                 profile: self.profile.clone(),
-                relay: Default::default(),
+                relay: match &self.relay {
+                    Some(r) => r.client_plan(),
+                    None => RelayPlan::default(),
+                },
                 unix_ms_at_start: 1_795_000_000_000,
             },
             seeds[3],
@@ -149,7 +226,7 @@ impl Scenario {
                 kind: CandidateKind::Host,
             });
         }
-        // Like a driver: host candidates are all there is (no STUN in the simulated network).
+        // Like a driver: the host candidates are reported, then the relay layer gathers the rest.
         sim.client_input(Input::GatheringComplete);
         sim
     }

@@ -10,6 +10,16 @@
 //! handshakes (`fresh_connection_rtts` × R) before it travels; a request on a live keep-alive connection only
 //! travels (R/2 each way) plus the router's service time. One keep-alive connection carries one request at a
 //! time (HTTP/1.1), so concurrent keep-alive requests open more connections, as a real pool does.
+//!
+//! The peer network: each node may sit behind a [`nat::Nat`] (private host address, a public address on
+//! the NAT), and a real TURN/STUN server ([`turn::SimTurn`], turn-server-proto) is on the public side at
+//! [`turn::TURN_ADDR`], reachable over UDP and TCP (the core's TURN streams; TLS is refused). A datagram
+//! leaves through its sender's NAT (or is dropped when UDP is blocked), travels (the peer link between
+//! the nodes, the relay link to and from the TURN server), and on arrival goes to the TURN server, through
+//! the receiver's NAT filter, or nowhere (a private or unknown address).
+
+pub mod nat;
+pub mod turn;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -22,7 +32,11 @@ use pam_lite_core::router::server::{RouterEvent, RouterServer};
 use pam_lite_core::timing::{Checkpoint, Waterfall};
 use pam_lite_core::{
     CandidateKind, Command, ConnNo, Datagram, HttpRequest, Input, LaunchError, Node, Output,
+    StreamEvent, StreamId,
 };
+
+use nat::{Nat, NatConfig};
+use turn::{SimTurn, TurnOut, TURN_ADDR};
 
 /// One direction of a lossy, jittery link.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,6 +78,14 @@ pub struct NetConfig {
     pub gateway_rtt: Duration,
     /// Client → gateway UDP link; the reverse link mirrors it.
     pub peer_link: LinkConfig,
+    /// Either node ↔ the TURN server, one way (a relayed datagram crosses it twice); also the TCP
+    /// streams' latency (their loss and jitter are TCP's business).
+    pub relay_link: LinkConfig,
+    /// A NAT in front of the client / the gateway (`None`: its host address is public).
+    pub client_nat: Option<NatConfig>,
+    pub gateway_nat: Option<NatConfig>,
+    /// Whether the TURN/STUN server answers (it is used only by nodes whose relay plan names it).
+    pub turn_up: bool,
 }
 
 impl Default for NetConfig {
@@ -76,6 +98,10 @@ impl Default for NetConfig {
             ws_auth: Duration::from_millis(500),
             gateway_rtt: Duration::from_millis(40),
             peer_link: LinkConfig::ideal(Duration::from_millis(20)),
+            relay_link: LinkConfig::ideal(Duration::from_millis(15)),
+            client_nat: None,
+            gateway_nat: None,
+            turn_up: true,
         }
     }
 }
@@ -98,6 +124,20 @@ enum Event {
     },
     /// A keep-alive connection became free again.
     ConnFree(usize),
+    /// A UDP datagram (public source) reaches its destination's network.
+    Arrive(Datagram),
+    /// Bytes on a TURN TCP stream reach the server, from the stream's public address.
+    TurnTcp {
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+}
+
+/// One of the two nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Client,
+    Gateway,
 }
 
 /// What happened, for assertions.
@@ -123,6 +163,8 @@ pub struct Record {
     pub paused_ever: std::collections::HashSet<ConnNo>,
     /// Terminal sizes the gateway asked its PTY for.
     pub target_resizes: Vec<(u16, u16)>,
+    /// Datagrams a NAT dropped (UDP blocked, or filtered inbound).
+    pub nat_dropped: u64,
 }
 
 /// A whole simulated launch.
@@ -137,6 +179,11 @@ pub struct Sim {
     pub client: Client,
     pub gateway: Gateway,
     pub router: RouterServer,
+    pub turn: SimTurn,
+    client_nat: Option<Nat>,
+    gateway_nat: Option<Nat>,
+    /// Open TURN streams: public address → (node, its stream id), and back.
+    streams: HashMap<SocketAddr, (Side, StreamId)>,
     queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     events: HashMap<usize, Event>,
     seq: u64,
@@ -163,6 +210,11 @@ impl Sim {
         // thread-local generator: seed it so a seed replays the schedule. (Crypto randomness — DTLS keys —
         // stays random; it changes bytes, never timing.)
         fastrand::seed(seed);
+        let turn = SimTurn::new(net.turn_up, start);
+        let client_nat = net.client_nat.map(|c| Nat::new(c, [203, 0, 113, 1].into()));
+        let gateway_nat = net
+            .gateway_nat
+            .map(|c| Nat::new(c, [203, 0, 113, 2].into()));
         let mut sim = Sim {
             start,
             now: start,
@@ -174,6 +226,10 @@ impl Sim {
             client,
             gateway,
             router,
+            turn,
+            client_nat,
+            gateway_nat,
+            streams: HashMap::new(),
             queue: BinaryHeap::new(),
             events: HashMap::new(),
             seq: 0,
@@ -241,8 +297,7 @@ impl Sim {
     /// the global order in which datagrams were sent: str0m iterates hash maps with per-process random
     /// state, so the interleaving of *different* flows (ICE checks on several candidate pairs) can change
     /// from run to run, while the order inside one flow is protocol-determined.
-    fn verdict(&mut self, d: &Datagram, index: u64, copy: u64) -> Option<Duration> {
-        let l = self.net.peer_link;
+    fn verdict(&mut self, d: &Datagram, index: u64, copy: u64, l: LinkConfig) -> Option<Duration> {
         let key = flow_key(d) ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (copy << 62);
         if l.loss > 0.0 && unit(mix(self.seed, key, 1)) < l.loss {
             self.record.datagrams_lost += 1;
@@ -256,37 +311,188 @@ impl Sim {
         Some(l.latency + jitter)
     }
 
-    fn send_datagram(&mut self, d: Datagram, to_gateway: bool) {
-        // Only the two real interfaces are connected; the client's extra candidates are on networks
-        // that do not reach the gateway (a multi-homed host), so their checks go nowhere.
-        let routable = |a: SocketAddr| a == self.client_addr || a == self.gateway_addr;
-        if !routable(d.source) || !routable(d.destination) {
+    fn host(&self, side: Side) -> SocketAddr {
+        match side {
+            Side::Client => self.client_addr,
+            Side::Gateway => self.gateway_addr,
+        }
+    }
+
+    fn nat_mut(&mut self, side: Side) -> Option<&mut Nat> {
+        match side {
+            Side::Client => self.client_nat.as_mut(),
+            Side::Gateway => self.gateway_nat.as_mut(),
+        }
+    }
+
+    /// Whether anything on the simulated network answers at `a` (a public host, a NAT, the TURN server).
+    fn routable(&self, a: SocketAddr) -> bool {
+        let public_host = |side: Side, nat: &Option<Nat>| match nat {
+            None => a == self.host(side),
+            Some(n) => a.ip() == n.public_ip,
+        };
+        self.turn.owns(a)
+            || public_host(Side::Client, &self.client_nat)
+            || public_host(Side::Gateway, &self.gateway_nat)
+    }
+
+    /// A node sends a UDP datagram: out through its NAT, onto the link.
+    fn send_datagram(&mut self, d: Datagram, from: Side) {
+        // Only the nodes' real interfaces are connected; the client's extra candidates are on networks
+        // that reach nothing (a multi-homed host), so their checks go nowhere.
+        if d.source != self.host(from) || !self.routable(d.destination) {
             return;
         }
+        let mut d = d;
+        if let Some(nat) = self.nat_mut(from) {
+            match nat.outbound(d.source, d.destination) {
+                Some(public) => d.source = public,
+                None => {
+                    self.record.nat_dropped += 1;
+                    return;
+                }
+            }
+        }
+        self.transmit(d);
+    }
+
+    /// A datagram with its public source travels to its destination's network (lost, delayed, maybe
+    /// duplicated by the link it crosses).
+    fn transmit(&mut self, d: Datagram) {
         self.record.datagrams_sent += 1;
+        let link = if self.turn.owns(d.source) || self.turn.owns(d.destination) {
+            self.net.relay_link
+        } else {
+            self.net.peer_link
+        };
         let flow = (d.source, d.destination);
         let index = {
             let n = self.flow_counters.entry(flow).or_insert(0);
             *n += 1;
             *n
         };
-        let dup = self.net.peer_link.duplicate;
+        let dup = link.duplicate;
         let copies = if dup > 0.0 && unit(mix(self.seed, flow_key(&d) ^ index, 3)) < dup {
             2
         } else {
             1
         };
         for copy in 0..copies {
-            if let Some(delay) = self.verdict(&d, index, copy) {
+            if let Some(delay) = self.verdict(&d, index, copy, link) {
                 let at = self.now + delay;
-                let input = Input::Datagram(d.clone());
-                let ev = if to_gateway {
-                    Event::ToGateway(input)
-                } else {
-                    Event::ToClient(input)
-                };
-                self.schedule(at, ev);
+                self.schedule(at, Event::Arrive(d.clone()));
             }
+        }
+    }
+
+    /// A datagram arrives: the TURN server's, through a NAT's filter to its host, to a public host, or lost.
+    fn arrive(&mut self, d: Datagram) {
+        let now = self.now;
+        if self.turn.owns(d.destination) {
+            self.turn.recv_udp(d, now);
+            return self.drain_turn();
+        }
+        for side in [Side::Client, Side::Gateway] {
+            let host = self.host(side);
+            let delivered = match self.nat_mut(side) {
+                None if d.destination == host => Some(d.clone()),
+                None => None,
+                Some(nat) if nat.public_ip == d.destination.ip() => {
+                    match nat.inbound(d.source, d.destination) {
+                        Some(private) => Some(Datagram {
+                            destination: private,
+                            ..d.clone()
+                        }),
+                        None => {
+                            self.record.nat_dropped += 1;
+                            return;
+                        }
+                    }
+                }
+                Some(_) => None,
+            };
+            if let Some(d) = delivered {
+                return self.node_input(side, Input::Datagram(d));
+            }
+        }
+    }
+
+    fn node_input(&mut self, side: Side, input: Input) {
+        match side {
+            Side::Client => self.client_input(input),
+            Side::Gateway => self.gateway_input(input),
+        }
+    }
+
+    fn schedule_input(&mut self, at: Instant, side: Side, input: Input) {
+        let ev = match side {
+            Side::Client => Event::ToClient(input),
+            Side::Gateway => Event::ToGateway(input),
+        };
+        self.schedule(at, ev);
+    }
+
+    /// The TURN server's output onto the network.
+    fn drain_turn(&mut self) {
+        let one_way = self.net.relay_link.latency;
+        while let Some(out) = self.turn.poll_out() {
+            match out {
+                TurnOut::Udp(d) => self.transmit(d),
+                TurnOut::Tcp { to, data } => {
+                    if let Some(&(side, stream)) = self.streams.get(&to) {
+                        let at = self.now + one_way;
+                        let event = StreamEvent::Data(data);
+                        self.schedule_input(at, side, Input::Stream { stream, event });
+                    }
+                }
+            }
+        }
+    }
+
+    /// A node's TURN stream output. Only TCP to the TURN server while it is up connects (a handshake is
+    /// one round trip on the relay link); TLS and everything else are refused.
+    fn stream_output(&mut self, side: Side, out: Output) {
+        let rtt = self.net.relay_link.latency * 2;
+        match out {
+            Output::StreamOpen {
+                stream,
+                to,
+                tls_name,
+            } => {
+                let at = self.now + rtt;
+                if to != TURN_ADDR || !self.turn.up || tls_name.is_some() {
+                    let reason = if tls_name.is_some() {
+                        "no TLS in the simulation"
+                    } else {
+                        "connection refused"
+                    };
+                    let event = StreamEvent::Closed {
+                        reason: reason.into(),
+                    };
+                    return self.schedule_input(at, side, Input::Stream { stream, event });
+                }
+                let host = self.host(side);
+                let public = match self.nat_mut(side) {
+                    Some(nat) => nat.tcp_public(host, stream.0),
+                    None => SocketAddr::new(host.ip(), 30_000 + (stream.0 % 1000) as u16),
+                };
+                self.streams.insert(public, (side, stream));
+                let event = StreamEvent::Connected { local: host };
+                self.schedule_input(at, side, Input::Stream { stream, event });
+            }
+            Output::StreamWrite { stream, data } => {
+                let from = self
+                    .streams
+                    .iter()
+                    .find(|(_, v)| **v == (side, stream))
+                    .map(|(k, _)| *k);
+                if let Some(from) = from {
+                    let at = self.now + self.net.relay_link.latency;
+                    self.schedule(at, Event::TurnTcp { from, data });
+                }
+            }
+            Output::StreamClose { stream } => self.streams.retain(|_, v| *v != (side, stream)),
+            _ => {}
         }
     }
 
@@ -308,7 +514,7 @@ impl Sim {
                 Output::WsClose => {
                     self.ws_open = false;
                 }
-                Output::Transmit(d) => self.send_datagram(d, true),
+                Output::Transmit(d) => self.send_datagram(d, Side::Client),
                 Output::Checkpoint(c) => self.record.checkpoints.push(c),
                 Output::Connected => self.record.connected_at = Some(self.now),
                 Output::TubeReady => self.record.tube_ready_at = Some(self.now),
@@ -340,20 +546,9 @@ impl Sim {
                         self.record.finished = Some(r);
                     }
                 }
-                // The simulated network has no TCP: a stream to a TURN server is refused at once.
-                Output::StreamOpen { stream, .. } => {
-                    let at = self.now;
-                    self.schedule(
-                        at,
-                        Event::ToClient(Input::Stream {
-                            stream,
-                            event: pam_lite_core::StreamEvent::Closed {
-                                reason: "no TCP in the simulation".into(),
-                            },
-                        }),
-                    );
-                }
-                Output::StreamWrite { .. } | Output::StreamClose { .. } => {}
+                o @ (Output::StreamOpen { .. }
+                | Output::StreamWrite { .. }
+                | Output::StreamClose { .. }) => self.stream_output(Side::Client, o),
                 Output::ConnectTarget { .. }
                 | Output::ControllerReply { .. }
                 | Output::TargetResize { .. } => {}
@@ -393,7 +588,10 @@ impl Sim {
                     let at = self.now + Self::half(self.net.gateway_rtt);
                     self.schedule(at, Event::RouterFromGateway { reply_to, payload });
                 }
-                Output::Transmit(d) => self.send_datagram(d, false),
+                Output::Transmit(d) => self.send_datagram(d, Side::Gateway),
+                o @ (Output::StreamOpen { .. }
+                | Output::StreamWrite { .. }
+                | Output::StreamClose { .. }) => self.stream_output(Side::Gateway, o),
                 Output::ConnectTarget { conn } => {
                     let now = self.now;
                     self.gateway.handle_input(
@@ -469,6 +667,7 @@ impl Sim {
                 self.client.poll_timeout(),
                 self.gateway.poll_timeout(),
                 self.router.poll_timeout(),
+                self.turn.poll_timeout(),
             ];
             let next_timer = timeouts.into_iter().flatten().min();
             let next = match (next_event, next_timer) {
@@ -512,6 +711,10 @@ impl Sim {
                     self.router.handle_timeout(now);
                     self.drain_router();
                 }
+                if self.turn.poll_timeout().is_some_and(|t| t <= now) {
+                    self.turn.handle_timeout(now);
+                    self.drain_turn();
+                }
             }
         }
     }
@@ -521,6 +724,13 @@ impl Sim {
         match ev {
             Event::ToClient(i) => self.client_input(i),
             Event::ToGateway(i) => self.gateway_input(i),
+            Event::Arrive(d) => self.arrive(d),
+            Event::TurnTcp { from, data } => {
+                if self.streams.contains_key(&from) {
+                    self.turn.recv_tcp(from, data, now);
+                    self.drain_turn();
+                }
+            }
             Event::ConnFree(c) => {
                 if let Some(b) = self.keepalive.get_mut(c) {
                     *b = false;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use pam_lite_core::profile::Profile;
 use pam_lite_core::router::proto::RouterResponseCode;
 use pam_lite_core::timing::names;
-use pam_lite_tests::scenario::Scenario;
+use pam_lite_tests::scenario::{RelaySetup, Scenario};
+use pam_lite_tests::sim::nat::NatConfig;
 use pam_lite_tests::sim::Sim;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -78,6 +79,33 @@ fn all_attempts_failing() {
         );
         insta::assert_snapshot!(format!("all_attempts_failing_{name}"), sim.snapshot());
     }
+}
+
+/// The relay path: both nodes behind symmetric NATs (no direct path), both gathering from the one
+/// TURN/STUN server (relay link 15 ms one way). The client's server-reflexive and relayed candidates
+/// are found, gathering ends, and the tube comes up through a relay.
+#[test]
+fn relay_path() {
+    let mut s = Scenario::new(Profile::fast());
+    s.net.client_nat = Some(NatConfig::SYMMETRIC);
+    s.net.gateway_nat = Some(NatConfig::SYMMETRIC);
+    s.relay = Some(RelaySetup::default());
+    let sim = run(&s);
+    assert!(sim.ready_ms().is_some(), "{}", sim.snapshot());
+    let w = sim.waterfall();
+    for name in [
+        names::RELAY_SRFLX_CANDIDATE,
+        names::RELAY_CANDIDATE,
+        names::RELAY_GATHERING_DONE,
+    ] {
+        assert!(
+            w.offset_of(name).is_some(),
+            "no {name}:\n{}",
+            sim.snapshot()
+        );
+    }
+    assert!(sim.turn.relayed > 0, "the tube must be relayed");
+    insta::assert_snapshot!("relay_path_fast", sim.snapshot());
 }
 
 /// Seed #1982's arithmetic: today's Commander waits exactly 1.25 + (2.0 − 0.30) = 2.95 s before the

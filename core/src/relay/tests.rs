@@ -37,6 +37,8 @@ struct World {
     relay_port: u16,
     /// The server is down: datagrams to it vanish.
     server_down: bool,
+    /// The network delivers every UDP datagram from the server twice.
+    duplicate_replies: bool,
     /// What the peer received: (from, data).
     peer_inbox: Vec<(SocketAddr, Vec<u8>)>,
     peer: SocketAddr,
@@ -67,6 +69,7 @@ impl World {
             server_addr,
             relay_port: 50000,
             server_down: false,
+            duplicate_replies: false,
             peer_inbox: Vec::new(),
             peer: addr("192.0.2.77:7000"),
             events: Vec::new(),
@@ -105,6 +108,10 @@ impl World {
                 TransportType::Udp => {
                     self.relays
                         .handle_datagram(self.server_addr, &data, self.now);
+                    if self.duplicate_replies {
+                        self.relays
+                            .handle_datagram(self.server_addr, &data, self.now);
+                    }
                 }
                 TransportType::Tcp => {
                     // As coturn does on a stream (RFC 8656 §12.5): ChannelData padded to 4 bytes.
@@ -293,6 +300,24 @@ fn wrong_credentials_are_named_not_a_timeout() {
     );
     assert_eq!(w.relay_addr(), None);
     assert!(w.events.contains(&RelayEvent::Gathered));
+}
+
+/// A duplicated datagram carries the same 401 challenge twice (one transaction): that is not a refusal
+/// of the credentials (found by the simulation's relay properties with 1 % duplication).
+#[test]
+fn a_duplicated_challenge_is_not_wrong_credentials() {
+    let mut w = World::new(turn_config(PASS), TransportType::Udp);
+    w.duplicate_replies = true;
+    let t0 = w.t0;
+    w.run_until(t0 + Duration::from_millis(500), TransportType::Udp);
+    assert!(w.relay_addr().is_some(), "{:?}", w.events);
+    assert!(
+        !w.events
+            .iter()
+            .any(|e| matches!(e, RelayEvent::ServerFailed { .. })),
+        "{:?}",
+        w.events
+    );
 }
 
 #[test]

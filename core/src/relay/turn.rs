@@ -64,8 +64,9 @@ pub(crate) struct Allocation {
     state: State,
     /// The server-reflexive address seen in the Allocate success (the server doubles as STUN).
     mapped: Option<SocketAddr>,
-    /// Error codes from the server's Allocate error responses so far.
-    allocate_errors: Vec<u16>,
+    /// Error codes from the server's Allocate error responses so far, one per transaction: a response
+    /// the network duplicated (or a retransmission's second answer) is the same answer, not a second one.
+    allocate_errors: Vec<(u128, u16)>,
     peers: BTreeSet<SocketAddr>,
     bound: BTreeSet<SocketAddr>,
     outbox: VecDeque<Vec<u8>>,
@@ -286,7 +287,12 @@ impl Allocation {
         }
         if msg.has_class(MessageClass::Error) {
             if let Ok(e) = msg.attribute::<ErrorCode>() {
-                self.allocate_errors.push(e.code());
+                let transaction = u128::from(msg.transaction_id());
+                if !self.allocate_errors.iter().any(|&(t, _)| t == transaction)
+                    && self.allocate_errors.len() < 16
+                {
+                    self.allocate_errors.push((transaction, e.code()));
+                }
             }
         } else if msg.has_class(MessageClass::Success) && self.transport == TurnTransport::Udp {
             // (A stream's mapped address is a TCP mapping: no use as a UDP server-reflexive candidate.)
@@ -297,16 +303,23 @@ impl Allocation {
     }
 
     /// A refusal the allocation cannot recover from. The first 401 is the normal challenge and 438 (stale
-    /// nonce) is retried by the crate; a second 401 means the credentials were refused, and any other
+    /// nonce) is retried by the crate; a 401 to a second transaction means the credentials were refused
+    /// (the same challenge twice — a duplicated datagram — does not), and any other
     /// error code (403 forbidden, 486 quota, 508 capacity, ...) is the server's final word.
     fn fatal_allocate_error(&self) -> Option<RelayFailure> {
-        if self.allocate_errors.iter().filter(|&&c| c == 401).count() >= 2 {
+        if self
+            .allocate_errors
+            .iter()
+            .filter(|&&(_, c)| c == 401)
+            .count()
+            >= 2
+        {
             return Some(RelayFailure::Unauthorized);
         }
         self.allocate_errors
             .iter()
-            .find(|&&c| c != 401 && c != 438)
-            .map(|&c| RelayFailure::Refused(c))
+            .find(|&&(_, c)| c != 401 && c != 438)
+            .map(|&(_, c)| RelayFailure::Refused(c))
     }
 
     /// Why the allocation failed, from what the server said (silence: unreachable).
