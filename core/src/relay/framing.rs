@@ -6,7 +6,8 @@
 //! skips the padding it receives, so the first relayed datagram whose length is not a multiple of four
 //! (a DTLS record, say) shifts every later frame and the client goes deaf on that allocation. This module
 //! frames the stream itself: whole frames, padding stripped, go into the crate one at a time, and
-//! ChannelData going out is padded.
+//! ChannelData going out is padded. Public for the simulation's TURN server, which must frame its
+//! side of the stream the way coturn does.
 
 /// The largest frame either kind can announce: a 4-byte ChannelData header or a 20-byte STUN header plus
 /// a 16-bit length.
@@ -14,11 +15,11 @@ const MAX_FRAME: usize = 20 + u16::MAX as usize;
 
 /// The stream carried something that is neither STUN nor ChannelData: the connection is unusable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FramingError;
+pub struct FramingError;
 
 /// Reassembles frames from stream chunks. Holds at most one partial frame (≤ 64 KiB + header).
 #[derive(Debug, Default)]
-pub(crate) struct StreamFramer {
+pub struct StreamFramer {
     buf: Vec<u8>,
 }
 
@@ -49,7 +50,7 @@ fn frame_at(data: &[u8]) -> Option<Result<(usize, usize), FramingError>> {
 
 impl StreamFramer {
     /// Append a chunk of the stream and take every frame it completes, in order.
-    pub(crate) fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, FramingError> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, FramingError> {
         self.buf.extend_from_slice(chunk);
         let mut frames = Vec::new();
         let mut at = 0;
@@ -68,7 +69,7 @@ impl StreamFramer {
 }
 
 /// A frame the crate built for the server, as it must go on a stream: ChannelData padded to four bytes.
-pub(crate) fn pad_for_stream(mut frame: Vec<u8>) -> Vec<u8> {
+pub fn pad_for_stream(mut frame: Vec<u8>) -> Vec<u8> {
     if frame.first().is_some_and(|b| b >> 6 == 0b01) {
         frame.resize(frame.len().next_multiple_of(4), 0);
     }

@@ -20,7 +20,7 @@
 //! outcomes and schedules never do.
 
 mod clock;
-mod framing;
+pub mod framing;
 /// The fuzz entry point (`fuzz/`), with a real TURN server behind it.
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

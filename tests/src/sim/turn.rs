@@ -27,6 +27,7 @@ use turn_server_proto::types::attribute::XorPeerAddress;
 use turn_server_proto::types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION};
 use turn_server_proto::types::Instant as ProtoInstant;
 
+use pam_lite_core::relay::framing::{pad_for_stream, StreamFramer};
 use pam_lite_core::Datagram;
 
 /// The server's public address (UDP and TCP).
@@ -59,6 +60,8 @@ pub struct SimTurn {
     /// Relay address → whether the TCP-listening server owns it.
     relays: HashMap<SocketAddr, bool>,
     next_port: u16,
+    /// Each TCP client's partial frame.
+    tcp_framers: HashMap<SocketAddr, StreamFramer>,
     out: VecDeque<TurnOut>,
     wake: Option<Instant>,
     /// Datagrams relayed between a relay address and a peer (both ways).
@@ -85,6 +88,7 @@ impl SimTurn {
             tcp: server(TransportType::Tcp),
             relays: HashMap::new(),
             next_port: 49152,
+            tcp_framers: HashMap::new(),
             out: VecDeque::new(),
             wake: None,
             relayed: 0,
@@ -146,23 +150,32 @@ impl SimTurn {
         self.pump(now);
     }
 
-    /// Bytes on the TCP connection from `from` (a client's public address).
+    /// Bytes on the TCP connection from `from` (a client's public address). Like coturn, the server takes
+    /// whole frames off the stream with the ChannelData padding stripped (RFC 8656 §12.5; turn-server-proto
+    /// itself neither strips nor adds it).
     pub fn recv_tcp(&mut self, from: SocketAddr, data: Vec<u8>, now: Instant) {
         if !self.up {
             return;
         }
-        if let Some(reply) = self.refuse_self_peer(&data) {
-            self.out.push_back(TurnOut::Tcp {
-                to: from,
-                data: reply,
-            });
+        let framer = self.tcp_framers.entry(from).or_default();
+        let Ok(frames) = framer.push(&data) else {
+            self.tcp_framers.remove(&from);
             return;
-        }
-        let pnow = self.proto(now);
-        let t = Transmit::new(data.as_slice(), TransportType::Tcp, from, TURN_ADDR);
-        if let Some(reply) = self.tcp.recv(t, pnow) {
-            let reply = reply.build();
-            self.push(answer_to(reply, from));
+        };
+        for frame in frames {
+            if let Some(reply) = self.refuse_self_peer(&frame) {
+                self.out.push_back(TurnOut::Tcp {
+                    to: from,
+                    data: reply,
+                });
+                continue;
+            }
+            let pnow = self.proto(now);
+            let t = Transmit::new(frame.as_slice(), TransportType::Tcp, from, TURN_ADDR);
+            if let Some(reply) = self.tcp.recv(t, pnow) {
+                let reply = reply.build();
+                self.push(answer_to(reply, from));
+            }
         }
         self.pump(now);
     }
@@ -175,9 +188,10 @@ impl SimTurn {
             self.remember_allocate_success(&t);
         }
         self.out.push_back(match t.transport {
+            // ChannelData padded to four bytes on the stream, as coturn sends it.
             TransportType::Tcp => TurnOut::Tcp {
                 to: t.to,
-                data: t.data,
+                data: pad_for_stream(t.data),
             },
             TransportType::Udp => TurnOut::Udp(Datagram {
                 source: t.from,
