@@ -236,10 +236,10 @@ mod tests {
             Route::Abort(2, 8)
         ));
         assert!(routes.is_empty());
-        assert_eq!(routes.accepted(8).0, 2);
-        assert!(routes.lost(2).is_some());
+        assert_eq!(routes.accepted(8).0, 3);
+        assert!(routes.lost(3).is_some());
         assert!(
-            routes.lost(2).is_none(),
+            routes.lost(3).is_none(),
             "a lost connection is reported once"
         );
     }
