@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pam_lite_blocking::TlsConfig;
-use pam_lite_core::client::{Client, ClientConfig, Session, TerminalSettings};
+use pam_lite_core::client::{Client, ClientConfig, Session, TerminalSettings, TERMINAL_CONN};
 use pam_lite_core::timing::names;
 use pam_lite_core::{Command, Input, LaunchError, Output};
 use rand_core::{OsRng, RngCore};
@@ -166,13 +166,17 @@ pub fn launch(args: &LaunchArgs, ticket: Ticket) -> Result<(), CliError> {
     let client = Client::new(cfg, seed(), start)?;
 
     let (tx, rx) = mpsc::channel();
-    let inputs = runner::start(
+    let started = runner::start_with_flow(
         args.common.runtime,
         client,
         driver_config(&ticket, &env, args.common.udp_bind(args.source.demo)),
         None,
         tx.clone(),
     )?;
+    // Receive-side flow control: the loop below credits the terminal output stdout took
+    // (`Command::Delivered`), so output nobody reads stays in the tube, not in this process.
+    started.flow.claim_delivery();
+    let inputs = started.inputs;
     if !interactive {
         // Script mode: read (and hold back) the script right away.
         terminal::spawn_stdin_reader(local_sender(&tx))
@@ -331,14 +335,21 @@ impl TerminalLoop {
                     Output::TerminalOutput(bytes) => {
                         // Output before the ready checkpoint (a banner) still means the session is live.
                         self.become_ready(tx, spinner, size)?;
-                        self.last_output = Instant::now();
                         if let Some(last) = bytes.last() {
                             self.output_mid_line = *last != b'\n';
                         }
+                        // Blocks while stdout is not read (a paused pipe): the node stops reading the
+                        // tube once its budget of output is out and not credited, so nothing piles up.
                         stdout
                             .write_all(&bytes)
                             .and_then(|()| stdout.flush())
                             .map_err(|e| CliError::local("cannot write to stdout", e))?;
+                        self.send(Command::Delivered {
+                            conn: TERMINAL_CONN,
+                            bytes: bytes.len(),
+                        });
+                        // When stdout took it: a write that blocked for a while is not a quiet session.
+                        self.last_output = Instant::now();
                     }
                     Output::Finished(result) => {
                         tracing::debug!(ok = result.is_ok(), "launch finished");

@@ -917,7 +917,11 @@ fn markdown(rows: &[Row], wall: Duration) -> String {
          * A target that resets after accepting is, for the emulated gateway, a closed connection \
          (reason Normal): `tunnel --stdio` ends with EOF and exit 0.\n\
          * SIGINT before the tunnel is up ends the launch at once with 0 (nothing was open), as with the \
-         session up.\n\n\
+         session up.\n\
+         * A local side that stops reading (a paused peer, a stdout nobody reads, a connection stalled past \
+         the 60 s limit while another one waits behind it) is not a row here: \
+         `cli/tests/receive_backpressure.rs` proves those on both runtimes, and ARCHITECTURE.md (\"Flow \
+         control\") records what happens to the other connections and the measured memory ceilings.\n\n\
          | case | fault | runtime | expected exit | exit | time s (bound) | peak MiB | SHA-256 | last line | result |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
     );

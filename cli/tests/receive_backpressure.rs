@@ -10,15 +10,26 @@
 //!   `PAUSE`; the emulator's RSS (the gateway role) and pam-lite's stay under the same ceiling, and the
 //!   target receives every byte in order.
 //!
+//! * **Terminal** (`launch --stdin` against `pam-lite emulator --terminal`): the remote shell prints
+//!   [`terminal_lines`] lines of `seq` into pam-lite's stdout, a pipe this test does not read for
+//!   `TERMINAL_PAUSE`; pam-lite's RSS stays under [`TERMINAL_RSS_CEILING_KIB`] (the terminal output is credited
+//!   as stdout takes it, so the tube pauses at the receive budget), and then every byte between two markers
+//!   arrives (SHA-256 against `seq`'s output with the PTY's `\r\n`).
+//! * **Stall close, in real time** (both runtimes at once, ~65 s): connection B works, then connection
+//!   A's target pushes into a local peer that never reads. As documented (ARCHITECTURE.md, "Flow
+//!   control"), A holds the tube and B's traffic waits behind it; after `STALL_LIMIT` (60 s) A is closed
+//!   with the reason logged (`CloseReason::Timeout` to the gateway), its local socket ends, B's echo
+//!   arrives, and pam-lite's RSS stayed under the ceiling the whole minute.
+//!
 //! `BYTES` is 64 MiB in CI (`PAM_LITE_BP_MIB` overrides it). The ≥ 1 GiB run is the same test:
 //! `PAM_LITE_BP_MIB=1024 cargo test -p pam-lite --test receive_backpressure -- --nocapture`
-//! (ARCHITECTURE.md records the measured peaks).
+//! (ARCHITECTURE.md records the measured peaks; `PAM_LITE_BP_TERM_LINES` sets the terminal's lines).
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::Child;
+use std::process::{Child, ChildStdout};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -175,7 +186,7 @@ struct Setup {
     tunnel: Child,
     listen: String,
     /// Keeps the tunnel's stderr pipe drained.
-    _stderr: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
 }
 
 impl Drop for Setup {
@@ -250,7 +261,7 @@ fn setup(runtime: &str, target: &str) -> Setup {
         emulator,
         tunnel,
         listen,
-        _stderr: stderr,
+        stderr,
     }
 }
 
@@ -378,4 +389,354 @@ fn slow_target_bounded_and_lossless_smol() {
 #[test]
 fn slow_target_bounded_and_lossless_blocking() {
     gateway_side_slow_target("blocking");
+}
+
+// ------------------------------------------------------------------------------------------ terminal
+
+/// Lines of `seq` the terminal test's shell prints (`PAM_LITE_BP_TERM_LINES` overrides): 4 M lines
+/// are 33.4 MiB of output with the PTY's `\r\n`, sixteen times the receive budget.
+fn terminal_lines() -> u64 {
+    std::env::var("PAM_LITE_BP_TERM_LINES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(4_000_000)
+}
+
+/// The terminal test's ceiling on pam-lite's RSS, tighter than [`RSS_CEILING_KIB`]: a debug launch
+/// starts at ~18 MiB and peaked at 23 MiB; before terminal output was credited, the whole output
+/// piled up in the process while stdout was not read (33 MiB here).
+const TERMINAL_RSS_CEILING_KIB: u64 = 32 * 1024;
+/// How long the terminal test does not read stdout (longer than `PAUSE`: the terminal's output is
+/// slower than a raw connection's, and the pause must be long enough for the unbounded behaviour
+/// to cross the ceiling).
+const TERMINAL_PAUSE: Duration = Duration::from_secs(10);
+
+/// What `seq 1 n` prints through a PTY (ONLCR: `\n` → `\r\n`): (bytes, SHA-256).
+fn seq_digest(n: u64) -> (u64, Vec<u8>) {
+    let mut h = Sha256::new();
+    let mut len = 0u64;
+    let mut buf = String::with_capacity(1 << 16);
+    for i in 1..=n {
+        use std::fmt::Write as _;
+        let _ = write!(buf, "{i}\r\n");
+        if buf.len() >= 60_000 {
+            h.update(buf.as_bytes());
+            len += buf.len() as u64;
+            buf.clear();
+        }
+    }
+    h.update(buf.as_bytes());
+    len += buf.len() as u64;
+    (len, h.finalize().to_vec())
+}
+
+const BEGIN: &[u8] = b"BEGINMARK\r\n";
+const END: &[u8] = b"ENDMARK\r\n";
+
+/// Read pam-lite's stdout to the end: the bytes between the markers (bytes, SHA-256), and how much
+/// came in all.
+fn read_terminal(mut r: ChildStdout) -> Result<(u64, Vec<u8>, u64), String> {
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => all.extend_from_slice(&buf[..k]),
+            Err(e) => return Err(format!("stdout read after {} bytes: {e}", all.len())),
+        }
+    }
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let Some(b) = find(&all, BEGIN) else {
+        return Err(format!(
+            "no begin marker in {} bytes: {:?}",
+            all.len(),
+            String::from_utf8_lossy(&all[..all.len().min(2000)])
+        ));
+    };
+    let body = &all[b + BEGIN.len()..];
+    let Some(e) = find(body, END) else {
+        return Err(format!(
+            "no end marker after {} bytes; tail: {:?}",
+            body.len(),
+            String::from_utf8_lossy(&body[body.len().saturating_sub(300)..])
+        ));
+    };
+    let body = &body[..e];
+    Ok((
+        body.len() as u64,
+        Sha256::digest(body).to_vec(),
+        all.len() as u64,
+    ))
+}
+
+/// A terminal session whose output goes into a stdout pipe nobody reads for `PAUSE`.
+fn terminal_stdout_not_read(runtime: &str) {
+    let lines = terminal_lines();
+    let ticket = common::temp_path("bp-term-ticket.json");
+    let t = ticket.to_str().unwrap().to_string();
+    let mut emulator = common::spawn(
+        &["emulator", "--terminal", "--ticket-out", &t],
+        &[("SHELL", "/bin/sh")],
+    );
+    let _e_out = common::drain(emulator.stdout.take().expect("stdout"));
+    let _e_err = common::drain(emulator.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + SETUP_DEADLINE;
+    while std::fs::metadata(&ticket).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the emulator wrote no ticket");
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(100));
+    let mut launch = common::spawn(
+        &["launch", "--ticket", &t, "--stdin", "--runtime", runtime],
+        &[],
+    );
+    // The markers are split in the script so that the PTY's echo of it never matches them.
+    let script = format!("printf 'BEGIN''MARK\\n'; seq 1 {lines}; printf 'END''MARK\\n'\nexit\n");
+    {
+        let mut stdin = launch.stdin.take().expect("stdin");
+        stdin.write_all(script.as_bytes()).expect("script");
+    }
+    let stdout = launch.stdout.take().expect("stdout");
+    let stderr = common::drain(launch.stderr.take().expect("stderr"));
+    let (launch_pid, emulator_pid) = (launch.id(), emulator.id());
+    let watch = RssWatch::start(&[launch_pid, emulator_pid]);
+    let started = Instant::now();
+    // Nobody reads stdout meanwhile: the shell's output fills the pipe, then pam-lite's budget.
+    thread::sleep(TERMINAL_PAUSE);
+    let paused_peaks = watch.peaks();
+    let read_from = Instant::now();
+    let reader = thread::spawn(move || read_terminal(stdout));
+    let exit_deadline = Instant::now() + Duration::from_secs(300);
+    let code = loop {
+        match launch.try_wait() {
+            Ok(Some(status)) => break status.code(),
+            Ok(None) if Instant::now() > exit_deadline => {
+                let _ = launch.kill();
+                let _ = launch.wait();
+                break None;
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("wait: {e}"),
+        }
+    };
+    let read_secs = read_from.elapsed().as_secs_f64();
+    let peaks = watch.peaks();
+    drop(watch);
+    let _ = emulator.kill();
+    let _ = emulator.wait();
+    let err = stderr.join().unwrap_or_default();
+    let got = reader.join().expect("stdout reader");
+    let (want_len, want_digest) = seq_digest(lines);
+    let (n, digest, all) = got.unwrap_or_else(|e| panic!("{runtime}: {e}\nstderr:\n{err}"));
+    eprintln!(
+        "{runtime}: terminal, seq 1 {lines} ({:.1} MiB of output) into a stdout pipe unread for {TERMINAL_PAUSE:?}: \
+         pam-lite RSS peak {:.1} MiB during the pause, {:.1} MiB overall; emulator peak {:.1} MiB; \
+         {:.1} MiB on stdout in all, read in {read_secs:.1} s; session {:.1} s",
+        mib(want_len / 1024),
+        mib(paused_peaks[0]),
+        mib(peaks[0]),
+        mib(peaks[1]),
+        all as f64 / 1048576.0,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(code, Some(0), "{runtime}: exit code; stderr:\n{err}");
+    assert_eq!(n, want_len, "{runtime}: every byte of the output arrived");
+    assert_eq!(digest, want_digest, "{runtime}: SHA-256, in order");
+    assert!(
+        peaks[0] < TERMINAL_RSS_CEILING_KIB,
+        "{runtime}: pam-lite RSS peaked at {:.1} MiB (ceiling {} MiB)",
+        mib(peaks[0]),
+        TERMINAL_RSS_CEILING_KIB / 1024
+    );
+    assert!(
+        peaks[1] < RSS_CEILING_KIB,
+        "{runtime}: emulator RSS peaked at {:.1} MiB",
+        mib(peaks[1])
+    );
+}
+
+#[test]
+fn terminal_output_into_an_unread_stdout_bounded_and_lossless_smol() {
+    terminal_stdout_not_read("smol");
+}
+
+#[test]
+fn terminal_output_into_an_unread_stdout_bounded_and_lossless_blocking() {
+    terminal_stdout_not_read("blocking");
+}
+
+// ---------------------------------------------------------------------------------------- stall close
+
+/// `pam_lite_core::tube::delivery::STALL_LIMIT`, the real one (no knob).
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Connection B echoes; connection A's target pushes into a local peer that never reads. Returns a
+/// summary line; panics on a failed check.
+fn stall_close_in_real_time(runtime: &'static str) -> String {
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap().to_string();
+    let pushed = Arc::new(AtomicU64::new(0));
+    {
+        let pushed = pushed.clone();
+        thread::spawn(move || {
+            // First connection (B): an echo server.
+            let (b, _) = target.accept().expect("the gateway connects B's target");
+            thread::spawn(move || {
+                let mut r = b.try_clone().unwrap();
+                let mut w = b;
+                let mut buf = vec![0u8; CHUNK];
+                while let Ok(k) = r.read(&mut buf) {
+                    if k == 0 || w.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                }
+            });
+            // Second connection (A): pushes until the gateway closes it.
+            let (mut a, _) = target.accept().expect("the gateway connects A's target");
+            let mut p = Payload::new();
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                p.fill(&mut buf);
+                if a.write_all(&buf).is_err() {
+                    break;
+                }
+                pushed.fetch_add(CHUNK as u64, Ordering::Relaxed);
+            }
+        });
+    }
+    let s = setup(runtime, &target_addr);
+    let watch = RssWatch::start(&[s.tunnel.id(), s.emulator.id()]);
+
+    // B works.
+    let mut b = TcpStream::connect(&s.listen).expect("connect B");
+    b.set_read_timeout(Some(STALL_LIMIT + Duration::from_secs(30)))
+        .unwrap();
+    let echo = |b: &mut TcpStream, msg: &[u8]| {
+        b.write_all(msg).expect("B write");
+        let mut got = vec![0u8; msg.len()];
+        b.read_exact(&mut got).map(|()| got)
+    };
+    assert_eq!(echo(&mut b, b"before").expect("B echo"), b"before");
+
+    // A: its local side never reads.
+    let a = TcpStream::connect(&s.listen).expect("connect A");
+    let a_connected = Instant::now();
+    // A's backlog fills the budget, then everything behind it fills up to the target: wait until the
+    // target's pushes stop moving for 1 s (the tube is paused end to end).
+    let ready = Instant::now() + Duration::from_secs(30);
+    let (mut last, mut still_since) = (0, Instant::now());
+    loop {
+        let now_pushed = pushed.load(Ordering::Relaxed);
+        if now_pushed != last {
+            (last, still_since) = (now_pushed, Instant::now());
+        } else if now_pushed >= 2 << 20 && still_since.elapsed() >= Duration::from_secs(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < ready,
+            "{runtime}: A's target never stopped"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let rss_stalled = vm_rss_kib(s.tunnel.id()).unwrap_or(0);
+    // B's traffic now waits behind A (the tube is paused as a whole: the documented behaviour).
+    let b_echo = {
+        let mut b2 = b.try_clone().unwrap();
+        thread::spawn(move || {
+            let r = echo(&mut b2, b"during the stall");
+            (r, Instant::now())
+        })
+    };
+    let close_line = wait_line(
+        &s.stderr,
+        "took nothing for 60s",
+        a_connected + STALL_LIMIT + Duration::from_secs(20),
+    );
+    let closed_after = a_connected.elapsed();
+    let (b_got, b_at) = b_echo.join().expect("B echo thread");
+    let b_got = b_got.unwrap_or_else(|e| panic!("{runtime}: B never got its echo: {e}"));
+    assert_eq!(b_got, b"during the stall", "{runtime}");
+    let b_after = b_at.duration_since(a_connected);
+    // A's local socket is closed: reading it reaches its end (after what was already in its buffers).
+    let (a_tail, a_end) = {
+        let mut a = a;
+        a.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut n = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        let end = loop {
+            match a.read(&mut buf) {
+                Ok(0) => break "EOF".to_string(),
+                Ok(k) => n += k as u64,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    panic!("{runtime}: A's local socket still open 15 s after the stall close")
+                }
+                Err(e) => break format!("{e}"),
+            }
+        };
+        (n, end)
+    };
+    // The tube reads on: B keeps working.
+    assert_eq!(echo(&mut b, b"after").expect("B echo after"), b"after");
+    let rss_end = vm_rss_kib(s.tunnel.id()).unwrap_or(0);
+    let peaks = watch.peaks();
+    drop(watch);
+    let summary = format!(
+        "{runtime}: stall close in real time: A closed {:.1} s after it connected ({} MiB pushed by its \
+         target meanwhile), log: {:?}; B's echo held {:.1} s, then arrived; A's socket gave {:.1} MiB more, \
+         then {a_end}; pam-lite RSS {:.1} MiB once stalled, {:.1} MiB at the end, peak {:.1} MiB; \
+         emulator peak {:.1} MiB",
+        closed_after.as_secs_f64(),
+        pushed.load(Ordering::Relaxed) >> 20,
+        close_line.trim(),
+        b_after.as_secs_f64(),
+        a_tail as f64 / 1048576.0,
+        mib(rss_stalled),
+        mib(rss_end),
+        mib(peaks[0]),
+        mib(peaks[1]),
+    );
+    assert!(
+        closed_after >= STALL_LIMIT - Duration::from_secs(1)
+            && closed_after <= STALL_LIMIT + Duration::from_secs(10),
+        "{summary}"
+    );
+    assert!(
+        b_after >= STALL_LIMIT - Duration::from_secs(2),
+        "B was not held behind A: {summary}"
+    );
+    assert!(peaks[0] < RSS_CEILING_KIB, "{summary}");
+    assert!(peaks[1] < RSS_CEILING_KIB, "{summary}");
+    assert!(
+        rss_end < rss_stalled + 8 * 1024,
+        "pam-lite grew during the stall: {summary}"
+    );
+    drop(b);
+    drop(s);
+    summary
+}
+
+/// Both runtimes at once, so the real minute is paid once.
+#[test]
+fn a_stalled_connection_is_closed_after_the_real_stall_limit_and_the_tube_reads_on() {
+    let runs: Vec<_> = ["smol", "blocking"]
+        .into_iter()
+        .map(|rt| (rt, thread::spawn(move || stall_close_in_real_time(rt))))
+        .collect();
+    let mut failed = Vec::new();
+    for (rt, run) in runs {
+        match run.join() {
+            Ok(summary) => eprintln!("{summary}"),
+            Err(e) => failed.push(format!(
+                "{rt}: {}",
+                e.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }

@@ -517,7 +517,9 @@ impl Gateway {
                         match (target, conn, tube.terminal.as_mut(), global) {
                             (TargetKind::Terminal, 1, Some(term), Some(g)) => {
                                 term.handle_data(&data);
-                                drain_terminal(term, conns, &mut tube.outbox, g, &mut outs);
+                                let typed =
+                                    drain_terminal(term, conns, &mut tube.outbox, g, &mut outs);
+                                tube.delivery.handed(conn, typed, now);
                             }
                             (_, _, _, Some(g)) => {
                                 tube.delivery.handed(conn, data.len(), now);
@@ -631,8 +633,13 @@ impl Gateway {
                     if ok && terminal {
                         let mut term = TerminalServer::new(ServerConfig::default());
                         term.start(unix_ms);
-                        drain_terminal(&mut term, conns, &mut tube.outbox, conn, &mut outs);
+                        let typed =
+                            drain_terminal(&mut term, conns, &mut tube.outbox, conn, &mut outs);
                         tube.terminal = Some(term);
+                        // The PTY's input obeys the receive budget (the driver credits what the PTY
+                        // took), without the stall limit: a terminal tube carries nothing else.
+                        tube.delivery.exempt_from_stall_limit(local);
+                        tube.delivery.handed(local, typed, self.now);
                     }
                     if !ok {
                         self.conns.remove(&conn);
@@ -643,7 +650,8 @@ impl Gateway {
                     if let (true, Some(term)) = (terminal, tube.terminal.as_mut()) {
                         term.output(&data);
                         term.sync(unix_ms);
-                        drain_terminal(term, conns, &mut tube.outbox, conn, &mut outs);
+                        let typed = drain_terminal(term, conns, &mut tube.outbox, conn, &mut outs);
+                        tube.delivery.handed(local, typed, self.now);
                     } else if let Err(e) = tube.outbox.send(conns, local, data) {
                         tracing::warn!(error = %e, conn, "closing a connection that cannot take data");
                         let _ = conns.close(local, CloseReason::Error);
@@ -727,13 +735,15 @@ impl Gateway {
 }
 
 /// Move a terminal server's events to the tube (Guacamole to the client) and the driver (bytes to the PTY).
+/// Returns how many bytes went to the PTY (`ConnectionData`, for the receive budget).
 fn drain_terminal(
     term: &mut TerminalServer,
     conns: &mut Connections,
     outbox: &mut Outbox,
     global: ConnNo,
     outs: &mut Vec<Output>,
-) {
+) -> usize {
+    let mut typed = 0;
     while let Some(e) = term.poll_event() {
         match e {
             ServerEvent::ToClient(bytes) => {
@@ -741,10 +751,13 @@ fn drain_terminal(
                     tracing::debug!(error = %e, "terminal output after close");
                 }
             }
-            ServerEvent::Input(bytes) => outs.push(Output::ConnectionData {
-                conn: global,
-                data: bytes,
-            }),
+            ServerEvent::Input(bytes) => {
+                typed += bytes.len();
+                outs.push(Output::ConnectionData {
+                    conn: global,
+                    data: bytes,
+                })
+            }
             ServerEvent::Resize { cols, rows, .. } => outs.push(Output::TargetResize {
                 conn: global,
                 cols,
@@ -760,6 +773,7 @@ fn drain_terminal(
             }
         }
     }
+    typed
 }
 
 impl Node for Gateway {

@@ -109,7 +109,7 @@ pub enum Command {
     /// The local side of `conn` finished writing (TCP half-close).
     SendEof { conn: ConnNo },
     /// Receive-side credit: the driver wrote `bytes` of `conn`'s [`Output::ConnectionData`] to its local
-    /// side. The node stops reading the tube while a connection has `tube::delivery::RECEIVE_BUDGET`
+    /// side (for [`crate::client::TERMINAL_CONN`] in a launch: of [`Output::TerminalOutput`], to stdout). The node stops reading the tube while a connection has `tube::delivery::RECEIVE_BUDGET`
     /// bytes handed out and not yet delivered (the mirror of [`Output::Backpressure`], which holds back
     /// the local *reader*), and closes a connection that delivers nothing for
     /// `tube::delivery::STALL_LIMIT` while it holds the tube (`CloseReason::Timeout`). Drivers report
@@ -241,7 +241,10 @@ pub enum Output {
         cols: u16,
         rows: u16,
     },
-    /// Terminal session output, for the user's screen.
+    /// Terminal session output, for the user's screen. Receive-side flow control applies as to
+    /// [`Output::ConnectionData`]: the driver credits what it wrote with [`Command::Delivered`] for
+    /// [`crate::client::TERMINAL_CONN`] (the node stops reading the tube while the budget of output is
+    /// handed out and not yet written; no stall limit for the terminal).
     TerminalOutput(Vec<u8>),
     /// Gateway role: a reply to [`Input::ControllerMessage`] `reply_to`. `payload` is the gateway's JSON
     /// (`{"is_ok":…,"data":…}`); the router puts the first reply of a non-streaming message in the HTTP

@@ -269,6 +269,16 @@ impl<N: Node> Dispatcher<N> {
                 self.deliver(Output::ConnectionData { conn, data }, io);
                 Some(Input::Command(Command::Delivered { conn, bytes }))
             }
+            // The same for a launch's terminal output (an application writing it to stdout itself
+            // claims delivery and credits what stdout took).
+            Output::TerminalOutput(data) if !self.flow.delivery_claimed() => {
+                let bytes = data.len();
+                self.deliver(Output::TerminalOutput(data), io);
+                Some(Input::Command(Command::Delivered {
+                    conn: pam_lite_core::client::TERMINAL_CONN,
+                    bytes,
+                }))
+            }
             Output::ConnectionClosed { conn, reason } => {
                 self.flow.forget(conn);
                 self.deliver(Output::ConnectionClosed { conn, reason }, io);

@@ -20,8 +20,9 @@ pub struct FlowControl {
     paused: Mutex<HashSet<ConnNo>>,
     resumed: Condvar,
     resumed_async: event_listener::Event,
-    /// A forwarder credits what it writes to local sockets (`Command::Delivered`); until one claims
-    /// that, the dispatcher credits `ConnectionData` as it hands it to the application.
+    /// A forwarder (or the application) credits what it writes to local sockets or stdout
+    /// (`Command::Delivered`); until one claims that, the dispatcher credits `ConnectionData` and
+    /// `TerminalOutput` as it hands them to the application.
     delivery_claimed: AtomicBool,
 }
 
@@ -41,8 +42,9 @@ impl FlowControl {
         }
     }
 
-    /// A forwarder takes over receive-side credit: from now on the dispatcher no longer credits
-    /// `Output::ConnectionData` when it hands it over, the forwarder's writers credit what they write.
+    /// A forwarder (or the application) takes over receive-side credit: from now on the dispatcher no
+    /// longer credits `Output::ConnectionData` / `Output::TerminalOutput` when it hands them over; the
+    /// claimant credits what it writes.
     pub fn claim_delivery(&self) {
         self.delivery_claimed.store(true, Ordering::Relaxed);
     }

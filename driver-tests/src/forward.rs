@@ -143,3 +143,83 @@ pub fn gateway_side_reports_a_refused_target<R: Runtime>() {
         Some(Output::TubeReady)
     );
 }
+
+/// A local peer that never reads does not hold the forwarder up: `dispatch` takes far more than the old
+/// 64-chunk queue without waiting (the node's receive budget is what bounds a writer's queue), and a
+/// stall close (`CloseReason::Timeout`) shuts the socket down under the blocked writer, so the peer sees
+/// its end without the queued bytes being forced on it first, and the next connection is served.
+pub fn a_stall_close_aborts_a_blocked_writer_and_dispatch_never_waits<R: Runtime>() {
+    use pam_lite_core::tube::CloseReason;
+    const CHUNK: usize = 64 * 1024;
+    const QUEUED: usize = 32 << 20;
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = target.local_addr().unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let peer = thread::spawn(move || {
+        // Accept and hold without reading until told; then read to the end (or give up after WAIT).
+        let (mut s, _) = target.accept().unwrap();
+        let second = target.accept().map(|(s, _)| s);
+        go_rx.recv().unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut n = 0usize;
+        let mut buf = vec![0u8; CHUNK];
+        let ended = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(k) => n += k,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    break false
+                }
+                Err(_) => break true,
+            }
+        };
+        drop(second);
+        (ended, n)
+    });
+    let (node, ctl) = puppet();
+    let handle = R::spawn(node, DriverConfig::default()).unwrap();
+    let forwarder = R::dial_targets(&handle, addr);
+    let sender = handle.sender();
+    let (rest_tx, _rest) = mpsc::channel();
+    route::<R>(handle, forwarder, rest_tx);
+    let nudge = |out: Output| {
+        ctl.script(out);
+        sender.input(Input::Timeout);
+    };
+    let connected = |conn| loop {
+        match ctl.next_command(WAIT) {
+            Some(Command::TargetConnected { conn: c, ok: true }) if c == conn => return,
+            Some(Command::Delivered { .. }) => {}
+            other => panic!("waiting for target {conn}: {other:?}"),
+        }
+    };
+    nudge(Output::ConnectTarget { conn: 7 });
+    connected(7);
+    for _ in 0..QUEUED / CHUNK {
+        ctl.script(Output::ConnectionData {
+            conn: 7,
+            data: vec![7u8; CHUNK],
+        });
+    }
+    sender.input(Input::Timeout);
+    nudge(Output::ConnectionClosed {
+        conn: 7,
+        reason: CloseReason::Timeout,
+    });
+    // Served although the first peer still has not read a byte: nothing waits for it.
+    nudge(Output::ConnectTarget { conn: 8 });
+    connected(8);
+    go_tx.send(()).unwrap();
+    let (ended, n) = peer.join().unwrap();
+    assert!(
+        ended,
+        "the stalled peer's socket was not closed ({n} bytes read)"
+    );
+    assert!(
+        n < QUEUED / 2,
+        "the close waited behind the queued writes: the peer got {n} of {QUEUED} bytes"
+    );
+}

@@ -358,6 +358,7 @@ fn open_pty<E: From<TargetEvent> + Send + 'static>(
                 }
             })?;
     }
+    let events = events.clone();
     thread::Builder::new()
         .name(format!("emu-pty-write-{conn}"))
         .spawn(move || {
@@ -369,6 +370,9 @@ fn open_pty<E: From<TargetEvent> + Send + 'static>(
                         if writer.write_all(&d).and_then(|_| writer.flush()).is_err() {
                             break;
                         }
+                        // Receive-side credit, as for TCP targets (typed input is small: per write).
+                        let bytes = d.len();
+                        let _ = events.send(TargetEvent::Delivered { conn, bytes }.into());
                     }
                     // A terminal has no half-close; the session ends when the command exits or is closed.
                     SinkMsg::ShutdownWrite => {}
@@ -490,6 +494,7 @@ mod tests {
         };
         assert!(sink.write(b"abc\r".to_vec()));
         let mut out = Vec::new();
+        let mut delivered = 0;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             assert!(
@@ -499,12 +504,21 @@ mod tests {
             );
             match next(&rx) {
                 TargetEvent::Data { data, .. } => out.extend(data),
+                TargetEvent::Delivered { conn: 1, bytes } => delivered += bytes,
                 TargetEvent::Closed { conn: 1 } => break,
                 other => panic!("unexpected {other:?}"),
             }
         }
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("got:abc"), "{text:?}");
+        // The credit may come after the command's exit (two threads).
+        while delivered < 4 {
+            match next(&rx) {
+                TargetEvent::Delivered { conn: 1, bytes } => delivered += bytes,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(delivered, 4, "the PTY's writer credits what it wrote");
     }
 
     #[test]

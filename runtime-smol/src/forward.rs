@@ -7,9 +7,9 @@
 //!
 //! Backpressure: the node says when a connection's local side must pause (`Output::Backpressure`: the
 //! tube is full) and resume; the driver applies that to its flow control directly and a paused reader task
-//! waits there before its next read. A writer has a bounded queue, so a slow local peer stalls `dispatch`
-//! instead of growing memory, while the driver keeps resuming readers (no deadlock with peers that only
-//! read while they can write).
+//! waits there before its next read. A writer's queue is bounded by the node's
+//! receive budget, not by a count, so `dispatch` never waits for a slow local peer (the kit's
+//! `forward` module says why; a stall close shuts the socket down under its writer).
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener};
@@ -27,12 +27,14 @@ use smol::{Async, Task, Timer};
 
 use crate::driver::{Handle, InputSender};
 
-/// The same read size, write queue and connect bound as every runtime (the kit's).
-pub use pam_lite_driver_kit::forward::{READ_CHUNK, TARGET_CONNECT_TIMEOUT, WRITE_QUEUE};
+/// The same read size and connect bound as every runtime (the kit's).
+pub use pam_lite_driver_kit::forward::{READ_CHUNK, TARGET_CONNECT_TIMEOUT};
 
 struct Shared {
     inputs: InputSender,
     routes: Routes<Sender<ToSocket>>,
+    /// A handle on each piped socket, to shut it down under a blocked writer ([`Route::Abort`]).
+    sockets: std::sync::Mutex<std::collections::HashMap<ConnNo, TcpStream>>,
     /// Gateway side: where `ConnectTarget` connects.
     target: Option<SocketAddr>,
     /// The driver's flow control: readers wait here while their connection is paused.
@@ -40,6 +42,21 @@ struct Shared {
 }
 
 impl Shared {
+    fn sockets(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<ConnNo, TcpStream>> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Closed for a stall: shut the socket down under its (maybe blocked) writer, then queue the close.
+    fn abort(&self, conn: ConnNo, writer: &Sender<ToSocket>) {
+        tracing::debug!(conn, "closed for a stall: shutting the local socket down");
+        if let Some(s) = self.sockets().get(&conn) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        let _ = writer.try_send(ToSocket::Close);
+    }
+
     /// Wait while `conn` is paused; `false` when the connection is gone meanwhile.
     async fn wait_unpaused(&self, conn: ConnNo) -> bool {
         loop {
@@ -87,6 +104,7 @@ impl Forwarder {
             shared: Arc::new(Shared {
                 inputs: handle.sender(),
                 routes: Routes::default(),
+                sockets: Default::default(),
                 target,
                 flow: handle.flow(),
             }),
@@ -95,8 +113,8 @@ impl Forwarder {
     }
 
     /// Handle `out` if it is about a tunneled connection (this forwarder owns all of them); give any other
-    /// output back. Blocks the thread while a local socket's write queue is full: from async code use
-    /// [`Forwarder::dispatch_async`].
+    /// output back. Never waits for a local socket (the queues are bounded by the node's receive
+    /// budget); [`Forwarder::dispatch_async`] is the same for async callers.
     pub fn dispatch(&self, out: Output) -> Option<Output> {
         match self.shared.routes.route(out) {
             Route::Back(out) => return Some(out),
@@ -104,6 +122,7 @@ impl Forwarder {
             Route::Write(writer, what) => {
                 let _ = writer.send_blocking(what);
             }
+            Route::Abort(conn, writer) => self.shared.abort(conn, &writer),
             Route::Dial(conn) => self.connect_target(conn),
         }
         None
@@ -117,6 +136,7 @@ impl Forwarder {
             Route::Write(writer, what) => {
                 let _ = writer.send(what).await;
             }
+            Route::Abort(conn, writer) => self.shared.abort(conn, &writer),
             Route::Dial(conn) => self.connect_target(conn),
         }
         None
@@ -144,7 +164,7 @@ impl Forwarder {
             return;
         };
         // Register the writer now: data may arrive before the target is connected and must be kept.
-        let (tx, rx) = channel::bounded(WRITE_QUEUE);
+        let (tx, rx) = channel::unbounded();
         shared.routes.insert(conn, tx);
         smol::spawn(async move {
             let connect = async { TcpStream::connect(target).await }.or(async {
@@ -211,7 +231,7 @@ async fn accept_loop(listener: Async<TcpListener>, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let (tx, rx) = channel::bounded(WRITE_QUEUE);
+        let (tx, rx) = channel::unbounded();
         let (conn, open) = shared.routes.accepted(tx);
         if !shared.inputs.input_async(open).await {
             return;
@@ -223,8 +243,13 @@ async fn accept_loop(listener: Async<TcpListener>, shared: Arc<Shared>) {
 /// Pipe one connection with a reader task and a writer task.
 fn pipe(shared: Arc<Shared>, conn: ConnNo, stream: TcpStream, rx: Receiver<ToSocket>) {
     let _ = stream.set_nodelay(true);
+    shared.sockets().insert(conn, stream.clone());
     smol::spawn(read_loop(shared.clone(), conn, stream.clone())).detach();
-    smol::spawn(write_loop(shared, conn, stream, rx)).detach();
+    smol::spawn(async move {
+        write_loop(shared.clone(), conn, stream, rx).await;
+        shared.sockets().remove(&conn);
+    })
+    .detach();
 }
 
 async fn read_loop(shared: Arc<Shared>, conn: ConnNo, mut stream: TcpStream) {

@@ -125,6 +125,11 @@ fn gateway_side_reports_a_refused_target() {
 }
 
 #[test]
+fn a_stall_close_aborts_a_blocked_writer_and_dispatch_never_waits() {
+    forward::a_stall_close_aborts_a_blocked_writer_and_dispatch_never_waits::<R>();
+}
+
+#[test]
 fn tcp_stream_echoes_megabytes_and_closes_on_request() {
     stream::tcp_stream_echoes_megabytes_and_closes_on_request::<R>();
 }

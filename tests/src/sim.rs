@@ -540,7 +540,18 @@ impl Sim {
                     }
                     self.record.paused.insert(conn, paused);
                 }
-                Output::TerminalOutput(b) => self.record.terminal_output.extend_from_slice(&b),
+                Output::TerminalOutput(b) => {
+                    self.record.terminal_output.extend_from_slice(&b);
+                    // The simulated screen takes everything at once too.
+                    let (now, bytes) = (self.now, b.len());
+                    self.client.handle_input(
+                        Input::Command(Command::Delivered {
+                            conn: pam_lite_core::client::TERMINAL_CONN,
+                            bytes,
+                        }),
+                        now,
+                    );
+                }
                 Output::Finished(r) => {
                     if self.record.finished.is_none() {
                         self.record.finished = Some(r);

@@ -316,7 +316,19 @@ impl Harness {
                     }
                 }
                 Output::ConnectionClosed { conn, reason } => self.closed.push((conn, reason)),
-                Output::TerminalOutput(b) => self.terminal_output.extend_from_slice(&b),
+                Output::TerminalOutput(b) => {
+                    self.terminal_output.extend_from_slice(&b);
+                    if !self.withhold_delivery {
+                        let (now, bytes) = (self.now, b.len());
+                        self.client.handle_input(
+                            Input::Command(Command::Delivered {
+                                conn: super::TERMINAL_CONN,
+                                bytes,
+                            }),
+                            now,
+                        );
+                    }
+                }
                 Output::Finished(r) if self.finished.is_none() => {
                     self.finished = Some(r);
                     self.finished_at = Some(at);

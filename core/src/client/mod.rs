@@ -51,6 +51,8 @@ mod router_calls;
 mod session;
 mod websocket;
 
+pub use session::TERMINAL_CONN;
+
 #[cfg(test)]
 mod harness;
 

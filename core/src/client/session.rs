@@ -23,6 +23,10 @@ use crate::{Command, LaunchError, Output, ProtocolError};
 
 use super::{Client, Session, TerminalSettings, Timer};
 
+/// The tube connection of a launch's Guacamole terminal; [`Output::TerminalOutput`] is credited as
+/// this connection's delivery (`Command::Delivered { conn: TERMINAL_CONN, .. }`).
+pub const TERMINAL_CONN: crate::ConnNo = 1;
+
 /// Commander's `wait_for_ready(10.0)` for the first Guacamole `sync`.
 const GUAC_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the last frames get to leave before a closing launch finishes.
@@ -100,6 +104,9 @@ impl Client {
                 }
             }
             self.session.terminal = Some(TerminalClient::new(terminal_config(&t)));
+            // Its output obeys the receive budget (credited as it reaches stdout), without the stall
+            // limit: nothing else shares a launch's tube (`tube::delivery`).
+            self.session.delivery.exempt_from_stall_limit(TERMINAL_CONN);
             self.arm(SessionTimer::GuacReady, GUAC_READY_TIMEOUT);
         }
         self.checkpoint(CLI_SESSION, names::OPEN_CONNECTION_SENT_OK);
@@ -128,9 +135,11 @@ impl Client {
         for conn in self.session.delivery.stalled(now) {
             self.session.delivery.forget(conn);
             if let Some(c) = self.session.conns.as_mut() {
+                // Under `tube`, not `client`: the CLI shows the core's tube warnings by default.
                 tracing::warn!(
-                    conn,
-                    "the local side took nothing for {}s while holding the tube: closing it",
+                    target: "pam_lite_core::tube::delivery",
+                    "connection {conn}: its local side took nothing for {}s while holding the tube \
+                     (receive budget full): closing it (reason Timeout) so the other connections move",
                     STALL_LIMIT.as_secs()
                 );
                 let _ = self.session.outbox.close(c, conn, CloseReason::Timeout);
@@ -203,18 +212,21 @@ impl Client {
             let Some(ev) = conns.poll_event() else { break };
             match ev {
                 TubeEvent::Write(bytes) => self.session.blocked_write = Some(bytes),
+                // The terminal's events are drained without pumping the tube again: this loop goes
+                // on (a nested pump per message overflowed the stack once a paused tube resumed with
+                // a megabyte of terminal output waiting).
                 TubeEvent::Opened(conn) => {
                     self.outputs.push_back(Output::ConnectionOpened { conn });
-                    if conn == 1 && self.session.terminal.is_some() {
-                        self.pump_terminal();
+                    if conn == TERMINAL_CONN && self.session.terminal.is_some() {
+                        self.drain_terminal();
                     }
                 }
                 TubeEvent::Data { conn, data } => {
-                    if conn == 1 && self.session.terminal.is_some() {
+                    if conn == TERMINAL_CONN && self.session.terminal.is_some() {
                         if let Some(t) = self.session.terminal.as_mut() {
                             t.handle_data(&data);
                         }
-                        self.pump_terminal();
+                        self.drain_terminal();
                     } else {
                         self.session.delivery.handed(conn, data.len(), now);
                         self.outputs
@@ -272,8 +284,14 @@ impl Client {
         self.apply_receive_budget();
     }
 
-    /// Drain the terminal: its bytes for the gateway into connection 1, its screen to the user.
+    /// Drain the terminal, then move what it produced through the tube.
     fn pump_terminal(&mut self) {
+        self.drain_terminal();
+        self.pump_tube();
+    }
+
+    /// Drain the terminal: its bytes for the gateway into connection 1, its screen to the user.
+    fn drain_terminal(&mut self) {
         let Some(t) = self.session.terminal.as_mut() else {
             return;
         };
@@ -286,6 +304,11 @@ impl Client {
             match e {
                 TerminalEvent::ToGateway(bytes) => to_gateway.push(bytes),
                 TerminalEvent::Output(bytes) => {
+                    // Receive-side flow control, as for `ConnectionData`: the driver credits what
+                    // reached stdout (`Command::Delivered { conn: TERMINAL_CONN }`).
+                    self.session
+                        .delivery
+                        .handed(TERMINAL_CONN, bytes.len(), self.now);
                     self.outputs.push_back(Output::TerminalOutput(bytes))
                 }
                 TerminalEvent::Ready => {
@@ -304,12 +327,11 @@ impl Client {
         }
         for bytes in to_gateway {
             if let Some(conns) = self.session.conns.as_mut() {
-                if let Err(e) = self.session.outbox.send(conns, 1, bytes) {
+                if let Err(e) = self.session.outbox.send(conns, TERMINAL_CONN, bytes) {
                     tracing::warn!(error = %e, "terminal input after the session closed");
                 }
             }
         }
-        self.pump_tube();
     }
 
     /// A user command from the driver.
@@ -627,6 +649,137 @@ mod tests {
         // The gateway closed it with the reason Keeper's client knows; the client's side hears it.
         assert_eq!(h.closed, vec![(2, CloseReason::Timeout)]);
         assert!(h.now - blocked_at <= STALL_LIMIT + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn terminal_output_nobody_takes_pauses_the_tube_without_a_stall_close_and_loses_nothing() {
+        let mut h = Harness::new(HarnessConfig {
+            session: Session::Terminal(TerminalSettings {
+                cols: 80,
+                rows: 24,
+                stdin_mode: true,
+                guacd_params: Default::default(),
+            }),
+            ..HarnessConfig::default()
+        });
+        h.run_until(Duration::from_secs(60), |h| {
+            h.checkpoint_at("ready_for_prompt").is_some()
+        });
+        h.run_for(Duration::from_millis(200));
+        let before = h.terminal_output.len();
+        // stdout stops taking output; the harness's target echoes the script back as output.
+        h.withhold_delivery = true;
+        let sent = pattern(6 * 1024 * 1024);
+        let mut off = 0;
+        let until = h.now + Duration::from_secs(30);
+        while off < sent.len() && h.now < until {
+            if h.client.can_send() {
+                let end = (off + 4096).min(sent.len());
+                h.command(Command::TerminalInput {
+                    data: sent[off..end].to_vec(),
+                });
+                off = end;
+            } else {
+                h.run_for(Duration::from_millis(5));
+            }
+        }
+        assert_eq!(off, sent.len(), "the script went out");
+        h.run_for(Duration::from_secs(10));
+        let held = h.terminal_output.len() - before;
+        assert!(held >= RECEIVE_BUDGET, "budget not used: {held}");
+        // The output's encoding (base64 blobs) makes SCTP's 1 MiB buffer hold less than 1 MiB of output.
+        assert!(held <= RECEIVE_BUDGET + 1536 * 1024, "not bounded: {held}");
+        assert!(
+            h.client.session.read_paused,
+            "reading the channel is paused"
+        );
+
+        // Far past the stall limit: a launch's terminal is never closed for not reading.
+        h.run_for(STALL_LIMIT * 2);
+        assert!(h.closed.is_empty(), "{:?}", h.closed);
+        assert!(h.finished.is_none(), "{:?}", h.finished);
+        assert_eq!(h.terminal_output.len() - before, held, "still held");
+
+        // stdout reads again: everything arrives, in order.
+        h.withhold_delivery = false;
+        h.command(Command::Delivered {
+            conn: super::TERMINAL_CONN,
+            bytes: held,
+        });
+        let limit = h.now - h.t0 + Duration::from_secs(30);
+        h.run_until(limit, |h| h.terminal_output.len() - before >= sent.len());
+        assert!(
+            h.terminal_output[before..] == sent[..],
+            "every byte, in order ({} of {})",
+            h.terminal_output.len() - before,
+            sent.len()
+        );
+        assert!(!h.client.session.read_paused);
+    }
+
+    #[test]
+    fn a_gateway_pty_that_takes_no_input_holds_the_script_back_without_a_stall_close() {
+        let mut h = Harness::new(HarnessConfig {
+            session: Session::Terminal(TerminalSettings {
+                cols: 80,
+                rows: 24,
+                stdin_mode: true,
+                guacd_params: Default::default(),
+            }),
+            ..HarnessConfig::default()
+        });
+        h.run_until(Duration::from_secs(60), |h| {
+            h.checkpoint_at("ready_for_prompt").is_some()
+        });
+        h.withhold_gateway_delivery = true;
+        let sent = pattern(8 * 1024 * 1024);
+        let mut off = 0;
+        let until = h.now + Duration::from_secs(10);
+        while off < sent.len() && h.now < until {
+            if h.client.can_send() {
+                let end = (off + 4096).min(sent.len());
+                h.command(Command::TerminalInput {
+                    data: sent[off..end].to_vec(),
+                });
+                off = end;
+            } else {
+                h.run_for(Duration::from_millis(5));
+            }
+        }
+        let g = *h.target_received.keys().next().expect("the PTY got input");
+        let held = h.target_received[&g].len();
+        assert!(held >= RECEIVE_BUDGET, "budget not used: {held}");
+        assert!(held <= RECEIVE_BUDGET + 1536 * 1024, "not bounded: {held}");
+        assert!(off < sent.len(), "the client was held back: took all {off}");
+        h.run_for(STALL_LIMIT * 2);
+        assert!(
+            h.closed.is_empty(),
+            "a terminal is never closed for stalling: {:?}",
+            h.closed
+        );
+        assert_eq!(h.target_received[&g].len(), held);
+
+        // The PTY reads again: the whole script arrives, in order.
+        let mut credited = 0;
+        let limit = h.now + Duration::from_secs(60);
+        while h.target_received[&g].len() < sent.len() {
+            assert!(h.now < limit, "stuck at {}", h.target_received[&g].len());
+            let got = h.target_received[&g].len();
+            if got > credited {
+                h.gateway_delivered(g, got - credited);
+                credited = got;
+            }
+            if off < sent.len() && h.client.can_send() {
+                let end = (off + 4096).min(sent.len());
+                h.command(Command::TerminalInput {
+                    data: sent[off..end].to_vec(),
+                });
+                off = end;
+            } else {
+                h.run_for(Duration::from_millis(5));
+            }
+        }
+        assert!(h.target_received[&g] == sent, "every byte, in order");
     }
 
     #[test]

@@ -14,8 +14,13 @@
 //! local side makes progress (it is how TCP behaves too), not forever: a connection that holds the tube
 //! paused and takes *nothing* for [`STALL_LIMIT`] is closed with [`super::CloseReason::Timeout`], and
 //! the tube reads on.
+//!
+//! **A launch's terminal is exempt from the stall limit** ([`Delivery::exempt_from_stall_limit`]): its
+//! output (`Output::TerminalOutput`, credited as it reaches stdout) obeys the same budget, but the tube
+//! of a launch carries nothing else, so a stdout that is not read for a long time (a pager waiting for
+//! a key, a paused terminal) freezes no one else and ending the user's session for it would be wrong.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::io::ConnNo;
@@ -49,6 +54,8 @@ pub struct Delivery {
     budget: usize,
     stall_limit: Duration,
     conns: BTreeMap<ConnNo, Backlog>,
+    /// Connections the stall limit does not apply to (they still pause the tube at the budget).
+    exempt: BTreeSet<ConnNo>,
 }
 
 impl Default for Delivery {
@@ -67,17 +74,30 @@ impl Delivery {
             budget: budget.max(1),
             stall_limit,
             conns: BTreeMap::new(),
+            exempt: BTreeSet::new(),
+        }
+    }
+
+    /// `conn` pauses the tube at the budget like any other, but is never closed for stalling (a
+    /// launch's terminal: see the module docs). Until [`Delivery::forget`].
+    pub fn exempt_from_stall_limit(&mut self, conn: ConnNo) {
+        self.exempt.insert(conn);
+        if let Some(b) = self.conns.get_mut(&conn) {
+            b.stalled_since = None;
         }
     }
 
     /// `n` bytes of `conn` were handed to the driver (`Output::ConnectionData`).
     pub fn handed(&mut self, conn: ConnNo, n: usize, now: Instant) {
+        if n == 0 {
+            return;
+        }
         let b = self.conns.entry(conn).or_insert(Backlog {
             bytes: 0,
             stalled_since: None,
         });
         b.bytes = b.bytes.saturating_add(n);
-        if b.bytes >= self.budget && b.stalled_since.is_none() {
+        if b.bytes >= self.budget && b.stalled_since.is_none() && !self.exempt.contains(&conn) {
             b.stalled_since = Some(now);
         }
     }
@@ -89,7 +109,7 @@ impl Delivery {
             return;
         };
         b.bytes = b.bytes.saturating_sub(n);
-        b.stalled_since = (b.bytes >= self.budget).then_some(now);
+        b.stalled_since = (b.bytes >= self.budget && !self.exempt.contains(&conn)).then_some(now);
         if b.bytes == 0 {
             self.conns.remove(&conn);
         }
@@ -98,6 +118,7 @@ impl Delivery {
     /// `conn` is closed: its backlog no longer counts.
     pub fn forget(&mut self, conn: ConnNo) {
         self.conns.remove(&conn);
+        self.exempt.remove(&conn);
     }
 
     /// The backlog of `conn`.
@@ -192,6 +213,30 @@ mod tests {
         }
         assert_eq!(d.poll_timeout(), Some(now + limit));
         assert_eq!(d.stalled(now + limit), vec![3]);
+    }
+
+    #[test]
+    fn an_exempt_connection_blocks_the_tube_but_never_stalls() {
+        let t0 = origin();
+        let limit = Duration::from_secs(60);
+        let mut d = Delivery::with_limits(1000, limit);
+        d.exempt_from_stall_limit(1);
+        d.handed(1, 5000, t0);
+        assert!(d.is_blocked(), "the budget still applies");
+        assert_eq!(d.poll_timeout(), None, "no stall clock runs");
+        assert!(d.stalled(t0 + 100 * limit).is_empty());
+        d.delivered(1, 10, t0 + limit);
+        assert_eq!(d.poll_timeout(), None, "not after progress either");
+        d.handed(2, 5000, t0);
+        assert_eq!(d.stalled(t0 + limit), vec![2], "others still stall");
+        d.forget(1);
+        d.handed(1, 5000, t0 + limit);
+        assert_eq!(
+            d.poll_timeout(),
+            Some(t0 + limit),
+            "forget ends the exemption (conn 2's clock is the earliest)"
+        );
+        assert_eq!(d.stalled(t0 + 2 * limit), vec![1, 2]);
     }
 
     #[test]

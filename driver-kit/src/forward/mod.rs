@@ -10,6 +10,13 @@
 //! credited back with `Command::Delivered` ([`Credit`]): the node stops reading the tube while a local
 //! side is a budget behind, so a peer that does not read costs bounded memory (receive-side flow control,
 //! `pam_lite_core::tube::delivery`).
+//!
+//! A writer's queue has no count bound of its own: the node's receive budget bounds its bytes (the node
+//! stops handing out data for a connection that is a budget behind), so `dispatch` never waits for a
+//! slow local socket. It used to wait (64 chunks), and then one local peer that stopped reading held
+//! every output of the node behind it — including the stall close meant to free the others.
+//! A close for a stall (`CloseReason::Timeout`: the local side took nothing for the node's stall limit)
+//! is [`Route::Abort`]: the socket is shut down at once instead of after the writes it will never take.
 
 pub mod threads;
 
@@ -23,8 +30,6 @@ use pam_lite_core::{Command, ConnNo, Input, Output};
 
 /// Bytes read from a local socket per `Command::Send`.
 pub const READ_CHUNK: usize = 16 * 1024;
-/// Chunks queued towards one local socket before `dispatch` waits for it.
-pub const WRITE_QUEUE: usize = 64;
 /// Bytes written to a local socket before the writer credits them even though its queue is not empty
 /// (it always credits when the queue runs empty). Far below the core's `RECEIVE_BUDGET` (2 MiB), so
 /// credit never lags enough to pause a local side that keeps up; large enough that a fast transfer costs
@@ -82,6 +87,9 @@ pub enum Route<W> {
     Write(W, ToSocket),
     /// Gateway side: connect a target for this connection.
     Dial(ConnNo),
+    /// Closed for a stall (`CloseReason::Timeout`): shut the local socket down now (its writer may be
+    /// blocked on it for good), and queue `ToSocket::Close` for the writer.
+    Abort(ConnNo, W),
 }
 
 /// The live local connections, each with its writer queue `W`.
@@ -124,6 +132,7 @@ impl<W: Clone> Routes<W> {
             Output::ConnectionClosed { conn, reason } => {
                 tracing::debug!(conn, ?reason, "connection closed by the tunnel");
                 match self.remove(conn) {
+                    Some(writer) if reason == CloseReason::Timeout => Route::Abort(conn, writer),
                     Some(writer) => Route::Write(writer, ToSocket::Close),
                     None => Route::Done,
                 }
@@ -218,11 +227,19 @@ mod tests {
             }),
             Route::Write(7, ToSocket::Close)
         ));
+        let (conn, _) = routes.accepted(8);
+        assert!(matches!(
+            routes.route(Output::ConnectionClosed {
+                conn,
+                reason: CloseReason::Timeout
+            }),
+            Route::Abort(2, 8)
+        ));
         assert!(routes.is_empty());
-        assert_eq!(routes.accepted(8).0, 2);
-        assert!(routes.lost(2).is_some());
+        assert_eq!(routes.accepted(8).0, 3);
+        assert!(routes.lost(3).is_some());
         assert!(
-            routes.lost(2).is_none(),
+            routes.lost(3).is_none(),
             "a lost connection is reported once"
         );
     }

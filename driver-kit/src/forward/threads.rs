@@ -7,15 +7,16 @@
 //!
 //! Backpressure: the node says when a connection's local side must pause (`Output::Backpressure`: the
 //! tube is full) and resume; the driver applies that to its [`FlowControl`] directly, and a
-//! paused reader waits there before its next read. A writer has a bounded queue, so a slow local peer
-//! stalls `dispatch` (and with it the consumer of `recv`); the driver still resumes readers meanwhile, so
-//! a peer that only reads while it can write does not deadlock.
+//! paused reader waits there before its next read. A writer's queue is bounded by the node's receive
+//! budget, not by a count, so `dispatch` never waits for a slow local peer (see the parent module).
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -23,19 +24,30 @@ use pam_lite_core::{Command, ConnNo, Input, Output};
 
 use super::{
     target_connected, Credit, Route, Routes, ToSocket, READ_CHUNK, TARGET_CONNECT_TIMEOUT,
-    WRITE_QUEUE,
 };
 use crate::flow::FlowControl;
 use crate::runtime::{Forward, InputSink, NodeHandle};
 
 struct Shared<S> {
     inputs: S,
-    routes: Routes<SyncSender<ToSocket>>,
+    routes: Routes<Sender<ToSocket>>,
+    /// A handle on each piped socket, to shut it down under a blocked writer ([`Route::Abort`]).
+    sockets: Mutex<HashMap<ConnNo, TcpStream>>,
     stop: AtomicBool,
     /// Gateway side: where `ConnectTarget` connects.
     target: Option<SocketAddr>,
     /// The driver's flow control: readers wait here while their connection is paused.
     flow: Arc<FlowControl>,
+}
+
+impl<S> Shared<S> {
+    fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<ConnNo, TcpStream>> {
+        self.sockets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn socket(&self, conn: ConnNo) -> Option<TcpStream> {
+        self.sockets().get(&conn).and_then(|s| s.try_clone().ok())
+    }
 }
 
 impl<S: InputSink> Shared<S> {
@@ -50,7 +62,7 @@ impl<S: InputSink> Shared<S> {
     fn local_failed(&self, conn: ConnNo, what: &str, error: &io::Error) {
         tracing::debug!(conn, %error, "{what}");
         if let Some((writer, input)) = self.routes.lost(conn) {
-            let _ = writer.try_send(ToSocket::Close);
+            let _ = writer.send(ToSocket::Close);
             self.inputs.input(input);
         }
     }
@@ -71,6 +83,7 @@ impl<S: InputSink> Forwarder<S> {
             shared: Arc::new(Shared {
                 inputs: handle.sender(),
                 routes: Routes::default(),
+                sockets: Mutex::new(HashMap::new()),
                 stop: AtomicBool::new(false),
                 target,
                 flow: handle.flow(),
@@ -80,13 +93,21 @@ impl<S: InputSink> Forwarder<S> {
     }
 
     /// Handle `out` if it is about a tunneled connection (this forwarder owns all of them); give any other
-    /// output back to the caller. May block while a local socket's write queue is full.
+    /// output back to the caller. Never waits for a local socket (the queues are bounded by the node's
+    /// receive budget).
     pub fn dispatch(&self, out: Output) -> Option<Output> {
         match self.shared.routes.route(out) {
             Route::Back(out) => return Some(out),
             Route::Done => {}
             Route::Write(writer, what) => {
                 let _ = writer.send(what);
+            }
+            Route::Abort(conn, writer) => {
+                tracing::debug!(conn, "closed for a stall: shutting the local socket down");
+                if let Some(s) = self.shared.socket(conn) {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+                let _ = writer.send(ToSocket::Close);
             }
             Route::Dial(conn) => self.connect_target(conn),
         }
@@ -108,7 +129,7 @@ impl<S: InputSink> Forwarder<S> {
             return;
         };
         // Register the writer now: data may arrive before the target is connected and must be kept.
-        let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
+        let (tx, rx) = mpsc::channel();
         self.shared.routes.insert(conn, tx);
         let shared = self.shared.clone();
         let spawned = thread::Builder::new()
@@ -151,7 +172,7 @@ impl<S> Drop for Forwarder<S> {
             let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(100));
         }
         for writer in self.shared.routes.drain() {
-            let _ = writer.try_send(ToSocket::Close);
+            let _ = writer.send(ToSocket::Close);
         }
     }
 }
@@ -202,7 +223,7 @@ fn accept_loop<S: InputSink>(listener: TcpListener, shared: Arc<Shared<S>>) {
                 continue;
             }
         };
-        let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
+        let (tx, rx) = mpsc::channel();
         let (conn, open) = shared.routes.accepted(tx);
         tracing::debug!(conn, peer = ?stream.peer_addr().ok(), "local connection accepted");
         if !shared.inputs.send(open) {
@@ -223,6 +244,9 @@ fn pipe<S: InputSink>(
     rx: Receiver<ToSocket>,
 ) {
     let _ = stream.set_nodelay(true);
+    if let Ok(handle) = stream.try_clone() {
+        shared.sockets().insert(conn, handle);
+    }
     match stream.try_clone() {
         Ok(reader) => {
             let for_reader = shared.clone();
@@ -240,6 +264,7 @@ fn pipe<S: InputSink>(
         }
     }
     write_loop(&shared, conn, stream, rx);
+    shared.sockets().remove(&conn);
 }
 
 fn read_loop<S: InputSink>(shared: &Shared<S>, conn: ConnNo, mut stream: TcpStream) {
