@@ -65,6 +65,9 @@ pub struct Proc {
     stdin: Option<ChildStdin>,
     stdout: Option<Receiver<String>>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// Closed by the stderr reader at the end of the child's stderr (so [`Proc::finish`] can wait for the
+    /// last of it: the child may exit before the reader took its final bytes).
+    stderr_done: Option<Receiver<()>>,
     pub spawned_at: Instant,
 }
 
@@ -96,11 +99,15 @@ impl Proc {
             rx
         });
         let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut stderr_done = None;
         if let Some(mut err) = child.stderr.take() {
             let tail = stderr.clone();
+            let (done, done_rx) = mpsc::channel::<()>();
+            stderr_done = Some(done_rx);
             let _ = thread::Builder::new()
                 .name("bench-child-stderr".into())
                 .spawn(move || {
+                    let _done = done; // dropped at the end of stderr: wakes `finish`
                     let mut buf = [0u8; 4096];
                     while let Ok(n) = err.read(&mut buf) {
                         if n == 0 {
@@ -119,6 +126,7 @@ impl Proc {
             stdin,
             stdout,
             stderr,
+            stderr_done,
             spawned_at,
         })
     }
@@ -169,7 +177,16 @@ impl Proc {
     pub fn finish(&mut self, deadline: Instant) -> Option<i32> {
         loop {
             match self.child.try_wait() {
-                Ok(Some(status)) => return status.code(),
+                Ok(Some(status)) => {
+                    // The rest of its stderr (bounded: a grandchild may still hold the pipe open).
+                    if let Some(done) = self.stderr_done.take() {
+                        let wait = deadline
+                            .saturating_duration_since(Instant::now())
+                            .min(Duration::from_secs(1));
+                        let _ = done.recv_timeout(wait);
+                    }
+                    return status.code();
+                }
                 Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
                 _ => {
                     let _ = self.child.kill();
