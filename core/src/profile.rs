@@ -140,8 +140,9 @@ pub struct Profile {
     pub http_timeout: Duration,
 
     // ---------------------------------------------------------------- the shape of the schedule
-    /// POST `relay_access_creds` before anything else (Commander: always, for TURN; pam-lite's WebRTC
-    /// stack has no TURN client, so the fast profile skips a whole fresh-TLS round trip).
+    /// POST `relay_access_creds` before anything else, serially, as Commander does (for TURN). The fast
+    /// profile does not wait for it: it asks only when a relay plan needs credentials the ticket lacks, in
+    /// parallel with its first requests, and only TURN waits for the answer.
     pub fetch_relay_creds: bool,
     /// Open the WebSocket in parallel with creating the peer connection (PR #1982+) instead of after.
     pub websocket_early: bool,
@@ -242,7 +243,8 @@ impl Profile {
     ///
     /// * One keep-alive connection for every router call (`fresh_connections: false`): each fresh
     ///   connection costs a TCP + TLS handshake (≈ 4.5 RTT vs 1.4 RTT, spec §8.3).
-    /// * No `relay_access_creds`: str0m has no TURN client, the credentials would be unused.
+    /// * No serial `relay_access_creds`: TURN credentials come from the ticket, or from the same call made
+    ///   in parallel (only when a relay plan needs them), so a launch that can go direct never waits.
     /// * No `get_controllers` before every action; one online check runs in parallel with setup, so an
     ///   offline gateway is still reported clearly ([`crate::LaunchError::GatewayOffline`]).
     /// * No fixed sleeps: the offer goes out the moment the WS is open; OpenConnection goes out when the

@@ -1,7 +1,7 @@
 //! The client role: what `pam launch` / `pam tunnel start` do, as one sans-IO state machine.
 //!
 //! ```text
-//!            ┌ relay_access_creds ┐ (Commander profiles only: str0m has no TURN client)
+//!            ┌ relay_access_creds ┐ (Commander: serial, first; fast: in parallel, only for TURN)
 //!  start ────┼ bind_to_controller ┼─► WebSocket ──► (backend delay) ─► offer attempts ─► ICE flush
 //!            └ create_tube (Peer) ┘                     ▲ retry with catch-up ┘
 //!  WS answer ─► Peer.accept_answer ─► ICE/DTLS ─► connected ─► (open delay) ─► channel open ─► OpenConnection

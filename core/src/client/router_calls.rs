@@ -1,8 +1,9 @@
 //! The router HTTP calls that are not the offer or a candidate batch, and the routing of every HTTP
 //! answer to the behaviour that asked.
 //!
-//! * `relay_access_creds` (Commander profiles only): serial, before everything else. Its credentials are
-//!   unused (str0m has no TURN client); the call is kept because Commander's schedule waits for it.
+//! * `relay_access_creds`: in Commander's profiles serial, before everything else (its schedule waits for
+//!   it); in `fast` only when the relay plan needs credentials the ticket lacks, in parallel with the
+//!   first requests (`Call::TurnCreds`: only the TURN allocation waits for it).
 //! * `bind_to_controller` (trickle only): the ALB stickiness cookie the WebSocket and the POSTs carry.
 //!   Commander binds through the `requests.Session` that later carries the offer and the candidates, so
 //!   this call opens the launch's keep-alive connection in every profile. A failure is ignored, as
