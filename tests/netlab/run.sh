@@ -9,6 +9,10 @@
 # non-zero when any failed. Each scenario builds the topology afresh (no conntrack state survives from one
 # to the next) and is bounded by PAM_LITE_NETLAB_SCENARIO_TIMEOUT seconds (default 60).
 #
+# Debugging a scenario: PAM_LITE_NETLAB_KEEP=DIR keeps its logs (client, emulator, coturn), PAM_LITE_NETLAB_PCAP=1
+# adds packet captures of the public links, PAM_LITE_NETLAB_RUST_LOG sets RUST_LOG for pam-lite's processes and
+# PAM_LITE_NETLAB_KEEPER_LOG (10..50) the log level of Keeper's tube in the keeper_gateway scenarios.
+#
 # Needs root (or a user namespace that allows `unshare -n -m`), iproute2, nftables, coturn and python3; the
 # missing Debian packages are installed with apt-get. The whole run happens inside a private network and
 # mount namespace made here, so it touches none of the machine's interfaces and leaves nothing behind.
