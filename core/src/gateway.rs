@@ -203,7 +203,7 @@ impl Gateway {
         let body = json!({ "candidates": candidates }).to_string();
         let data = self.tubes[idx].key.encrypt(body.as_bytes(), &mut self.rng);
         let reply_to = self.tubes[idx].reply_to;
-        self.reply(reply_to, json!({ "is_ok": true, "data": data }));
+        self.reply(reply_to, &data);
     }
 
     /// Drain the relay layer: relayed data to the tube it belongs to, gathered candidates, its I/O.
@@ -249,19 +249,20 @@ impl Gateway {
         self.cfg.unix_ms_at_start + since.as_millis() as u64
     }
 
-    fn reply(&mut self, reply_to: u64, payload: Value) {
+    /// `{"is_ok":true,"data":…}` for the router (Keeper's shape, [`signaling::gateway_reply_ok`]).
+    fn reply(&mut self, reply_to: u64, data: &str) {
         self.outputs.push_back(Output::ControllerReply {
             reply_to,
-            payload: payload.to_string(),
+            payload: signaling::gateway_reply_ok(data),
         });
     }
 
     fn reply_error(&mut self, reply_to: u64, error: &str) {
         tracing::warn!(%error, "gateway refuses a controller message");
-        self.reply(
+        self.outputs.push_back(Output::ControllerReply {
             reply_to,
-            json!({ "is_ok": false, "data": error, "error": error }),
-        );
+            payload: signaling::gateway_reply_error(error),
+        });
     }
 
     fn seed_for(&self, record_uid: &str) -> Option<Vec<u8>> {
@@ -316,10 +317,7 @@ impl Gateway {
                         tube.early_candidates.push(c);
                     }
                 }
-                self.reply(
-                    reply_to,
-                    json!({ "is_ok": true, "data": "ice candidate received" }),
-                );
+                self.reply(reply_to, "ice candidate received");
                 self.pump(idx);
             }
             other => self.reply_error(reply_to, &format!("unsupported action kind {other:?}")),
@@ -427,7 +425,7 @@ impl Gateway {
             let body = json!({ "answer": B64.encode(sdp.as_bytes()) }).to_string();
             let data = self.tubes[idx].key.encrypt(body.as_bytes(), &mut self.rng);
             let reply_to = self.tubes[idx].reply_to;
-            self.reply(reply_to, json!({ "is_ok": true, "data": data }));
+            self.reply(reply_to, &data);
             let candidates: Vec<String> = if self.tubes[idx].trickle {
                 let locals = self.local_candidates.clone();
                 let tube = &mut self.tubes[idx];

@@ -133,16 +133,14 @@ impl Drop for ExternalGateway {
 }
 
 impl Shared {
-    fn reply(&self, reply_to: u64, payload: Value) {
-        (self.replies)(reply_to, payload.to_string());
+    /// `{"is_ok":true,"data":…}` for the router, as the built-in gateway answers.
+    fn reply(&self, reply_to: u64, data: &str) {
+        (self.replies)(reply_to, signaling::gateway_reply_ok(data));
     }
 
     fn refuse(&self, reply_to: u64, error: &str) {
         tracing::warn!(%error, "external gateway refuses a controller message");
-        self.reply(
-            reply_to,
-            json!({ "is_ok": false, "data": error, "error": error }),
-        );
+        (self.replies)(reply_to, signaling::gateway_reply_error(error));
     }
 
     fn send(&self, line: Value) {
@@ -215,10 +213,7 @@ impl Shared {
                 for candidate in list {
                     self.send(json!({ "type": "candidate", "candidate": candidate }));
                 }
-                self.reply(
-                    reply_to,
-                    json!({ "is_ok": true, "data": "ice candidate received" }),
-                );
+                self.reply(reply_to, "ice candidate received");
             }
             other => self.refuse(reply_to, &format!("unsupported action kind {other:?}")),
         }
@@ -256,7 +251,7 @@ impl Shared {
         let data = c.key.encrypt(body.to_string().as_bytes(), &mut OsRng);
         let reply_to = c.reply_to;
         drop(slot);
-        self.reply(reply_to, json!({ "is_ok": true, "data": data }));
+        self.reply(reply_to, &data);
     }
 }
 
