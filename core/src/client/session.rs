@@ -651,8 +651,8 @@ mod tests {
         assert!(h.now - blocked_at <= STALL_LIMIT + Duration::from_secs(1));
     }
 
-    #[test]
-    fn terminal_output_nobody_takes_pauses_the_tube_without_a_stall_close_and_loses_nothing() {
+    /// A terminal launch (80×24, stdin mode) run until the shell's prompt is ready.
+    fn terminal_at_prompt() -> Harness {
         let mut h = Harness::new(HarnessConfig {
             session: Session::Terminal(TerminalSettings {
                 cols: 80,
@@ -665,6 +665,12 @@ mod tests {
         h.run_until(Duration::from_secs(60), |h| {
             h.checkpoint_at("ready_for_prompt").is_some()
         });
+        h
+    }
+
+    #[test]
+    fn terminal_output_nobody_takes_pauses_the_tube_without_a_stall_close_and_loses_nothing() {
+        let mut h = terminal_at_prompt();
         h.run_for(Duration::from_millis(200));
         let before = h.terminal_output.len();
         // stdout stops taking output; the harness's target echoes the script back as output.
@@ -719,18 +725,7 @@ mod tests {
 
     #[test]
     fn a_gateway_pty_that_takes_no_input_holds_the_script_back_without_a_stall_close() {
-        let mut h = Harness::new(HarnessConfig {
-            session: Session::Terminal(TerminalSettings {
-                cols: 80,
-                rows: 24,
-                stdin_mode: true,
-                guacd_params: Default::default(),
-            }),
-            ..HarnessConfig::default()
-        });
-        h.run_until(Duration::from_secs(60), |h| {
-            h.checkpoint_at("ready_for_prompt").is_some()
-        });
+        let mut h = terminal_at_prompt();
         h.withhold_gateway_delivery = true;
         let sent = pattern(8 * 1024 * 1024);
         let mut off = 0;
@@ -796,18 +791,7 @@ mod tests {
 
     #[test]
     fn a_terminal_launch_opens_connection_1_and_reaches_the_prompt() {
-        let mut h = Harness::new(HarnessConfig {
-            session: Session::Terminal(TerminalSettings {
-                cols: 80,
-                rows: 24,
-                stdin_mode: true,
-                guacd_params: Default::default(),
-            }),
-            ..HarnessConfig::default()
-        });
-        h.run_until(Duration::from_secs(60), |h| {
-            h.checkpoint_at("ready_for_prompt").is_some()
-        });
+        let h = terminal_at_prompt();
         assert!(h.tube_ready.is_some(), "{:?}", h.finished);
         assert_eq!(h.opened.first(), Some(&1));
         let ready = h
