@@ -648,7 +648,9 @@ impl<N: GatewayNode> Loop<N> {
 
     fn queue(&mut self, conn: ConnNo, p: Pending) {
         if !self.sinks.contains_key(&conn) {
-            // Closed by the node already: whatever the target still says is moot.
+            // Closed by the node already: whatever the target still says is moot. (A target's output
+            // never precedes its `Connected`: `target::open` sends that first.)
+            tracing::debug!(conn, "target output after the connection closed dropped");
             return;
         }
         self.pending.entry(conn).or_default().push_back(p);

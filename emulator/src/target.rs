@@ -176,6 +176,11 @@ impl TargetSink {
 
 /// Open the target of `conn` in the background; the outcome arrives as [`TargetEvent::Connected`], then
 /// its output as more events, each converted into the caller's event type `E`.
+///
+/// The thread that connects is the one that then reads, so `Connected` is always on the channel before
+/// the first `Data`: the gateway loop drops output of connections it has no sink for, and a target that
+/// talks first (a server pushing on accept) once lost its first 128 KiB to a reader thread that ran ahead
+/// of `Connected` under load.
 pub fn open<E>(config: &TargetConfig, conn: ConnNo, events: Sender<E>, stop: Arc<AtomicBool>)
 where
     E: From<TargetEvent> + Send + 'static,
@@ -188,40 +193,48 @@ where
                 TargetConfig::Tunnel { forward_to } => open_tcp(*forward_to, conn, &events, &stop),
                 TargetConfig::Terminal { command } => open_pty(command, conn, &events, &stop),
             };
-            let sink = match result {
-                Ok(sink) => Some(sink),
+            match result {
+                Ok((sink, read)) => {
+                    let sink = Some(sink);
+                    if events
+                        .send(TargetEvent::Connected { conn, sink }.into())
+                        .is_ok()
+                    {
+                        read();
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(conn, error = %e, "gateway could not open its target");
-                    None
+                    let _ = events.send(TargetEvent::Connected { conn, sink: None }.into());
                 }
-            };
-            let _ = events.send(TargetEvent::Connected { conn, sink }.into());
+            }
         });
     if let Err(e) = spawned {
         tracing::warn!(conn, error = %e, "could not start a target thread");
     }
 }
 
+/// An open target's read side, run by [`open`]'s thread once `Connected` is sent.
+type ReadSide = Box<dyn FnOnce() + Send>;
+
 fn open_tcp<E: From<TargetEvent> + Send + 'static>(
     addr: SocketAddr,
     conn: ConnNo,
     events: &Sender<E>,
     stop: &Arc<AtomicBool>,
-) -> io::Result<TargetSink> {
+) -> io::Result<(TargetSink, ReadSide)> {
     let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
     let _ = stream.set_nodelay(true);
     tracing::debug!(conn, %addr, "tunnel target connected");
     let reader = stream.try_clone()?;
     let credit = Credit::default();
     let (tx, rx) = mpsc::channel::<SinkMsg>();
-    {
+    let read: ReadSide = {
         let events = events.clone();
         let credit = credit.clone();
         let stop = stop.clone();
-        thread::Builder::new()
-            .name(format!("emu-tcp-read-{conn}"))
-            .spawn(move || read_loop(reader, conn, &events, &credit, &stop, true))?;
-    }
+        Box::new(move || read_loop(reader, conn, &events, &credit, &stop, true))
+    };
     let events = events.clone();
     thread::Builder::new()
         .name(format!("emu-tcp-write-{conn}"))
@@ -265,7 +278,7 @@ fn open_tcp<E: From<TargetEvent> + Send + 'static>(
             // Sink dropped or closed: the reader sees the shutdown and ends too.
             let _ = stream.shutdown(Shutdown::Both);
         })?;
-    Ok(TargetSink { tx, credit })
+    Ok((TargetSink { tx, credit }, read))
 }
 
 /// Read a target until EOF; `half_close` says whether EOF is a half-close (TCP) or the end (PTY).
@@ -316,7 +329,7 @@ fn open_pty<E: From<TargetEvent> + Send + 'static>(
     conn: ConnNo,
     events: &Sender<E>,
     stop: &Arc<AtomicBool>,
-) -> io::Result<TargetSink> {
+) -> io::Result<(TargetSink, ReadSide)> {
     let argv = TargetConfig::terminal_argv(command);
     let Some((program, args)) = argv.split_first() else {
         return Err(io::Error::new(
@@ -340,24 +353,22 @@ fn open_pty<E: From<TargetEvent> + Send + 'static>(
     let mut killer: Box<dyn ChildKiller + Send + Sync> = child.clone_killer();
     let credit = Credit::default();
     let (tx, rx) = mpsc::channel::<SinkMsg>();
-    {
+    let read: ReadSide = {
         let events = events.clone();
         let credit = credit.clone();
         let stop = stop.clone();
-        thread::Builder::new()
-            .name(format!("emu-pty-read-{conn}"))
-            .spawn(move || {
-                read_loop(reader, conn, &events, &credit, &stop, false);
-                match child.wait() {
-                    Ok(status) => {
-                        tracing::info!(conn, code = status.exit_code(), "terminal command exited")
-                    }
-                    Err(e) => {
-                        tracing::debug!(conn, error = %e, "could not reap the terminal command")
-                    }
+        Box::new(move || {
+            read_loop(reader, conn, &events, &credit, &stop, false);
+            match child.wait() {
+                Ok(status) => {
+                    tracing::info!(conn, code = status.exit_code(), "terminal command exited")
                 }
-            })?;
-    }
+                Err(e) => {
+                    tracing::debug!(conn, error = %e, "could not reap the terminal command")
+                }
+            }
+        })
+    };
     let events = events.clone();
     thread::Builder::new()
         .name(format!("emu-pty-write-{conn}"))
@@ -394,7 +405,7 @@ fn open_pty<E: From<TargetEvent> + Send + 'static>(
             drop(writer);
             drop(master);
         })?;
-    Ok(TargetSink { tx, credit })
+    Ok((TargetSink { tx, credit }, read))
 }
 
 #[cfg(test)]
@@ -446,6 +457,49 @@ mod tests {
             }
         }
         assert_eq!(echoed, b"hello world");
+        server.join().expect("server");
+    }
+
+    /// A server that pushes on accept (the slow-reader test's target) must not lose its first bytes: every
+    /// `Data` comes after `Connected`, and all of it arrives. Repeated, because the old order was a race.
+    #[test]
+    fn a_target_that_talks_first_loses_nothing() {
+        const PUSH: usize = 256 * 1024;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = thread::spawn(move || {
+            for _ in 0..20 {
+                let (mut s, _) = listener.accept().expect("accept");
+                s.write_all(&vec![7u8; PUSH]).expect("push");
+            }
+        });
+        for conn in 1..=20 {
+            let (tx, rx) = mpsc::channel();
+            open(
+                &TargetConfig::Tunnel { forward_to: addr },
+                conn,
+                tx,
+                Arc::new(AtomicBool::new(false)),
+            );
+            let TargetEvent::Connected {
+                sink: Some(sink), ..
+            } = next(&rx)
+            else {
+                panic!("connection {conn}: the first event is not Connected")
+            };
+            let mut got = 0;
+            loop {
+                match next(&rx) {
+                    TargetEvent::Data { data, .. } => {
+                        sink.credit().release(data.len());
+                        got += data.len();
+                    }
+                    TargetEvent::Eof { .. } => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(got, PUSH, "connection {conn}");
+        }
         server.join().expect("server");
     }
 
