@@ -25,7 +25,7 @@ use crate::runner::{self, DriverConfig, Event, InputFn};
 use crate::settings::{self, EnvSettings};
 use crate::signals::Shutdown;
 use crate::spinner::Spinner;
-use crate::terminal::{self, CtrlCDetector, LocalEvent, RawModeGuard};
+use crate::terminal::{self, CtrlCDetector, InputGate, LocalEvent, RawModeGuard};
 use crate::ticket::Ticket;
 use crate::timing_report::TimingReport;
 
@@ -33,6 +33,7 @@ use crate::timing_report::TimingReport;
 pub const STDIN_SETTLE: Duration = Duration::from_millis(1500);
 /// After asking the session to close, exit anyway if it has not finished within this bound.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
 /// The session loop wakes at least this often (settle and close deadlines).
 pub(crate) const TICK: Duration = Duration::from_millis(50);
 
@@ -177,9 +178,11 @@ pub fn launch(args: &LaunchArgs, ticket: Ticket) -> Result<(), CliError> {
     // (`Command::Delivered`), so output nobody reads stays in the tube, not in this process.
     started.flow.claim_delivery();
     let inputs = started.inputs;
+    let stop = Arc::new(AtomicBool::new(false));
+    let input = InputGate::new(started.flow, stop.clone());
     if !interactive {
-        // Script mode: read (and hold back) the script right away.
-        terminal::spawn_stdin_reader(local_sender(&tx))
+        // Script mode: read (and hold back, up to INPUT_HOLD_CAP) the script right away.
+        terminal::spawn_stdin_reader(local_sender(&tx), input.clone())
             .map_err(|e| CliError::local("cannot read stdin", e))?;
     }
 
@@ -198,10 +201,11 @@ pub fn launch(args: &LaunchArgs, ticket: Ticket) -> Result<(), CliError> {
         close_sent_at: None,
         result: None,
         raw: None,
-        resize_stop: Arc::new(AtomicBool::new(false)),
+        input,
+        stop,
     };
     let outcome = session.run(&rx, &tx, &mut spinner, &mut timing, (cols, rows));
-    session.resize_stop.store(true, Ordering::Relaxed);
+    session.stop.store(true, Ordering::Relaxed);
     spinner.stop();
     // Leave raw mode before the waterfall and any error message are printed.
     drop(session.raw.take());
@@ -246,7 +250,10 @@ struct TerminalLoop {
     close_sent_at: Option<Instant>,
     result: Option<Result<(), LaunchError>>,
     raw: Option<RawModeGuard>,
-    resize_stop: Arc<AtomicBool>,
+    /// Bounds what the stdin reader takes (see [`InputGate`]).
+    input: InputGate,
+    /// Set when the loop is over: the resize watcher and a waiting stdin reader end.
+    stop: Arc<AtomicBool>,
 }
 
 impl TerminalLoop {
@@ -280,13 +287,14 @@ impl TerminalLoop {
                 RawModeGuard::enable()
                     .map_err(|e| CliError::local("cannot put the terminal in raw mode", e))?,
             );
-            terminal::spawn_stdin_reader(local_sender(tx))
+            terminal::spawn_stdin_reader(local_sender(tx), self.input.clone())
                 .map_err(|e| CliError::local("cannot read stdin", e))?;
-            terminal::spawn_resize_watcher(size, local_sender(tx), self.resize_stop.clone())
+            terminal::spawn_resize_watcher(size, local_sender(tx), self.stop.clone())
                 .map_err(|e| CliError::local("cannot watch the terminal size", e))?;
         }
         if !self.pending.is_empty() {
             let data = std::mem::take(&mut self.pending);
+            self.input.handed_over(data.len());
             self.send(Command::TerminalInput { data });
         }
         if self.stdin_ended_at.is_some() {
@@ -364,6 +372,7 @@ impl TerminalLoop {
                             continue;
                         }
                         if self.ready {
+                            self.input.handed_over(data.len());
                             self.send(Command::TerminalInput { data });
                         } else {
                             self.pending.extend_from_slice(&data);

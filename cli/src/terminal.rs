@@ -6,11 +6,15 @@
 //! The size is polled rather than taken from SIGWINCH so that nothing else competes for stdin.
 
 use std::io::{IsTerminal, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use pam_lite_core::client::TERMINAL_CONN;
+
+use crate::runner::FlowControl;
 
 /// Two Ctrl-C within this window end the session locally (Commander's `session_input.py`).
 pub const DOUBLE_CTRL_C: Duration = Duration::from_millis(400);
@@ -152,21 +156,76 @@ impl ResizeDebouncer {
     }
 }
 
-/// Read stdin on a thread, forwarding [`LocalEvent::Input`] until end of input. The thread is detached: a
-/// blocking read cannot be interrupted, and the process exits without waiting for it.
-pub fn spawn_stdin_reader(events: Sender<LocalEvent>) -> std::io::Result<()> {
+/// Stdin read but not yet handed to the node (a script piped in before the session is ready waits in
+/// the process): the stdin reader stops above this, so a large or endless pipe stays in the pipe.
+pub const INPUT_HOLD_CAP: usize = 1024 * 1024;
+
+/// What lets the stdin reader take more: the tube has room for the terminal's connection (the driver's
+/// flow control, set from the node's `Output::Backpressure`), and less than [`INPUT_HOLD_CAP`] of what
+/// it read waits in this process (before the session is ready, all of it does).
+#[derive(Clone)]
+pub struct InputGate {
+    flow: Arc<FlowControl>,
+    /// Bytes read from stdin and not yet handed to the node.
+    held: Arc<AtomicUsize>,
+    /// Set when the session is over: a waiting reader ends.
+    stop: Arc<AtomicBool>,
+}
+
+impl InputGate {
+    pub fn new(flow: Arc<FlowControl>, stop: Arc<AtomicBool>) -> Self {
+        Self {
+            flow,
+            held: Arc::new(AtomicUsize::new(0)),
+            stop,
+        }
+    }
+
+    /// Block while input must wait; `false` once the session is over.
+    fn admit(&self) -> bool {
+        let alive = || !self.stop.load(Ordering::Relaxed);
+        while self.held.load(Ordering::Acquire) >= INPUT_HOLD_CAP {
+            if !alive() {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        self.flow.wait(TERMINAL_CONN, alive) && alive()
+    }
+
+    /// The reader took `n` bytes.
+    fn took(&self, n: usize) {
+        self.held.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// `n` bytes read from stdin went to the node.
+    pub fn handed_over(&self, n: usize) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+}
+
+/// Read stdin on a thread, forwarding [`LocalEvent::Input`] until end of input. Before each read the thread
+/// waits at `gate` while no more input may be taken (the tube is full, or too much waits to be handed
+/// over): a stdin faster than the session is left in its pipe instead of in this process. The thread is detached: a blocking read cannot be interrupted, and the
+/// process exits without waiting for it.
+pub fn spawn_stdin_reader(events: Sender<LocalEvent>, gate: InputGate) -> std::io::Result<()> {
     thread::Builder::new()
         .name("pam-lite-stdin".into())
         .spawn(move || {
             let mut stdin = std::io::stdin().lock();
             let mut buf = vec![0u8; READ_CHUNK];
-            loop {
+            while gate.admit() {
                 match stdin.read(&mut buf) {
                     Ok(0) => {
                         let _ = events.send(LocalEvent::InputEnd);
                         return;
                     }
                     Ok(n) => {
+                        gate.took(n);
                         let data = buf.get(..n).unwrap_or_default().to_vec();
                         if events.send(LocalEvent::Input(data)).is_err() {
                             return;
@@ -214,6 +273,62 @@ mod tests {
 
     fn ms(t0: Instant, n: u64) -> Instant {
         t0 + Duration::from_millis(n)
+    }
+
+    /// Runs `gate.admit()` on a thread; the receiver gets its answer.
+    fn admit_async(gate: &InputGate) -> std::sync::mpsc::Receiver<bool> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let gate = gate.clone();
+        thread::spawn(move || {
+            let _ = tx.send(gate.admit());
+        });
+        rx
+    }
+
+    const WAIT: Duration = Duration::from_millis(200);
+
+    #[test]
+    fn the_stdin_gate_holds_at_most_the_cap_until_handed_over() {
+        let gate = InputGate::new(Arc::new(FlowControl::new()), Arc::default());
+        assert!(gate.admit());
+        gate.took(INPUT_HOLD_CAP - 1);
+        assert!(gate.admit(), "under the cap");
+        gate.took(1);
+        let waiting = admit_async(&gate);
+        assert!(waiting.recv_timeout(WAIT).is_err(), "at the cap: waits");
+        gate.handed_over(INPUT_HOLD_CAP / 2);
+        assert_eq!(waiting.recv_timeout(Duration::from_secs(5)), Ok(true));
+    }
+
+    #[test]
+    fn the_stdin_gate_waits_while_the_terminal_connection_is_paused() {
+        let flow = Arc::new(FlowControl::new());
+        let gate = InputGate::new(flow.clone(), Arc::default());
+        flow.set(TERMINAL_CONN + 1, true);
+        assert!(gate.admit(), "another connection's pause does not matter");
+        flow.set(TERMINAL_CONN, true);
+        let waiting = admit_async(&gate);
+        assert!(waiting.recv_timeout(WAIT).is_err(), "paused: waits");
+        flow.set(TERMINAL_CONN, false);
+        assert_eq!(waiting.recv_timeout(Duration::from_secs(5)), Ok(true));
+    }
+
+    #[test]
+    fn a_waiting_stdin_reader_ends_with_the_session() {
+        let flow = Arc::new(FlowControl::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let gate = InputGate::new(flow.clone(), stop.clone());
+        flow.set(TERMINAL_CONN, true);
+        let paused = admit_async(&gate);
+        let full = {
+            let g = InputGate::new(Arc::new(FlowControl::new()), stop.clone());
+            g.took(INPUT_HOLD_CAP);
+            admit_async(&g)
+        };
+        assert!(paused.recv_timeout(WAIT).is_err());
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(paused.recv_timeout(Duration::from_secs(5)), Ok(false));
+        assert_eq!(full.recv_timeout(Duration::from_secs(5)), Ok(false));
     }
 
     #[test]

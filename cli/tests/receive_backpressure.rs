@@ -15,6 +15,10 @@
 //!   `TERMINAL_PAUSE`; pam-lite's RSS stays under [`TERMINAL_RSS_CEILING_KIB`] (the terminal output is credited
 //!   as stdout takes it, so the tube pauses at the receive budget), and then every byte between two markers
 //!   arrives (SHA-256 against `seq`'s output with the PTY's `\r\n`).
+//! * **Terminal input** (`launch --stdin` fed 32 MiB faster than the remote shell reads): while the
+//!   shell reads nothing, pam-lite takes at most [`INPUT_TAKEN_CEILING`] of its stdin (the reader waits
+//!   for the tube, the rest stays in the pipe) and its RSS stays under the terminal ceiling; then the
+//!   shell counts every byte.
 //! * **Stall close, in real time** (both runtimes at once, ~65 s): connection B works, then connection
 //!   A's target pushes into a local peer that never reads. As documented (ARCHITECTURE.md, "Flow
 //!   control"), A holds the tube and B's traffic waits behind it; after `STALL_LIMIT` (60 s) A is closed
@@ -563,6 +567,162 @@ fn terminal_output_into_an_unread_stdout_bounded_and_lossless_smol() {
 #[test]
 fn terminal_output_into_an_unread_stdout_bounded_and_lossless_blocking() {
     terminal_stdout_not_read("blocking");
+}
+
+// ------------------------------------------------------------------------------------- terminal input
+
+/// Bytes the terminal-input test pipes into `launch --stdin` (`PAM_LITE_BP_INPUT_MIB` overrides).
+fn input_bytes() -> u64 {
+    std::env::var("PAM_LITE_BP_INPUT_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(32)
+        * 1024
+        * 1024
+}
+
+/// How much of a fast stdin pam-lite may have taken while the remote side reads nothing: the stdin
+/// hold (1 MiB), the tube's high-water mark and SCTP's window (1 MiB each), the gateway's receive budget
+/// (2 MiB), pipe and PTY buffers. Before the stdin reader waited on the tube, it took the whole input
+/// at once (the outbox closed the session past 64 MiB).
+const INPUT_TAKEN_CEILING: u64 = 16 * 1024 * 1024;
+/// How long the remote shell reads nothing once it is ready.
+const INPUT_REMOTE_PAUSE: Duration = Duration::from_secs(6);
+
+/// A terminal session fed `input_bytes()` on stdin, faster than the remote side reads: the remote shell
+/// goes raw, says `GOMARK`, sleeps, then counts what it reads. pam-lite takes at most
+/// [`INPUT_TAKEN_CEILING`] of the pipe while the shell sleeps, its RSS stays under the terminal ceiling,
+/// and the shell counts every byte (`wc -c`).
+fn terminal_input_faster_than_the_remote(runtime: &str) {
+    let total = input_bytes();
+    let ticket = common::temp_path("bp-input-ticket.json");
+    let t = ticket.to_str().unwrap().to_string();
+    let mut emulator = common::spawn(
+        &["emulator", "--terminal", "--ticket-out", &t],
+        &[("SHELL", "/bin/sh")],
+    );
+    let _e_out = common::drain(emulator.stdout.take().expect("stdout"));
+    let _e_err = common::drain(emulator.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + SETUP_DEADLINE;
+    while std::fs::metadata(&ticket).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the emulator wrote no ticket");
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(100));
+    let mut launch = common::spawn(
+        &["launch", "--ticket", &t, "--stdin", "--runtime", runtime],
+        &[],
+    );
+    let mut stdin = launch.stdin.take().expect("stdin");
+    // Raw mode first (no line discipline on the bulk), then the go signal; split so the echo of the
+    // command line never matches it.
+    let pause = INPUT_REMOTE_PAUSE.as_secs();
+    let script = format!(
+        "stty raw -echo; printf 'GO''MARK\\n'; sleep {pause}; head -c {total} | wc -c; exit\n"
+    );
+    stdin.write_all(script.as_bytes()).expect("script");
+    let (go_tx, go_rx) = mpsc::channel();
+    let mut stdout = launch.stdout.take().expect("stdout");
+    let reader = thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut go = Some(go_tx);
+        while let Ok(k) = stdout.read(&mut buf) {
+            if k == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..k]);
+            if go.is_some() && all.windows(6).any(|w| w == b"GOMARK") {
+                let _ = go.take().map(|g| g.send(()));
+            }
+        }
+        all
+    });
+    let stderr = common::drain(launch.stderr.take().expect("stderr"));
+    let watch = RssWatch::start(&[launch.id(), emulator.id()]);
+    go_rx
+        .recv_timeout(SETUP_DEADLINE)
+        .expect("the remote shell never said GOMARK");
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let written = written.clone();
+        thread::spawn(move || {
+            let mut buf = vec![0u8; CHUNK];
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = b'a' + (i % 26) as u8;
+            }
+            let mut left = total;
+            while left > 0 {
+                let n = left.min(CHUNK as u64) as usize;
+                if stdin.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                written.fetch_add(n as u64, Ordering::Relaxed);
+                left -= n as u64;
+            }
+        })
+    };
+    // Sample before the shell wakes up: what pam-lite took meanwhile is bounded.
+    thread::sleep(INPUT_REMOTE_PAUSE - Duration::from_secs(2));
+    let taken = written.load(Ordering::Relaxed);
+    let paused_peaks = watch.peaks();
+    let exit_deadline = Instant::now() + Duration::from_secs(300);
+    let code = loop {
+        match launch.try_wait() {
+            Ok(Some(status)) => break status.code(),
+            Ok(None) if Instant::now() > exit_deadline => {
+                let _ = launch.kill();
+                let _ = launch.wait();
+                break None;
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("wait: {e}"),
+        }
+    };
+    writer.join().expect("writer");
+    let peaks = watch.peaks();
+    drop(watch);
+    let _ = emulator.kill();
+    let _ = emulator.wait();
+    let err = stderr.join().unwrap_or_default();
+    let out = reader.join().expect("stdout reader");
+    let tail = String::from_utf8_lossy(&out[out.len().saturating_sub(200)..]).to_string();
+    eprintln!(
+        "{runtime}: terminal input, {} MiB on stdin while the remote reads nothing for {INPUT_REMOTE_PAUSE:?}: \
+         pam-lite took {:.1} MiB of it meanwhile, RSS peak {:.1} MiB then, {:.1} MiB overall; emulator \
+         peak {:.1} MiB",
+        total >> 20,
+        taken as f64 / 1048576.0,
+        mib(paused_peaks[0]),
+        mib(peaks[0]),
+        mib(peaks[1]),
+    );
+    assert_eq!(code, Some(0), "{runtime}: exit code; stderr:\n{err}");
+    assert!(
+        taken < INPUT_TAKEN_CEILING,
+        "{runtime}: pam-lite took {taken} bytes of stdin while the remote read nothing"
+    );
+    let counted = format!("{total}");
+    assert!(
+        tail.lines().any(|l| l.trim() == counted),
+        "{runtime}: the remote `wc -c` did not count {total} bytes; output tail: {tail:?}"
+    );
+    assert!(
+        peaks[0] < TERMINAL_RSS_CEILING_KIB,
+        "{runtime}: pam-lite RSS peaked at {:.1} MiB (ceiling {} MiB)",
+        mib(peaks[0]),
+        TERMINAL_RSS_CEILING_KIB / 1024
+    );
+}
+
+#[test]
+fn terminal_input_faster_than_the_remote_bounded_and_lossless_smol() {
+    terminal_input_faster_than_the_remote("smol");
+}
+
+#[test]
+fn terminal_input_faster_than_the_remote_bounded_and_lossless_blocking() {
+    terminal_input_faster_than_the_remote("blocking");
 }
 
 // ---------------------------------------------------------------------------------------- stall close
