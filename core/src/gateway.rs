@@ -29,6 +29,7 @@ use rand_core::{RngCore, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::guac::server::{ServerConfig, ServerEvent, TerminalServer};
+use crate::path::{PathConfig, PathEvent, PathWatch};
 use crate::relay::{GatherEvent, RelayLayer, RelayPlan};
 use crate::rtc::{Peer, PeerEvent, Role, KEEPER_VERSION_ATTRIBUTE};
 use crate::signaling::{self, ConversationId, GatewayAction, TunnelKey};
@@ -70,6 +71,9 @@ pub struct GatewayConfig {
     /// Fault injection (the emulator's `--answer-bad-fingerprint`): announce a DTLS fingerprint in the
     /// answer that is not the gateway's certificate's, so a client must refuse the handshake.
     pub answer_bad_fingerprint: bool,
+    /// A tube whose path is lost this long (`crate::path`) is closed. Longer than the client's own
+    /// bound (60 s by default): the client restarts ICE, the gateway answers, so the client decides.
+    pub path_loss_limit: Duration,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -96,6 +100,7 @@ impl Default for GatewayConfig {
             max_tubes: 4096,
             relay: RelayPlan::default(),
             answer_bad_fingerprint: false,
+            path_loss_limit: Duration::from_secs(120),
         }
     }
 }
@@ -130,6 +135,8 @@ struct Tube {
     /// taken yet, and whether reading the data channel is paused because of it.
     delivery: Delivery,
     read_paused: bool,
+    /// The path to this tube's client (`crate::path`): losses logged, the tube closed at the bound.
+    path: PathWatch,
 }
 
 /// The gateway role state machine. See the module docs.
@@ -320,8 +327,44 @@ impl Gateway {
                 self.reply(reply_to, "ice candidate received");
                 self.pump(idx);
             }
+            "ice_restart_offer" => self.on_restart_offer(reply_to, conv, input("data")),
+            // This gateway never offers a restart (Commander 18.1.8 cannot take one: it misreads the
+            // offer as an answer), so an answer is for nothing.
+            "ice_restart_answer" => {
+                self.reply_error(reply_to, "no ICE restart of the gateway's is pending")
+            }
             other => self.reply_error(reply_to, &format!("unsupported action kind {other:?}")),
         }
+    }
+
+    /// The client restarts ICE: accept its new offer (str0m restarts its ICE agent when the credentials
+    /// changed; DTLS and SCTP go on) and reply with the answer, which reaches the client over its
+    /// WebSocket (`{"type":"answer","sdp":…,"ice_restart":true}`, Commander's shape).
+    fn on_restart_offer(&mut self, reply_to: u64, conv: ConversationId, data: Option<String>) {
+        let Some(idx) = self.tubes.iter().position(|t| t.conv == conv && !t.closed) else {
+            return self.reply_error(reply_to, "unknown conversation");
+        };
+        let sdp = match self.tubes[idx].key.decrypt(&data.unwrap_or_default()) {
+            Ok(plain) => match signaling::parse_restart_offer(&plain) {
+                Ok(sdp) => sdp,
+                Err(e) => return self.reply_error(reply_to, &e.to_string()),
+            },
+            Err(e) => return self.reply_error(reply_to, &format!("decryption failed: {e}")),
+        };
+        let now = self.now;
+        let version = format!("{KEEPER_VERSION_ATTRIBUTE}{}", self.cfg.version);
+        let answer = match self.tubes[idx].peer.accept_offer(&sdp, &[version], now) {
+            Ok(a) => a,
+            Err(e) => return self.reply_error(reply_to, &format!("bad ICE-restart offer: {e}")),
+        };
+        for addr in crate::rtc::sdp_candidate_addresses(&sdp) {
+            self.relay.remote_candidate(addr, now);
+        }
+        tracing::info!(conv = %conv.std(), "the client restarted ICE; answering");
+        let body = signaling::ice_restart_answer_data_json(&answer);
+        let data = self.tubes[idx].key.encrypt(body.as_bytes(), &mut self.rng);
+        self.reply(reply_to, &data);
+        self.pump(idx);
     }
 
     fn on_offer(
@@ -402,6 +445,7 @@ impl Gateway {
             closed: false,
             delivery: Delivery::new(),
             read_paused: false,
+            path: PathWatch::new(PathConfig::answering(self.cfg.path_loss_limit)),
         });
         self.send_due_answers();
     }
@@ -463,7 +507,17 @@ impl Gateway {
             };
             while let Some(e) = tube.peer.poll_event() {
                 match e {
-                    PeerEvent::Connected => {}
+                    PeerEvent::Connected => tube.path.start(now),
+                    PeerEvent::PathLost => {
+                        if let Some(e) = tube.path.ice_lost(now) {
+                            log_path(&tube.conv, &e);
+                        }
+                    }
+                    PeerEvent::PathRestored => {
+                        if let Some(e) = tube.path.received(now, true) {
+                            log_path(&tube.conv, &e);
+                        }
+                    }
                     PeerEvent::ChannelOpen => {
                         let mut conns = Connections::new(TubeRole::Gateway, now);
                         conns.set_unix_ms_base(unix_ms, now);
@@ -551,6 +605,11 @@ impl Gateway {
                     }
                 }
             }
+            if tube.peer.last_received() == Some(now) {
+                if let Some(e) = tube.path.received(now, !tube.peer.path_lost()) {
+                    log_path(&tube.conv, &e);
+                }
+            }
             while let Some(d) = tube.peer.poll_transmit() {
                 if let Some(d) = self.relay.outgoing(d, now) {
                     outs.push(Output::Transmit(d));
@@ -587,6 +646,37 @@ impl Gateway {
         self.outputs.extend(outs);
         if again {
             self.pump(idx);
+        }
+    }
+
+    /// The tubes' path watches: losses logged; a tube lost past the bound is closed (its connections end
+    /// with `CloseReason::Timeout`).
+    fn on_path_timeouts(&mut self) {
+        let now = self.now;
+        for idx in 0..self.tubes.len() {
+            let mut outs = Vec::new();
+            let tube = &mut self.tubes[idx];
+            if tube.closed {
+                continue;
+            }
+            while let Some(e) = tube.path.handle_timeout(now) {
+                log_path(&tube.conv, &e);
+                if let PathEvent::GiveUp { .. } = e {
+                    if let Some(c) = tube.conns.as_mut() {
+                        c.close_all(CloseReason::Timeout);
+                    }
+                    for (_, g) in tube.global.drain() {
+                        outs.push(Output::ConnectionClosed {
+                            conn: g,
+                            reason: CloseReason::Timeout,
+                        });
+                    }
+                    tube.peer.close(now);
+                    tube.closed = true;
+                    break;
+                }
+            }
+            self.outputs.extend(outs);
         }
     }
 
@@ -774,6 +864,25 @@ fn drain_terminal(
     typed
 }
 
+/// A gateway tube's path event, as a log line.
+fn log_path(conv: &ConversationId, e: &PathEvent) {
+    let conv = conv.std();
+    match e {
+        PathEvent::Lost { quiet } => {
+            tracing::warn!(%conv, quiet_ms = quiet.as_millis() as u64, "path to the client lost")
+        }
+        PathEvent::Restored { outage, .. } => {
+            tracing::info!(%conv, outage_ms = outage.as_millis() as u64, "path to the client back")
+        }
+        PathEvent::GiveUp { outage, restarts } => tracing::warn!(
+            %conv,
+            "closing the tube: {}",
+            PathWatch::give_up_reason(*outage, *restarts)
+        ),
+        PathEvent::Restart { .. } => {}
+    }
+}
+
 impl Node for Gateway {
     fn handle_input(&mut self, input: Input, now: Instant) {
         if now > self.now {
@@ -792,6 +901,7 @@ impl Node for Gateway {
                         t.peer.handle_timeout(now);
                     }
                 }
+                self.on_path_timeouts();
                 self.send_due_answers();
                 for i in 0..self.tubes.len() {
                     self.pump(i);
@@ -853,9 +963,15 @@ impl Node for Gateway {
             .iter()
             .filter(|t| !t.closed)
             .filter_map(|t| t.delivery.poll_timeout());
+        let paths = self
+            .tubes
+            .iter()
+            .filter(|t| !t.closed)
+            .filter_map(|t| t.path.poll_timeout());
         answers
             .chain(peers)
             .chain(stalls)
+            .chain(paths)
             .chain(self.relay.poll_timeout())
             .min()
     }

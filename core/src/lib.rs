@@ -35,6 +35,7 @@ mod io;
 pub mod offer;
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod offer_retry;
+pub mod path;
 pub mod profile;
 pub mod relay;
 pub mod router;

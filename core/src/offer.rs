@@ -343,6 +343,37 @@ pub fn icecandidate_inputs(
     )
 }
 
+/// The inputs of an ICE-restart action: `ice_restart_offer` (we restart) or `ice_restart_answer` (we answer
+/// the gateway's restart); `data` is the sealed `{"type":…,"sdp":…,"ice_restart":true}` (Commander's
+/// `_send_restart_offer`, tunnel_helpers.py 2404-2473).
+pub fn ice_restart_inputs(
+    record_uid: &str,
+    kind: RestartKind,
+    base64_nonce: &str,
+    conversation_type: &str,
+    data: &str,
+) -> Map<String, Value> {
+    let kind = match kind {
+        RestartKind::Offer => "ice_restart_offer",
+        RestartKind::Answer => "ice_restart_answer",
+    };
+    base_inputs(
+        record_uid,
+        kind,
+        base64_nonce,
+        conversation_type,
+        data,
+        true,
+    )
+}
+
+/// Which side of an ICE restart an action carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartKind {
+    Offer,
+    Answer,
+}
+
 fn base_inputs(
     record_uid: &str,
     kind: &str,

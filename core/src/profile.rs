@@ -44,6 +44,9 @@ pub mod env {
     pub const PAM_WEBRTC_CONNECT_TIMEOUT_SEC: &str = "PAM_WEBRTC_CONNECT_TIMEOUT_SEC";
     /// Seconds (float). pam-lite's own: bound on one router HTTP request (Commander has none).
     pub const PAM_LITE_HTTP_TIMEOUT_SEC: &str = "PAM_LITE_HTTP_TIMEOUT_SEC";
+    /// Seconds (float). pam-lite's own: how long a lost path may take to come back before the session
+    /// ends (`crate::path`).
+    pub const PAM_LITE_PATH_LOSS_LIMIT_SEC: &str = "PAM_LITE_PATH_LOSS_LIMIT_SEC";
 
     /// Every name above, for help texts.
     pub const ALL: &[&str] = &[
@@ -59,6 +62,7 @@ pub mod env {
         PAM_WEBRTC_POLL_MS,
         PAM_WEBRTC_CONNECT_TIMEOUT_SEC,
         PAM_LITE_HTTP_TIMEOUT_SEC,
+        PAM_LITE_PATH_LOSS_LIMIT_SEC,
     ];
 }
 
@@ -138,6 +142,11 @@ pub struct Profile {
     /// HTTP timeout Commander does set (bind_to_controller). For requests the router deliberately holds
     /// open, use [`Profile::held_request_timeout`].
     pub http_timeout: Duration,
+    /// `PAM_LITE_PATH_LOSS_LIMIT_SEC` (60 s): a session whose path to the peer is lost (nothing heard for
+    /// [`crate::path::QUIET_AFTER`], or ICE disconnected) and does not come back within this, ICE restarts
+    /// included, ends with exit code 11. 60 s: Keeper's tube closes a session whose restart went
+    /// unanswered for 60 s (measured, 2.2.9), and the tube's stall limit is 60 s too.
+    pub path_loss_limit: Duration,
 
     // ---------------------------------------------------------------- the shape of the schedule
     /// POST `relay_access_creds` before anything else, serially, as Commander does (for TURN). The fast
@@ -197,6 +206,7 @@ impl Profile {
             open_connection_attempts: 5,
             open_connection_backoff: Duration::from_millis(100),
             http_timeout: Duration::from_secs(10),
+            path_loss_limit: Duration::from_secs(60),
             fetch_relay_creds: true,
             websocket_early: true,
             backend_delay_before_offer: true,
@@ -401,6 +411,17 @@ impl Profile {
                 return Err(invalid(var, &v, "must be greater than 0"));
             }
             next.http_timeout = t;
+        }
+        if let Some((var, v)) = get(env::PAM_LITE_PATH_LOSS_LIMIT_SEC) {
+            let t = parse_secs(var, &v)?;
+            if t < crate::path::QUIET_AFTER {
+                return Err(invalid(
+                    var,
+                    &v,
+                    "must be at least 6 seconds (the quiet time that detects a loss)",
+                ));
+            }
+            next.path_loss_limit = t;
         }
 
         *self = next;

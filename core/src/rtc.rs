@@ -51,8 +51,14 @@ pub enum PeerEvent {
     Message(Vec<u8>),
     /// The channel's send buffer drained: queued writes can be retried.
     Writable,
-    /// The session is over (remote close, ICE failure, DTLS failure).
+    /// The session is over (remote close, ICE failure before the first connect, DTLS failure).
     Closed(String),
+    /// ICE lost every working pair after the session was up (str0m's `Disconnected`: the nominated pair
+    /// went unanswered for ~20 s). Not the end: str0m keeps checking, DTLS and SCTP keep their state, and
+    /// the path may come back by itself or through an ICE restart ([`crate::path`] decides).
+    PathLost,
+    /// ICE has a working pair again after [`PeerEvent::PathLost`].
+    PathRestored,
 }
 
 /// Errors from SDP and candidate handling. Inputs here come from the remote peer, so they are never panics.
@@ -136,6 +142,10 @@ pub struct Peer {
     connected: bool,
     open: bool,
     closed: bool,
+    /// Between [`PeerEvent::PathLost`] and [`PeerEvent::PathRestored`].
+    path_lost: bool,
+    /// When the last datagram str0m took arrived (the path's heartbeat, for [`crate::path`]).
+    last_received: Option<Instant>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -167,6 +177,8 @@ impl Peer {
             connected: false,
             open: false,
             closed: false,
+            path_lost: false,
+            last_received: None,
         }
     }
 
@@ -243,6 +255,36 @@ impl Peer {
         Ok(())
     }
 
+    /// Offerer, on a session that is up: an ICE restart (RFC 8445 §9: new ufrag/pwd; the local candidates
+    /// are kept, re-announced under the new ufrag). str0m keeps using the old ICE session until the answer
+    /// is applied with [`Peer::accept_answer`]; DTLS and SCTP are not renegotiated.
+    pub fn restart_offer(&mut self, now: Instant) -> Result<String, PeerError> {
+        let mut api = self.rtc.sdp_api();
+        api.ice_restart(true);
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| PeerError::Rtc("str0m produced no ICE-restart offer".into()))?;
+        self.pending_offer = Some(pending);
+        self.drain(now);
+        Ok(offer.to_sdp_string())
+    }
+
+    /// Drop a pending offer whose answer will not come (an ICE restart that timed out). str0m keeps
+    /// the current ICE session; a later [`Peer::restart_offer`] starts afresh.
+    pub fn abandon_offer(&mut self) {
+        self.pending_offer = None;
+    }
+
+    /// Whether ICE has lost its path since the session was up ([`PeerEvent::PathLost`]).
+    pub fn path_lost(&self) -> bool {
+        self.path_lost
+    }
+
+    /// When the last datagram from the remote peer arrived.
+    pub fn last_received(&self) -> Option<Instant> {
+        self.last_received
+    }
+
     /// Whether an offer is still waiting for its answer.
     pub fn awaiting_answer(&self) -> bool {
         self.pending_offer.is_some()
@@ -258,6 +300,8 @@ impl Peer {
     ) -> Result<String, PeerError> {
         let offer = SdpOffer::from_sdp_string(sdp).map_err(sdp_error)?;
         let answer = self.rtc.sdp_api().accept_offer(offer).map_err(sdp_error)?;
+        // A remote (re-)offer wins over one of ours still pending (glare): str0m has invalidated it.
+        self.pending_offer = None;
         self.drain(now);
         Ok(insert_session_attributes(
             &answer.to_sdp_string(),
@@ -296,8 +340,9 @@ impl Peer {
             return;
         }
         if let Some(r) = receive(datagram) {
-            if let Err(e) = self.rtc.handle_input(str0m::Input::Receive(now, r)) {
-                tracing::debug!(error = %e, "str0m rejected a datagram");
+            match self.rtc.handle_input(str0m::Input::Receive(now, r)) {
+                Ok(()) => self.last_received = Some(now),
+                Err(e) => tracing::debug!(error = %e, "str0m rejected a datagram"),
             }
         }
         self.drain(now);
@@ -416,8 +461,24 @@ impl Peer {
                 self.connected = true;
                 self.events.push_back(PeerEvent::Connected);
             }
+            // Before the first connect, no pair ever worked: there is no path. After it, a lost path
+            // may come back (str0m never gives up checking), so it is reported, not fatal.
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected)
+                if self.connected && !self.path_lost =>
+            {
+                self.path_lost = true;
+                self.events.push_back(PeerEvent::PathLost);
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) if self.connected => {
+            }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.fail(ICE_DISCONNECTED.into());
+            }
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) if self.path_lost => {
+                self.path_lost = false;
+                self.events.push_back(PeerEvent::PathRestored);
             }
             Event::ChannelOpen(id, _label) => {
                 // The answerer learns the channel id only here (the offerer created it in-band).

@@ -166,6 +166,16 @@ pub mod names {
     pub const SDP_ANSWER_APPLIED: &str = "sdp_answer_applied";
     /// The WebRTC data channel is open (Commander cannot observe this; it sleeps instead).
     pub const DATA_CHANNEL_OPEN: &str = "data_channel_open";
+    /// Mid-session: the path to the peer went quiet or ICE lost it (`crate::path`).
+    pub const PATH_LOST: &str = "path_lost";
+    /// Mid-session: an ICE-restart offer went to the gateway.
+    pub const ICE_RESTART_OFFER_SENT: &str = "ice_restart_offer_sent";
+    /// Mid-session: the gateway's answer to our ICE restart was applied.
+    pub const ICE_RESTART_ANSWER_APPLIED: &str = "ice_restart_answer_applied";
+    /// Mid-session: the gateway restarted ICE and we answered.
+    pub const ICE_RESTART_ANSWERED: &str = "ice_restart_answered";
+    /// Mid-session: the path works again after a loss.
+    pub const PATH_RESTORED: &str = "path_restored";
 }
 
 /// All checkpoints of one launch, relative to its start: rendered like Commander's debug log, or

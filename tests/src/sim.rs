@@ -195,6 +195,9 @@ pub struct Sim {
     pub record: Record,
     /// Echo target: bytes that reach the gateway's target come back (tunnel mode).
     pub echo_target: bool,
+    /// Windows of virtual time in which every UDP datagram sent is lost (the path goes dark: a Wi-Fi
+    /// blip, a cable pulled); the router's HTTP and WebSocket are not affected.
+    pub dark: Vec<(Instant, Instant)>,
 }
 
 impl Sim {
@@ -239,6 +242,7 @@ impl Sim {
             ws_open: false,
             record: Record::default(),
             echo_target: true,
+            dark: Vec::new(),
         };
         let (caddr, gaddr) = (sim.client_addr, sim.gateway_addr);
         sim.gateway_input(Input::LocalCandidate {
@@ -263,6 +267,13 @@ impl Sim {
 
     fn half(d: Duration) -> Duration {
         d / 2
+    }
+
+    /// The client's NAT loses its mappings now (see [`Nat::rebind`]); no effect without a NAT.
+    pub fn rebind_client_nat(&mut self) {
+        if let Some(nat) = self.client_nat.as_mut() {
+            nat.rebind();
+        }
     }
 
     /// Feed the client an extra local candidate later (gathering that trickles in).
@@ -360,6 +371,15 @@ impl Sim {
     /// duplicated by the link it crosses).
     fn transmit(&mut self, d: Datagram) {
         self.record.datagrams_sent += 1;
+        let now = self.now;
+        if self
+            .dark
+            .iter()
+            .any(|(from, until)| (*from..*until).contains(&now))
+        {
+            self.record.datagrams_lost += 1;
+            return;
+        }
         let link = if self.turn.owns(d.source) || self.turn.owns(d.destination) {
             self.net.relay_link
         } else {

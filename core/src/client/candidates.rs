@@ -16,8 +16,6 @@ use serde_json::json;
 use crate::ice_batch::IceBatcher;
 use crate::offer::icecandidate_inputs;
 use crate::profile::Profile;
-use crate::router::endpoints;
-use crate::signaling::GatewayAction;
 use crate::CandidateKind;
 
 use super::router_calls::Call;
@@ -165,30 +163,7 @@ impl Client {
             &data,
             true,
         );
-        let action = GatewayAction {
-            conversation_id: self.conv.std(),
-            inputs,
-            message_id: Some(self.conv.url()),
-        };
-        let p = self.profile().clone();
-        let tokens = self.tokens.clone();
-        let message = endpoints::controller_message(
-            &self.cfg.gateway_uid,
-            &self.conv,
-            &action,
-            true,
-            p.gateway_timeout,
-        );
-        let req = endpoints::send_controller_message(
-            &self.cfg.router_url,
-            &tokens,
-            &message,
-            self.router.cookie.as_deref(),
-            false,
-            p.http_timeout,
-            &mut self.rng,
-        );
-        self.request(Call::Candidates, tokens, req);
+        self.send_action(Call::Candidates, inputs);
     }
 
     /// The batch's POST (or pre-check) is over. When the flush is done and the offer through,

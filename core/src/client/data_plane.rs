@@ -266,12 +266,16 @@ impl Client {
         while let Some(e) = peer.poll_event() {
             events.push(e);
         }
+        let heard = peer.last_received() == Some(now);
         for e in events {
             match e {
                 PeerEvent::Connected => {
                     self.data_plane.connected_at = Some(now);
                     self.outputs.push_back(Output::Connected);
+                    self.path_up();
                 }
+                PeerEvent::PathLost => self.path_ice(true),
+                PeerEvent::PathRestored => self.path_ice(false),
                 PeerEvent::ChannelOpen => {
                     self.data_plane.channel_open = true;
                     let mut conns = Connections::new(TubeRole::Client, now);
@@ -315,6 +319,9 @@ impl Client {
                     }
                 }
             }
+        }
+        if heard && !self.finished {
+            self.path_heard();
         }
         self.pump_tube();
     }

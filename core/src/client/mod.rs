@@ -23,6 +23,7 @@
 //! | [`candidates`] | local and remote ICE candidates and their (batched) `icecandidate` POSTs |
 //! | [`data_plane`] | ICE/DTLS to the data channel: the connect bound, Commander's poll ticks, the open delay and OpenConnection retry |
 //! | [`session`] | the tube once it is up: connections, flow control, the Guacamole terminal, user commands, closing |
+//! | [`recovery`] | mid-session path loss: detection, ICE restarts (ours and the gateway's), giving up at the bound |
 //!
 //! This file holds what they share: the configuration, the reconciler, the timer table and the outputs.
 
@@ -47,6 +48,7 @@ use crate::{ConfigError, Input, LaunchError, Node, Output, Seed};
 mod candidates;
 mod data_plane;
 mod offer;
+mod recovery;
 mod router_calls;
 mod session;
 mod websocket;
@@ -172,6 +174,7 @@ pub struct Client {
     tokens: Tokens,
     outputs: VecDeque<Output>,
     timers: BTreeMap<Timer, Instant>,
+    recovery: recovery::Recovery,
     /// The WebRTC peer, once `create_tube` ran: the offer creates it, candidates feed it, the data plane
     /// and the session read from it.
     peer: Option<Peer>,
@@ -226,6 +229,7 @@ impl Client {
             router: router_calls::RouterCalls::new(),
             ws: websocket::WsSide::new(),
             offer: offer::OfferState::new(&cfg.profile),
+            recovery: recovery::Recovery::new(cfg.profile.path_loss_limit),
             candidates: candidates::CandidateState::new(&cfg.profile),
             data_plane: data_plane::DataPlane::new(),
             session: session::SessionState::new(),
@@ -392,6 +396,7 @@ impl Node for Client {
             Input::Timeout => {
                 self.relay.handle_timeout(self.now);
                 self.on_peer_timeout();
+                self.on_path_timeout();
                 self.on_terminal_timeout();
                 if self.ws_ready_expired() {
                     return;
@@ -433,7 +438,11 @@ impl Node for Client {
         let peer = self.peer.as_ref().and_then(|p| p.poll_timeout());
         let terminal = self.session.terminal_timeout();
         let relay = self.relay.poll_timeout();
-        [timers, peer, terminal, relay].into_iter().flatten().min()
+        let path = self.path_timeout();
+        [timers, peer, terminal, relay, path]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

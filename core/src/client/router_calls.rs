@@ -19,6 +19,7 @@ use crate::offer_retry::AttemptFailure;
 use crate::relay::TurnCredentials;
 use crate::router::endpoints::{self, RouterCallError};
 use crate::router::envelope::Tokens;
+use crate::signaling::GatewayAction;
 use crate::timing::{names, PHASE_WEBRTC_TUNNEL as WEBRTC_TUNNEL};
 use crate::{HttpRequest, HttpResponse, Output, RequestId};
 
@@ -41,6 +42,8 @@ pub(super) enum Call {
     /// get_controllers before a candidate batch.
     CandidatePrecheck,
     Candidates,
+    /// An `ice_restart_offer` / `ice_restart_answer` POST (`recovery`).
+    IceRestart,
 }
 
 /// The state of the router calls.
@@ -153,6 +156,39 @@ impl Client {
         self.request(call, tokens, req);
     }
 
+    /// POST one gateway action of this conversation (candidates, an ICE restart) with the launch's shared
+    /// tokens, as a streaming controller message: the gateway's reply comes over the WebSocket.
+    pub(super) fn send_action(
+        &mut self,
+        call: Call,
+        inputs: serde_json::Map<String, serde_json::Value>,
+    ) {
+        let action = GatewayAction {
+            conversation_id: self.conv.std(),
+            inputs,
+            message_id: Some(self.conv.url()),
+        };
+        let p = self.profile().clone();
+        let tokens = self.tokens.clone();
+        let message = endpoints::controller_message(
+            &self.cfg.gateway_uid,
+            &self.conv,
+            &action,
+            true,
+            p.gateway_timeout,
+        );
+        let req = endpoints::send_controller_message(
+            &self.cfg.router_url,
+            &tokens,
+            &message,
+            self.router.cookie.as_deref(),
+            false,
+            p.http_timeout,
+            &mut self.rng,
+        );
+        self.request(call, tokens, req);
+    }
+
     /// Every HTTP answer, routed to the behaviour that asked.
     pub(super) fn on_http(&mut self, id: RequestId, result: Result<HttpResponse, String>) {
         let Some((call, tokens)) = self.router.calls.remove(&id) else {
@@ -216,6 +252,17 @@ impl Client {
                     Err(_) => false,
                 };
                 self.candidates_done(ok);
+            }
+            Call::IceRestart => {
+                let outcome = result.map_err(|e| e.to_string()).and_then(|r| {
+                    endpoints::parse_router_response(&r, &tokens, 300)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                });
+                // Not fatal: the path watch restarts again later, or gives up at its bound.
+                if let Err(e) = outcome {
+                    tracing::warn!(error = %crate::text::sanitize(&e), "ICE-restart POST failed");
+                }
             }
         }
     }

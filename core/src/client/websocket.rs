@@ -182,6 +182,9 @@ impl Client {
                 continue;
             }
             match signaling::classify_gateway_data(&self.key, &item.payload) {
+                GatewayData::Answer(sdp) if self.recovery.awaiting_restart_answer() => {
+                    self.apply_restart_answer(&sdp);
+                }
                 GatewayData::Answer(sdp) => {
                     self.apply_answer(&sdp);
                 }
@@ -191,9 +194,7 @@ impl Client {
                     }
                     self.pump_peer();
                 }
-                GatewayData::Offer(_) => {
-                    tracing::warn!("gateway-initiated ICE restart is not supported; ignoring");
-                }
+                GatewayData::Offer(sdp) => self.answer_gateway_restart(&sdp),
                 GatewayData::Ack => {}
                 GatewayData::Ignored(why) => tracing::debug!(%why, "ignoring a gateway message"),
                 GatewayData::Error(e) => {

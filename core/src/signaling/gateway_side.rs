@@ -110,6 +110,32 @@ pub fn parse_offer_data(plaintext: &[u8]) -> Result<String, SignalingError> {
     OfferRequest::parse(plaintext).map(|o| o.sdp)
 }
 
+/// The offer SDP of a decrypted `kind:"ice_restart_offer"` `data`: Commander's
+/// `{"type":"offer","sdp":<plain SDP>,"ice_restart":true}`, or the `{"offer": <base64 or plain SDP>}`
+/// shape its gateway-offer branch reads.
+pub fn parse_restart_offer(plaintext: &[u8]) -> Result<String, SignalingError> {
+    let text = std::str::from_utf8(plaintext)
+        .map_err(|_| SignalingError::Offer("restart offer is not UTF-8".into()))?;
+    let Value::Object(obj) = parse_json_bounded(text, "restart offer")? else {
+        return Err(SignalingError::Offer(
+            "restart offer is not a JSON object".into(),
+        ));
+    };
+    let field = |k: &str| obj.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let sdp = match (obj.get("type").and_then(Value::as_str), field("sdp")) {
+        (Some("offer") | None, Some(sdp)) => Some(sdp.to_string()),
+        (Some(other), Some(_)) => {
+            return Err(SignalingError::Offer(format!(
+                "restart data of type {:?}, not an offer",
+                crate::text::sanitize_max(other, 20)
+            )))
+        }
+        (_, None) => field("offer").and_then(sdp_from_b64_or_plain),
+    };
+    sdp.filter(|s| s.trim_start().starts_with("v="))
+        .ok_or_else(|| SignalingError::Offer("restart offer carries no SDP".into()))
+}
+
 /// The candidate strings of a decrypted `icecandidate` `data` (`{"candidates": [...]}`). Anything
 /// malformed yields an empty list; `""` entries (end of candidates) are kept.
 pub fn parse_candidates(plaintext: &[u8]) -> Vec<String> {
@@ -168,6 +194,28 @@ pub fn controller_response_payload(reply: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn restart_offers_in_both_shapes_and_refusals() {
+        let plain = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\n";
+        assert_eq!(
+            parse_restart_offer(ice_restart_offer_data_json(plain).as_bytes()).unwrap(),
+            plain
+        );
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, plain);
+        let shape2 = format!("{{\"offer\":\"{b64}\"}}");
+        assert_eq!(parse_restart_offer(shape2.as_bytes()).unwrap(), plain);
+        for bad in [
+            ice_restart_answer_data_json(plain),
+            "{}".to_string(),
+            "[1]".to_string(),
+            "{\"sdp\":\"not sdp\"}".to_string(),
+            "\u{1b}[2J".to_string(),
+        ] {
+            assert!(parse_restart_offer(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
     #[allow(unused_imports)]
     use crate::signaling::test_support::*;

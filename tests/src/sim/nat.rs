@@ -81,6 +81,8 @@ pub struct Nat {
     tcp_ports: Vec<u16>,
     /// Datagrams the filter dropped (for diagnostics).
     pub filtered: u64,
+    /// How often the NAT lost its state ([`Nat::rebind`]): part of every new mapping's port choice.
+    rebinds: u32,
 }
 
 impl Nat {
@@ -92,6 +94,7 @@ impl Nat {
             bindings: HashMap::new(),
             tcp_ports: Vec::new(),
             filtered: 0,
+            rebinds: 0,
         }
     }
 
@@ -107,7 +110,7 @@ impl Nat {
         let port = match self.mappings.get(&key) {
             Some(&p) => p,
             None => {
-                let p = self.free_port(&format!("udp {private} {:?}", key.1));
+                let p = self.free_port(&format!("udp {private} {:?} {}", key.1, self.rebinds));
                 self.mappings.insert(key, p);
                 self.bindings.insert(
                     p,
@@ -143,6 +146,14 @@ impl Nat {
             self.filtered += 1;
         }
         pass
+    }
+
+    /// The NAT loses every UDP mapping (a reboot, a conntrack flush, an idle timeout): the next datagram
+    /// out gets a new public port, and nothing reaches the old ones.
+    pub fn rebind(&mut self) {
+        self.mappings.clear();
+        self.bindings.clear();
+        self.rebinds += 1;
     }
 
     /// The public address of a new outbound TCP connection (its replies always come back).

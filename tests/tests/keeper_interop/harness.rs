@@ -361,6 +361,8 @@ impl Endpoint {
                     self.conns.handle_message(&m, now);
                 }
                 PeerEvent::Writable => {}
+                // The interop runs are short and on one host: a path event is only worth a trace line.
+                PeerEvent::PathLost | PeerEvent::PathRestored => eprintln!("keeper interop: {e:?}"),
                 PeerEvent::Closed(r) => {
                     if self.closed.is_none() {
                         self.closed = Some(r);
