@@ -401,6 +401,7 @@ impl RtcSctp {
                 TransportConfig::default()
                     .with_max_init_retransmits(None)
                     .with_max_data_retransmits(None)
+                    .with_rto_max_ms(snap::RTO_MAX_MS)
                     .with_max_receive_message_size(LOCAL_MAX_MESSAGE_SIZE)
                     .with_max_send_message_size(self.remote_max_message_size),
             );

@@ -18,9 +18,19 @@ pub(super) fn webrtc_transport_config() -> Arc<TransportConfig> {
         TransportConfig::default()
             .with_max_init_retransmits(None)
             .with_max_data_retransmits(None)
+            .with_rto_max_ms(RTO_MAX_MS)
             .with_max_receive_message_size(LOCAL_MAX_MESSAGE_SIZE),
     )
 }
+
+/// Cap on SCTP's retransmission timeout backoff (RFC 4960's RTO.max is 60 s).
+///
+/// Retransmits are unlimited (above): SCTP waits for ICE. With a 60 s cap, an outage of a few seconds
+/// doubles the timer past it (1, 2, 4, 8, 16… s), so when ICE has a path again the data waits up to
+/// the whole backed-off timer before the next retransmission finds it. ICE re-checks the path every
+/// few seconds anyway; 3 s keeps SCTP's probing of a dead path to one packet per 3 s and resumes the
+/// data within 3 s of the path coming back.
+pub(super) const RTO_MAX_MS: u64 = 3000;
 
 /// Out-of-band SCTP INIT data for SNAP negotiation.
 ///
