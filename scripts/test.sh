@@ -39,6 +39,11 @@ cargo test --workspace --locked
 step "vendored sctp-proto (vendor/sctp-proto-fixed) test suite"
 cargo test --locked --manifest-path vendor/sctp-proto-fixed/Cargo.toml
 
+# str0m's ICE agent, patched (a controlled agent follows the latest nomination: NAT rebinding, issue 14):
+# its own suite (vendor/is-fixed/PATCHES.md).
+step "vendored is (vendor/is-fixed) test suite"
+cargo test --locked --manifest-path vendor/is-fixed/Cargo.toml
+
 # The patched str0m (Channel::set_read_paused, receive-side backpressure): its lib tests and data-channel
 # tests, run against the sctp-proto fork above (vendor/str0m-fixed/patches/README.md).
 step "vendored str0m (vendor/str0m-fixed) test suite"

@@ -1932,15 +1932,22 @@ impl IceAgent {
                 .max_by_key(|p| p.prio())
         } else {
             // For controlled agents, we pick the best pair from what the controlling
-            // agent has indicated with USE-CANDIDATE stun attribute.
+            // agent has indicated with USE-CANDIDATE stun attribute. Among pairs of equal
+            // priority, the one the controlling agent used last wins: after the remote's
+            // NAT rebinds, its checks arrive from a new port as a peer-reflexive candidate
+            // with the same priority as the old one, and the old pair (whose checks now go
+            // nowhere) must not keep the send address until it is pruned (~20 s).
             self.candidate_pairs
                 .iter_mut()
                 .filter(|p| p.is_nominated())
-                .max_by_key(|p| p.prio())
+                .max_by_key(|p| (p.prio(), p.remote_binding_request_time()))
         };
 
         if let Some(best_prio) = best_prio {
-            if let Some(nominated) = nominated_pair_priority {
+            if !self.controlling && self.nominated_send == Some(best_prio.id()) {
+                return;
+            }
+            if let Some(nominated) = nominated_pair_priority.filter(|_| self.controlling) {
                 if nominated == best_prio.prio() {
                     // The best prio is also the current nominated prio. Make
                     // no changes since there can be multiple pairs having the
@@ -2936,6 +2943,55 @@ mod test {
                 .any(|e| matches!(e, IceAgentEvent::NominatedSend { .. })),
             "a single binding request must not choose the send address"
         );
+    }
+
+    /// A controlled agent follows the controlling agent's latest nomination among pairs of equal
+    /// priority: the remote's NAT rebinds, its next USE-CANDIDATE check comes from a new port (a
+    /// peer-reflexive candidate with the priority the old one had), and the send address moves there at
+    /// the next timeout instead of staying on the old pair until it is pruned.
+    #[test]
+    fn controlled_agent_follows_a_nomination_from_a_rebound_port() {
+        let mut agent = new_test_agent();
+        agent.set_controlling(false);
+        agent
+            .add_local_candidate(Candidate::host(ipv4_1(), "udp").unwrap())
+            .unwrap();
+        let remote_creds = IceCreds::new();
+        agent.set_remote_credentials(remote_creds.clone());
+        let prio = Candidate::host(ipv4_3(), "udp").unwrap().prio() - 1;
+        let nominate_from = |agent: &mut IceAgent, source: SocketAddr, now: Instant| {
+            let username = format!("{}:{}", agent.local_credentials.ufrag, remote_creds.ufrag);
+            let req = StunMessage::binding_request(&username, TransId::new(), true, 0, prio, true);
+            let bytes = serialize_stun_msg(req, &agent.local_credentials.pass);
+            assert!(agent.handle_packet(
+                now,
+                StunPacket {
+                    message: StunMessage::parse(&bytes).unwrap(),
+                    source,
+                    destination: ipv4_1(),
+                    proto: Protocol::Udp,
+                },
+            ));
+            agent.handle_timeout(now);
+        };
+        let sends = |agent: &mut IceAgent| {
+            let mut to = Vec::new();
+            while let Some(e) = agent.poll_event() {
+                if let IceAgentEvent::NominatedSend { destination, .. } = e {
+                    to.push(destination);
+                }
+            }
+            to
+        };
+        let rebound = SocketAddr::new(ipv4_3().ip(), ipv4_3().port() + 1);
+        let t0 = Instant::now();
+        nominate_from(&mut agent, ipv4_3(), t0);
+        assert_eq!(sends(&mut agent), vec![ipv4_3()]);
+        nominate_from(&mut agent, rebound, t0 + Duration::from_secs(3));
+        assert_eq!(sends(&mut agent), vec![rebound], "the latest nomination wins");
+        // Stable: more checks on the new pair change nothing.
+        nominate_from(&mut agent, rebound, t0 + Duration::from_secs(6));
+        assert_eq!(sends(&mut agent), Vec::<SocketAddr>::new());
     }
 
     fn make_serialized_binding_request(
