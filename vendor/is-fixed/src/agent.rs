@@ -1921,39 +1921,37 @@ impl IceAgent {
     }
 
     fn evaluate_nomination(&mut self) {
-        let nominated_pair_priority = self.nominated_pair_priority();
 
+        let current = self.nominated_send;
         let best_prio = if self.controlling {
             // For controlling agents, we pick the best candidate pair using
-            // this strategy.
+            // this strategy: a pair whose checks are answered before one whose
+            // latest checks go unanswered (a relay that lost its allocation, a
+            // path that died: it is kept until pruned, ~20 s, and must not keep
+            // the send address meanwhile), then by priority, then the current one.
             self.candidate_pairs
                 .iter_mut()
                 .filter(|p| p.state() == CheckState::Succeeded)
-                .max_by_key(|p| p.prio())
+                .max_by_key(|p| (!p.is_failing(), p.prio(), Some(p.id()) == current))
         } else {
             // For controlled agents, we pick the best pair from what the controlling
-            // agent has indicated with USE-CANDIDATE stun attribute. Among pairs of equal
-            // priority, the one the controlling agent used last wins: after the remote's
-            // NAT rebinds, its checks arrive from a new port as a peer-reflexive candidate
-            // with the same priority as the old one, and the old pair (whose checks now go
-            // nowhere) must not keep the send address until it is pruned (~20 s).
+            // agent has indicated with USE-CANDIDATE stun attribute: one whose checks are
+            // answered before one whose latest checks go unanswered, then by priority, then
+            // the one the controlling agent used last. After the remote's NAT rebinds, its
+            // checks arrive from a new port as a peer-reflexive candidate with the same
+            // priority as the old one; after it re-allocates a relay, the new relayed
+            // candidate may rank below the dead one. Either way the old pair (whose checks
+            // now go nowhere) must not keep the send address until it is pruned (~20 s).
             self.candidate_pairs
                 .iter_mut()
                 .filter(|p| p.is_nominated())
-                .max_by_key(|p| (p.prio(), p.remote_binding_request_time()))
+                .max_by_key(|p| (!p.is_failing(), p.prio(), p.remote_binding_request_time()))
         };
 
         if let Some(best_prio) = best_prio {
-            if !self.controlling && self.nominated_send == Some(best_prio.id()) {
+            // The best pair is the current one (ties are broken above).
+            if current == Some(best_prio.id()) {
                 return;
-            }
-            if let Some(nominated) = nominated_pair_priority.filter(|_| self.controlling) {
-                if nominated == best_prio.prio() {
-                    // The best prio is also the current nominated prio. Make
-                    // no changes since there can be multiple pairs having the
-                    // same best_prio.
-                    return;
-                }
             }
             trace!("Nominating best candidate");
 
@@ -1972,14 +1970,6 @@ impl IceAgent {
                 destination: remote.addr(),
             })
         }
-    }
-
-    fn nominated_pair_priority(&self) -> Option<u64> {
-        let id = self.nominated_send?;
-
-        self.candidate_pairs
-            .iter()
-            .find_map(|p| (p.id() == id).then_some(p.prio()))
     }
 
     fn nominated_pair(&self) -> Option<&CandidatePair> {

@@ -427,6 +427,12 @@ impl CandidatePair {
             .map(|(idx, b)| (idx + 1, b.request_sent))
     }
 
+    /// Whether the latest checks of this pair go unanswered (three in a row): the path it stands for
+    /// has stopped working, although the pair is not pruned yet.
+    pub fn is_failing(&self) -> bool {
+        self.unanswered().is_some_and(|(n, _)| n >= 3)
+    }
+
     /// When we should do the next retry.
     pub fn next_binding_attempt(&mut self, now: Instant, timing_config: &StunTiming) -> Instant {
         if let Some(cached) = self.cached_next_attempt_time {
