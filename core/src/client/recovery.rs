@@ -2,6 +2,9 @@
 //!
 //! * **Watch.** Once ICE + DTLS are up, every datagram from the gateway feeds the [`PathWatch`]; a quiet
 //!   path or ICE's `Disconnected` is a loss (`path_lost` checkpoint, a warning), not the end of the session.
+//! * **Regather.** At the loss (and at each later restart) the relay layer asks every STUN server again
+//!   and allocates again on every TURN server, beside the old allocations: a NAT that rebound, a new
+//!   network or a TURN server that restarted gives new candidates, which the restart offer carries.
 //! * **Restart.** While lost, the watch asks for ICE restarts on a spaced schedule. Each one is a new offer
 //!   from our str0m peer (new ufrag/pwd, our candidates re-announced) POSTed as `ice_restart_offer`, the
 //!   way Commander relays its tube's restart (`{"type":"offer","sdp":…,"ice_restart":true}`, sealed with
@@ -104,8 +107,18 @@ impl Client {
                     "the path to the gateway is lost; recovering (ICE restart)"
                 );
                 self.checkpoint(CLI_SESSION, names::PATH_LOST);
+                // New server-reflexive and relayed candidates, in time for the first restart offer (2 s).
+                let now = self.now;
+                self.relay.regather(now);
+                self.pump_peer();
             }
-            PathEvent::Restart { attempt } => self.start_ice_restart(attempt),
+            PathEvent::Restart { attempt } => {
+                if attempt > 1 {
+                    let now = self.now;
+                    self.relay.regather(now);
+                }
+                self.start_ice_restart(attempt)
+            }
             PathEvent::Restored { outage, restarts } => {
                 tracing::warn!(
                     outage_ms = outage.as_millis() as u64,

@@ -368,6 +368,14 @@ impl RelayLayer {
         }
     }
 
+    /// Gather again after the path was lost ([`Relays::regather`]); nothing when no server is configured.
+    pub(crate) fn regather(&mut self, now: Instant) {
+        if let Some(relays) = self.relays.as_mut() {
+            relays.regather(now);
+            self.collect();
+        }
+    }
+
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if let Some(relays) = self.relays.as_mut() {
             if relays.poll_timeout().is_some_and(|t| t <= now) {

@@ -196,7 +196,18 @@ pub struct Relays {
     peer_data: VecDeque<PeerData>,
     /// Every remote candidate so far (a fallback allocation binds them too). Bounded.
     peers: Vec<SocketAddr>,
+    /// Per allocation: a dead stream allocation that already has a successor ([`Relays::regather`]).
+    again: Vec<bool>,
+    /// Per UDP allocation being probed by [`Relays::regather`]: the previous allocation, restored if the
+    /// server refuses the probe (it still holds the previous one).
+    probed: Vec<Option<Allocation>>,
+    /// Numbers the STUN transactions of each regathering.
+    seed: u64,
+    regathers: u32,
 }
+
+/// Bound on allocations a node makes, regatherings included (each regathering adds one per server).
+const MAX_ALLOCATIONS: usize = 16;
 
 /// Remote candidates remembered per node (a gateway trickles a handful).
 const MAX_PEERS: usize = 64;
@@ -263,9 +274,88 @@ impl Relays {
             events: VecDeque::new(),
             peer_data: VecDeque::new(),
             peers: Vec::new(),
+            again: vec![false; config.turn.len()],
+            probed: (0..config.turn.len()).map(|_| None).collect(),
+            seed,
+            regathers: 0,
         };
         this.handle_timeout(now);
         this
+    }
+
+    /// The path to the peer was lost (issue 14): gather again. Every STUN server is asked anew (a NAT that
+    /// rebound, or a new network, maps us to a new address: a new server-reflexive candidate), and every
+    /// TURN allocation is checked by allocating again:
+    ///
+    /// * over UDP the server knows an allocation by our 5-tuple, so the new Allocate *probes* the old one:
+    ///   it succeeds when the server lost its state (restarted) or sees us from a new address (the new
+    ///   relay replaces the old), and is refused with 437 while the old allocation lives (the old one is
+    ///   kept, quietly);
+    /// * over TCP/TLS a dead stream's allocation gets a successor on a new connection.
+    ///
+    /// New candidates come out as [`RelayEvent::Candidate`]s; no second `Gathered` is reported.
+    pub fn regather(&mut self, now: Instant) {
+        self.regathers = self.regathers.wrapping_add(1);
+        let clock = self.clock;
+        for (i, b) in self.bindings.iter_mut().enumerate() {
+            let id = (u128::from(self.seed) << 32) | (u128::from(self.regathers) << 16) | i as u128;
+            *b = Binding::start(self.local, b.server(), id, &clock, now);
+            self.binding_reported[i] = false;
+        }
+        for i in 0..self.allocations.len() {
+            let a = &self.allocations[i];
+            let Some(server) = self.servers.get(i).cloned() else {
+                continue;
+            };
+            let udp = a.transport() == TurnTransport::Udp;
+            let dead = matches!(a.state(), State::Failed(_));
+            if udp && self.probed[i].is_none() && !self.again[i] {
+                let mut probe = Allocation::new(
+                    server.addr,
+                    server.transport,
+                    &server.username,
+                    &server.password,
+                    self.local,
+                    &clock,
+                    now,
+                );
+                for peer in &self.peers {
+                    probe.add_peer(*peer, &clock, now);
+                }
+                self.probed[i] = Some(std::mem::replace(&mut self.allocations[i], probe));
+                self.reported[i] = false;
+                self.lost[i] = false;
+            } else if !udp && dead && !self.again[i] && self.allocations.len() < MAX_ALLOCATIONS {
+                // A successor on a new connection; the dead one is not regathered again.
+                self.again[i] = true;
+                let index = self.allocations.len();
+                self.io.push_back(RelayIo::StreamOpen {
+                    stream: StreamId(index as u32),
+                    to: server.addr,
+                    tls_name: (server.transport == TurnTransport::Tls).then(|| server.name.clone()),
+                });
+                let mut a = Allocation::new(
+                    server.addr,
+                    server.transport,
+                    &server.username,
+                    &server.password,
+                    self.local,
+                    &clock,
+                    now,
+                );
+                for peer in &self.peers {
+                    a.add_peer(*peer, &clock, now);
+                }
+                self.allocations.push(a);
+                self.servers.push(server);
+                self.fallback_at.push(None);
+                self.reported.push(false);
+                self.lost.push(false);
+                self.again.push(false);
+                self.probed.push(None);
+            }
+        }
+        self.collect(now);
     }
 
     /// Offer a datagram that arrived on the node's UDP socket. `true` when it came from one of our
@@ -454,6 +544,8 @@ impl Relays {
             self.fallback_at.push(None);
             self.reported.push(false);
             self.lost.push(false);
+            self.again.push(false);
+            self.probed.push(None);
             for peer in self.peers.clone() {
                 if let Some(a) = self.allocations.last_mut() {
                     a.add_peer(peer, &self.clock, now);
@@ -497,6 +589,12 @@ impl Relays {
                 });
             }
             if self.binding_reported[i] {
+                continue;
+            }
+            // Asked again after a path loss: only a new address matters; a silent or refusing server was
+            // reported the first time (or works for the old mapping meanwhile).
+            if self.regathers > 0 && !matches!(b.result(), None | Some(BindingResult::Mapped(_))) {
+                self.binding_reported[i] = true;
                 continue;
             }
             let event = match b.result() {
@@ -556,6 +654,9 @@ impl Relays {
             match a.state().clone() {
                 State::Connecting | State::Allocating => {}
                 State::Allocated(relayed) => {
+                    if self.probed[i].take().is_some() {
+                        tracing::info!(server = %a.server(), %relayed, "TURN allocation renewed (the server had lost it, or sees us anew)");
+                    }
                     if let (Some(mapped), true) = (a.mapped(), udp) {
                         self.events.push_back(RelayEvent::Candidate {
                             kind: CandidateKind::ServerReflexive,
@@ -572,12 +673,22 @@ impl Relays {
                     });
                     self.reported[i] = true;
                 }
+                State::Failed(failure) if self.probed[i].is_some() => {
+                    // The server still holds the previous allocation (437), or did not answer: keep it.
+                    tracing::debug!(server = %a.server(), %failure, "TURN allocation probe refused: the relay is kept");
+                    if let Some(previous) = self.probed[i].take() {
+                        *a = previous;
+                    }
+                    self.reported[i] = true;
+                }
                 State::Failed(failure) => {
-                    self.events.push_back(RelayEvent::ServerFailed {
-                        server: a.server(),
-                        turn: true,
-                        failure,
-                    });
+                    {
+                        self.events.push_back(RelayEvent::ServerFailed {
+                            server: a.server(),
+                            turn: true,
+                            failure,
+                        });
+                    }
                     self.reported[i] = true;
                     if !udp {
                         self.io.push_back(RelayIo::StreamClose {

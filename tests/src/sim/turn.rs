@@ -99,6 +99,17 @@ impl SimTurn {
     }
 
     /// Whether a datagram to `addr` is the server's (its listening address or a relay address).
+    /// The server restarts (coturn restarted, or a failover to another instance): every allocation,
+    /// permission and channel is gone; new allocations get new relay ports.
+    pub fn restart(&mut self) {
+        let next_port = self.next_port;
+        *self = SimTurn {
+            next_port,
+            relayed: self.relayed,
+            ..SimTurn::new(self.up, self.zero)
+        };
+    }
+
     pub fn owns(&self, addr: SocketAddr) -> bool {
         addr.ip() == TURN_ADDR.ip()
     }
