@@ -163,6 +163,8 @@ fn a_twenty_second_blackout_restarts_ice_and_recovers() {
         "restored at {:?} while dark",
         restored[0]
     );
+    // The recovery waterfall, pinned: loss, restarts, answers, back (virtual time, deterministic).
+    insta::assert_snapshot!("recovery_20s_blackout", sim.snapshot());
     println!(
         "20 s blackout from {d:?}: lost at {:?}, restarts at {restarts:?}, answers at {answers:?}, \
          restored at {:?} ({:?} after the path came back); all bytes at {:?}",

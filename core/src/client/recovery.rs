@@ -230,3 +230,64 @@ impl Client {
         self.send_action(Call::IceRestart, inputs);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    use super::super::harness::{Harness, HarnessConfig};
+    use crate::rtc::{Peer, Role};
+    use crate::signaling::{gateway_reply_ok, ice_restart_offer_data_json, ws_push_frame};
+    use crate::timing::names;
+    use crate::Input;
+
+    /// A restart offer from the gateway (Keeper's tube sends one 2 s after it sees ICE disconnect) is
+    /// answered with an `ice_restart_answer` action through the router, whatever the client was doing.
+    #[test]
+    fn a_gateway_restart_offer_is_answered_through_the_router() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until_ready();
+        let now = h.now;
+        // An offer with new ICE credentials (a peer of its own: only the signaling is under test here).
+        let mut other = Peer::new(Role::Offerer, "restart", now);
+        let sdp = other.create_offer(now).expect("offer");
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let data = h
+            .client
+            .key
+            .encrypt(ice_restart_offer_data_json(&sdp).as_bytes(), &mut rng);
+        let frame = ws_push_frame(h.client.conv.bytes(), "x", &gateway_reply_ok(&data));
+        h.client_input(Input::WsMessage(frame));
+        h.run_for(Duration::from_secs(1));
+        assert!(
+            h.to_gateway.iter().any(|(_, k)| k == "ice_restart_answer"),
+            "{:?}",
+            h.to_gateway
+        );
+        assert!(h.checkpoint_names().contains(&names::ICE_RESTART_ANSWERED));
+        assert_eq!(h.finished, None, "answering a restart ends nothing");
+    }
+
+    /// A restart offer before the session is up is not ours to answer (the first answer is pending).
+    #[test]
+    fn a_restart_offer_before_the_session_is_up_is_ignored() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until(Duration::from_secs(10), |h| h.client.ws.is_open());
+        let now = h.now;
+        let mut other = Peer::new(Role::Offerer, "restart", now);
+        let sdp = other.create_offer(now).expect("offer");
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let data = h
+            .client
+            .key
+            .encrypt(ice_restart_offer_data_json(&sdp).as_bytes(), &mut rng);
+        let frame = ws_push_frame(h.client.conv.bytes(), "x", &gateway_reply_ok(&data));
+        h.client_input(Input::WsMessage(frame));
+        assert!(!h.to_gateway.iter().any(|(_, k)| k == "ice_restart_answer"));
+        h.run_until_ready();
+        assert!(h.tube_ready.is_some(), "the launch goes on");
+    }
+}
