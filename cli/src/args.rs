@@ -31,6 +31,9 @@ Environment (Commander's names):
   PAM_GATEWAY_OFFER_MAX_ATTEMPTS, PAM_OPEN_CONNECTION_DELAY, PAM_WEBRTC_POLL_MS,
   PAM_WEBRTC_CONNECT_TIMEOUT_SEC, GATEWAY_TIMEOUT, ...
                         adjust the timing profile (see --profile)
+  PAM_LITE_PATH_LOSS_LIMIT_SEC=60
+                        a session whose path to the gateway is lost (6 s of silence) keeps trying
+                        (ICE restarts) this long, then ends with exit code 11
   RUST_LOG              log filter (overrides -v)";
 
 #[derive(Debug, Parser)]

@@ -35,6 +35,9 @@ const OVERSIZE: usize = 96 << 20;
 const TRANSFER: usize = 1 << 20;
 /// The answer / connect bound these runs set (`PAM_WEBRTC_CONNECT_TIMEOUT_SEC`).
 const CONNECT_TIMEOUT_SECS: u64 = 6;
+/// The path-loss bound these runs set (`PAM_LITE_PATH_LOSS_LIMIT_SEC`; 60 s by default): a path that
+/// stays lost ends the session this long after its last datagram.
+const PATH_LOSS_LIMIT_SECS: u64 = 15;
 /// Hard deadline of any one process (a hung case fails instead of hanging the suite).
 const KILL_AFTER: Duration = Duration::from_secs(90);
 
@@ -73,6 +76,10 @@ impl Pam {
                 CONNECT_TIMEOUT_SECS.to_string(),
             )
             .env("PAM_GATEWAY_OFFER_MAX_ATTEMPTS", "1")
+            .env(
+                "PAM_LITE_PATH_LOSS_LIMIT_SEC",
+                PATH_LOSS_LIMIT_SECS.to_string(),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -433,11 +440,12 @@ fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "gateway restart mid-session",
-            fault: "Emulator::restart_gateway after a 1 MiB echo (every tube lost, same address)",
+            fault: "Emulator::restart_gateway after a 1 MiB echo (every tube lost, same address): the path \
+                    goes quiet, the client's ICE restart is refused (unknown conversation)",
             expect: Expect {
                 code: 11,
-                says: &["WebRTC session closed"],
-                bound: s(40),
+                says: &["WebRTC session closed", "refused to restart ICE"],
+                bound: s(20),
             },
             run: || {
                 Box::new(|rt| {
@@ -449,17 +457,46 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "UDP blackhole mid-session",
-            fault:
-                "Emulator::set_udp_blackhole after a 1 MiB echo (no path recovery yet: issue 14)",
+            fault: "Emulator::set_udp_blackhole for good after a 1 MiB echo (ICE restarts through the \
+                    router, then the path-loss bound, PAM_LITE_PATH_LOSS_LIMIT_SEC=15)",
             expect: Expect {
                 code: 11,
-                says: &["WebRTC session closed"],
-                bound: s(40),
+                says: &["WebRTC session closed", "did not come back within"],
+                bound: s(PATH_LOSS_LIMIT_SECS + 10),
             },
             run: || {
                 Box::new(|rt| {
                     let emu = emulator(tunnel_to(server(echo)));
                     session_then(emu, rt, |_| {}, |e| e.set_udp_blackhole(true), |_, _, _| {})
+                })
+            },
+        },
+        Case {
+            name: "UDP blackhole for 8 s mid-session, then lifted",
+            fault: "Emulator::set_udp_blackhole after a 1 MiB echo, lifted 8 s later (path lost at ~6 s, \
+                    one ICE restart); a second 1 MiB echo, then SIGTERM",
+            expect: Expect {
+                code: 0,
+                says: &["tunnel closed"],
+                bound: s(PATH_LOSS_LIMIT_SECS + 10),
+            },
+            run: || {
+                Box::new(|rt| {
+                    let emu = emulator(tunnel_to(server(echo)));
+                    session_then(
+                        emu,
+                        rt,
+                        |_| {},
+                        |e| {
+                            e.set_udp_blackhole(true);
+                            thread::sleep(Duration::from_secs(8));
+                            e.set_udp_blackhole(false);
+                        },
+                        |p, addr, m| {
+                            m.transfers.push(echo_transfer(addr, 3));
+                            graceful_end(p);
+                        },
+                    )
                 })
             },
         },
@@ -907,9 +944,12 @@ fn markdown(rows: &[Row], wall: Duration) -> String {
     );
     md.push_str(
         "\nReading the table:\n\n\
-         * A gateway restart and a UDP blackhole are noticed through ICE (consent lost, then \
-         `ICE disconnected`; see the time column). There is no path recovery yet (issue 14), so the session ends with \
-         11 rather than resuming.\n\
+         * A path that goes quiet for 6 s is lost, not over (path recovery, issue 14): the client regathers \
+         and restarts ICE through the router. A blackout that is lifted (8 s here) costs nothing: the second echo \
+         completes and the session ends normally. One that stays ends with 11 at the path-loss bound (15 s in these \
+         runs, `PAM_LITE_PATH_LOSS_LIMIT_SEC`; 60 s by default). A restarted gateway no longer knows the \
+         conversation and refuses the restart, which ends the session at once (~8 s: 6 s of quiet, 2 s to the first \
+         restart) instead of at the bound.\n\
          * A DTLS fingerprint that is not the gateway certificate's is refused during the handshake \
          (str0m: `remote fingerprint no match`), well before the connect timeout.\n\
          * Oversized input is refused at its limit without being buffered: HTTP bodies at the driver's \

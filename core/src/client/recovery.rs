@@ -190,6 +190,17 @@ impl Client {
         self.pump_peer();
     }
 
+    /// The gateway refused our restart (it no longer knows the conversation: restarted, or the tube
+    /// closed on its side). Nothing can bring this session back: end it now, not at the bound.
+    pub(super) fn restart_refused(&mut self, error: &str) {
+        self.recovery.restart_pending = false;
+        self.finish(Err(LaunchError::Disconnected(format!(
+            "the path to the gateway was lost and the gateway refused to restart ICE ({}): the session \
+             is gone on its side",
+            crate::text::sanitize_max(error, 200)
+        ))));
+    }
+
     /// The gateway restarts ICE: answer its offer (ours, if one is in flight, yields).
     pub(super) fn answer_gateway_restart(&mut self, sdp: &str) {
         let now = self.now;

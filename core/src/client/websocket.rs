@@ -201,6 +201,9 @@ impl Client {
                     if !self.data_plane.seen {
                         return self.finish(Err(LaunchError::Gateway(e)));
                     }
+                    if self.recovery.awaiting_restart_answer() {
+                        return self.restart_refused(&e);
+                    }
                     tracing::warn!(error = %e, "gateway reported an error");
                 }
             }
