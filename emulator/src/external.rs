@@ -7,7 +7,9 @@
 //! offer with the tunnel key (record seed + the action's nonce), hands the SDP to the tube, seals the tube's
 //! answer and each trickled candidate for the client as replies to the offer, and passes the client's
 //! trickled candidates on. The process is one tube, so the bridge serves one conversation; a second offer
-//! is refused like a gateway at its limit would.
+//! is refused like a gateway at its limit would. ICE restarts go both ways: the client's `ice_restart_offer`
+//! reaches the tube (its answer is the reply), and the tube's own restart offer (Keeper's tube sends one
+//! 2 s after it sees ICE disconnect) goes to the client, whose `ice_restart_answer` comes back to the tube.
 //!
 //! Everything from the process is bounded: a line is at most [`MAX_LINE`] bytes (longer ones end the
 //! bridge), and its text reaches logs only sanitised.
@@ -38,6 +40,8 @@ struct Conversation {
     conv: ConversationId,
     key: TunnelKey,
     reply_to: u64,
+    /// The client's `ice_restart_offer` waiting for the tube's answer (its reply_to).
+    restart_reply_to: Option<u64>,
 }
 
 struct Shared {
@@ -188,6 +192,7 @@ impl Shared {
                     conv,
                     key,
                     reply_to,
+                    restart_reply_to: None,
                 });
                 drop(slot);
                 tracing::info!(
@@ -215,6 +220,49 @@ impl Shared {
                 }
                 self.reply(reply_to, "ice candidate received");
             }
+            // The client restarts ICE: the tube takes the new offer on its connected session and returns
+            // the answer itself (2.2.9's set_remote_description), which goes back as the reply.
+            "ice_restart_offer" => {
+                let mut slot = self.conversation.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(c) = slot.as_mut().filter(|c| c.conv == conv) else {
+                    return self.refuse(reply_to, "unknown conversation");
+                };
+                let sdp = match c
+                    .key
+                    .decrypt(input("data"))
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| signaling::parse_restart_offer(&p).map_err(|e| e.to_string()))
+                {
+                    Ok(sdp) => sdp,
+                    Err(e) => return self.refuse(reply_to, &format!("bad ICE-restart offer: {e}")),
+                };
+                c.restart_reply_to = Some(reply_to);
+                drop(slot);
+                tracing::info!("external gateway: the client restarts ICE");
+                self.send(json!({ "type": "restart_offer", "sdp": sdp }));
+            }
+            // The client's answer to the tube's own restart offer.
+            "ice_restart_answer" => {
+                let slot = self.conversation.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(c) = slot.as_ref().filter(|c| c.conv == conv) else {
+                    return self.refuse(reply_to, "unknown conversation");
+                };
+                let sdp = match c
+                    .key
+                    .decrypt(input("data"))
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| signaling::parse_restart_answer(&p).map_err(|e| e.to_string()))
+                {
+                    Ok(sdp) => sdp,
+                    Err(e) => {
+                        return self.refuse(reply_to, &format!("bad ICE-restart answer: {e}"))
+                    }
+                };
+                drop(slot);
+                tracing::info!("external gateway: the client answered the tube's ICE restart");
+                self.send(json!({ "type": "restart_answer", "sdp": sdp }));
+                self.reply(reply_to, "ice restart answer received");
+            }
             other => self.refuse(reply_to, &format!("unsupported action kind {other:?}")),
         }
     }
@@ -226,10 +274,33 @@ impl Shared {
             tracing::warn!(line = %sanitize_max(line, 200), "external gateway: not JSON");
             return;
         };
+        let mut to = None;
         let body = match msg.get("type").and_then(Value::as_str) {
             Some("answer") => {
                 let sdp = msg.get("sdp").and_then(Value::as_str).unwrap_or("");
                 json!({ "answer": B64.encode(sdp.as_bytes()) })
+            }
+            // The tube answered the client's restart: the reply to that action.
+            Some("restart_answer") => {
+                let sdp = msg.get("sdp").and_then(Value::as_str).unwrap_or("");
+                let slot = self.conversation.lock().unwrap_or_else(|p| p.into_inner());
+                to = slot.as_ref().and_then(|c| c.restart_reply_to);
+                json!({ "type": "answer", "sdp": sdp, "ice_restart": true })
+            }
+            // The tube restarts ICE itself (2 s after it sees the path disconnected): its offer goes to the
+            // client, which answers with an `ice_restart_answer` action.
+            Some("signal")
+                if msg.get("kind").and_then(Value::as_str) == Some("ice_restart_offer") =>
+            {
+                let b64 = msg.get("data").and_then(Value::as_str).unwrap_or("");
+                let Some(sdp) =
+                    signaling::decode_b64_any(b64).and_then(|b| String::from_utf8(b).ok())
+                else {
+                    tracing::warn!("external gateway: a restart offer that is not base64 SDP");
+                    return;
+                };
+                tracing::info!("external gateway: the tube restarts ICE");
+                json!({ "type": "offer", "sdp": sdp, "ice_restart": true })
             }
             Some("candidate") => match msg.get("candidate").and_then(Value::as_str) {
                 Some(c) if !c.is_empty() => json!({ "candidates": [c] }),
@@ -249,7 +320,7 @@ impl Shared {
             "external gateway: to the client"
         );
         let data = c.key.encrypt(body.to_string().as_bytes(), &mut OsRng);
-        let reply_to = c.reply_to;
+        let reply_to = to.unwrap_or(c.reply_to);
         drop(slot);
         self.reply(reply_to, &data);
     }

@@ -20,8 +20,11 @@ stdout (flushed after every line):
   {"type":"status","tube_status":..,"connection_state":..,"active_tubes":..}
   {"type":"error","error":..}
   {"type":"closed","ms":..}                    after close_tube (answer to "close", or stdin EOF)
+  {"type":"restart_answer","sdp":"<plain SDP>"}  gateway role, the tube's answer to a restart_offer
 stdin:
   {"type":"offer","sdp":".."} | {"type":"answer","sdp":".."} | {"type":"candidate","candidate":".."}
+  {"type":"restart_offer","sdp":".."}   the client restarts ICE on the connected tube (gateway role)
+  {"type":"restart_answer","sdp":".."}  the client's answer to the tube's own ice_restart_offer signal
   {"type":"status"} | {"type":"close","reason":<code or null>}
   EOF = close.
 
@@ -172,6 +175,17 @@ def main():
                 reg.set_remote_description(st["tid"], base64.b64encode(msg["sdp"].encode()).decode(),
                                            is_answer=True)
                 st["t_remote"] = time.monotonic()
+            elif kind == "restart_offer" and st["tid"] is not None:
+                # 2.2.9: set_remote_description on a connected tube answers the re-offer itself.
+                ans = reg.set_remote_description(st["tid"], base64.b64encode(msg["sdp"].encode()).decode(),
+                                                 is_answer=False)
+                if ans:
+                    emit({"type": "restart_answer", "sdp": base64.b64decode(ans).decode()})
+                else:
+                    emit({"type": "error", "error": "set_remote_description returned no restart answer"})
+            elif kind == "restart_answer" and st["tid"] is not None:
+                reg.set_remote_description(st["tid"], base64.b64encode(msg["sdp"].encode()).decode(),
+                                           is_answer=True)
             elif kind == "candidate":
                 if st["tid"] is None:
                     emit({"type": "error", "error": "candidate before the offer"})

@@ -114,26 +114,38 @@ pub fn parse_offer_data(plaintext: &[u8]) -> Result<String, SignalingError> {
 /// `{"type":"offer","sdp":<plain SDP>,"ice_restart":true}`, or the `{"offer": <base64 or plain SDP>}`
 /// shape its gateway-offer branch reads.
 pub fn parse_restart_offer(plaintext: &[u8]) -> Result<String, SignalingError> {
+    parse_restart(plaintext, "offer")
+}
+
+/// The answer SDP of a decrypted `kind:"ice_restart_answer"` `data`
+/// (`{"type":"answer","sdp":<plain SDP>,"ice_restart":true}`, or `{"answer": <base64 or plain SDP>}`).
+pub fn parse_restart_answer(plaintext: &[u8]) -> Result<String, SignalingError> {
+    parse_restart(plaintext, "answer")
+}
+
+fn parse_restart(plaintext: &[u8], want: &str) -> Result<String, SignalingError> {
+    let what = format!("restart {want}");
     let text = std::str::from_utf8(plaintext)
-        .map_err(|_| SignalingError::Offer("restart offer is not UTF-8".into()))?;
-    let Value::Object(obj) = parse_json_bounded(text, "restart offer")? else {
-        return Err(SignalingError::Offer(
-            "restart offer is not a JSON object".into(),
-        ));
+        .map_err(|_| SignalingError::Offer(format!("{what} is not UTF-8")))?;
+    let Value::Object(obj) = parse_json_bounded(text, "restart data")? else {
+        return Err(SignalingError::Offer(format!(
+            "{what} is not a JSON object"
+        )));
     };
     let field = |k: &str| obj.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
     let sdp = match (obj.get("type").and_then(Value::as_str), field("sdp")) {
-        (Some("offer") | None, Some(sdp)) => Some(sdp.to_string()),
+        (Some(t), Some(sdp)) if t == want => Some(sdp.to_string()),
+        (None, Some(sdp)) => Some(sdp.to_string()),
         (Some(other), Some(_)) => {
             return Err(SignalingError::Offer(format!(
-                "restart data of type {:?}, not an offer",
+                "restart data of type {:?}, not an {want}",
                 crate::text::sanitize_max(other, 20)
             )))
         }
-        (_, None) => field("offer").and_then(sdp_from_b64_or_plain),
+        (_, None) => field(want).and_then(sdp_from_b64_or_plain),
     };
     sdp.filter(|s| s.trim_start().starts_with("v="))
-        .ok_or_else(|| SignalingError::Offer("restart offer carries no SDP".into()))
+        .ok_or_else(|| SignalingError::Offer(format!("{what} carries no SDP")))
 }
 
 /// The candidate strings of a decrypted `icecandidate` `data` (`{"candidates": [...]}`). Anything
@@ -205,6 +217,11 @@ mod tests {
         let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, plain);
         let shape2 = format!("{{\"offer\":\"{b64}\"}}");
         assert_eq!(parse_restart_offer(shape2.as_bytes()).unwrap(), plain);
+        assert_eq!(
+            parse_restart_answer(ice_restart_answer_data_json(plain).as_bytes()).unwrap(),
+            plain
+        );
+        assert!(parse_restart_answer(ice_restart_offer_data_json(plain).as_bytes()).is_err());
         for bad in [
             ice_restart_answer_data_json(plain),
             "{}".to_string(),
