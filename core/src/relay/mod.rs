@@ -179,34 +179,42 @@ pub struct PeerData {
 pub struct Relays {
     clock: Clock,
     local: SocketAddr,
-    /// The configured TURN servers, by allocation index (a TCP fallback copies its UDP original).
-    servers: Vec<TurnServer>,
-    /// Per UDP allocation: when to try its server over TCP too, if it is still silent.
-    fallback_at: Vec<Option<Instant>>,
     bindings: Vec<Binding>,
-    allocations: Vec<Allocation>,
-    /// Per allocation: whether its outcome (candidate(s) or failure) was reported, and whether its loss was.
-    reported: Vec<bool>,
-    lost: Vec<bool>,
     binding_reported: Vec<bool>,
+    /// The TURN allocations; an allocation's index is its stream's id.
+    slots: Vec<Slot>,
     gather_deadline: Instant,
     gathered: bool,
     io: VecDeque<RelayIo>,
     events: VecDeque<RelayEvent>,
     peer_data: VecDeque<PeerData>,
-    /// Every remote candidate so far (a fallback allocation binds them too). Bounded.
+    /// Every remote candidate so far (a fallback or renewed allocation binds them too). Bounded.
     peers: Vec<SocketAddr>,
-    /// Per allocation: a dead stream allocation that already has a successor ([`Relays::regather`]).
-    again: Vec<bool>,
-    /// Per UDP allocation being probed by [`Relays::regather`]: the previous allocation, restored if the
-    /// server refuses the probe (it still holds the previous one).
-    probed: Vec<Option<Allocation>>,
     /// Numbers the STUN transactions of each regathering.
     seed: u64,
     regathers: u32,
 }
 
-/// Bound on allocations a node makes, regatherings included (each regathering adds one per server).
+/// One TURN allocation and what the node tracks about it.
+#[derive(Debug)]
+struct Slot {
+    /// Its server (a TCP fallback copies its UDP original).
+    server: TurnServer,
+    allocation: Allocation,
+    /// UDP: when to try the server over TCP too, if it is still silent.
+    fallback_at: Option<Instant>,
+    /// Its outcome (candidate(s) or failure) was reported.
+    reported: bool,
+    /// Its loss was reported.
+    lost: bool,
+    /// A dead stream allocation that already has a successor ([`Relays::regather`]).
+    succeeded: bool,
+    /// A UDP allocation probed by [`Relays::regather`]: the previous allocation, restored if the server
+    /// refuses the probe (it still holds the previous one).
+    probed: Option<Allocation>,
+}
+
+/// Bound on allocations a node makes, regatherings included.
 const MAX_ALLOCATIONS: usize = 16;
 
 /// Remote candidates remembered per node (a gateway trickles a handful).
@@ -226,61 +234,69 @@ impl Relays {
                 Binding::start(local, server, id, &clock, now)
             })
             .collect();
-        let mut io = VecDeque::new();
-        let allocations: Vec<Allocation> = config
-            .turn
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                if s.transport != TurnTransport::Udp {
-                    io.push_back(RelayIo::StreamOpen {
-                        stream: StreamId(i as u32),
-                        to: s.addr,
-                        tls_name: (s.transport == TurnTransport::Tls).then(|| s.name.clone()),
-                    });
-                }
-                Allocation::new(
-                    s.addr,
-                    s.transport,
-                    &s.username,
-                    &s.password,
-                    local,
-                    &clock,
-                    now,
-                )
-            })
-            .collect();
-        let fallback_at = config
-            .turn
-            .iter()
-            .map(|s| match (s.transport, config.tcp_fallback) {
-                (TurnTransport::Udp, Some(after)) => Some(now + after),
-                _ => None,
-            })
-            .collect();
         let mut this = Self {
             clock,
             local,
-            servers: config.turn.clone(),
-            fallback_at,
-            reported: vec![false; allocations.len()],
-            lost: vec![false; allocations.len()],
             binding_reported: vec![false; bindings.len()],
             bindings,
-            allocations,
+            slots: Vec::new(),
             gather_deadline: now + config.gather_timeout,
             gathered: false,
-            io,
+            io: VecDeque::new(),
             events: VecDeque::new(),
             peer_data: VecDeque::new(),
             peers: Vec::new(),
-            again: vec![false; config.turn.len()],
-            probed: (0..config.turn.len()).map(|_| None).collect(),
             seed,
             regathers: 0,
         };
+        for server in &config.turn {
+            let fallback_at = match (server.transport, config.tcp_fallback) {
+                (TurnTransport::Udp, Some(after)) => Some(now + after),
+                _ => None,
+            };
+            this.allocate(server.clone(), fallback_at, now);
+        }
         this.handle_timeout(now);
         this
+    }
+
+    /// A new allocation on `server` in a new slot (a stream first needs its connection), bound to every
+    /// remote candidate known so far.
+    fn allocate(&mut self, server: TurnServer, fallback_at: Option<Instant>, now: Instant) {
+        let index = self.slots.len();
+        if server.transport != TurnTransport::Udp {
+            self.io.push_back(RelayIo::StreamOpen {
+                stream: StreamId(index as u32),
+                to: server.addr,
+                tls_name: (server.transport == TurnTransport::Tls).then(|| server.name.clone()),
+            });
+        }
+        let allocation = self.new_allocation(&server, now);
+        self.slots.push(Slot {
+            server,
+            allocation,
+            fallback_at,
+            reported: false,
+            lost: false,
+            succeeded: false,
+            probed: None,
+        });
+    }
+
+    fn new_allocation(&self, server: &TurnServer, now: Instant) -> Allocation {
+        let mut a = Allocation::new(
+            server.addr,
+            server.transport,
+            &server.username,
+            &server.password,
+            self.local,
+            &self.clock,
+            now,
+        );
+        for peer in &self.peers {
+            a.add_peer(*peer, &self.clock, now);
+        }
+        a
     }
 
     /// The path to the peer was lost (issue 14): gather again. Every STUN server is asked anew (a NAT that
@@ -302,57 +318,24 @@ impl Relays {
             *b = Binding::start(self.local, b.server(), id, &clock, now);
             self.binding_reported[i] = false;
         }
-        for i in 0..self.allocations.len() {
-            let a = &self.allocations[i];
-            let Some(server) = self.servers.get(i).cloned() else {
+        for i in 0..self.slots.len() {
+            let slot = &self.slots[i];
+            if slot.succeeded || slot.probed.is_some() {
                 continue;
-            };
-            let udp = a.transport() == TurnTransport::Udp;
-            let dead = matches!(a.state(), State::Failed(_));
-            if udp && self.probed[i].is_none() && !self.again[i] {
-                let mut probe = Allocation::new(
-                    server.addr,
-                    server.transport,
-                    &server.username,
-                    &server.password,
-                    self.local,
-                    &clock,
-                    now,
-                );
-                for peer in &self.peers {
-                    probe.add_peer(*peer, &clock, now);
-                }
-                self.probed[i] = Some(std::mem::replace(&mut self.allocations[i], probe));
-                self.reported[i] = false;
-                self.lost[i] = false;
-            } else if !udp && dead && !self.again[i] && self.allocations.len() < MAX_ALLOCATIONS {
+            }
+            if slot.allocation.transport() == TurnTransport::Udp {
+                let probe = self.new_allocation(&slot.server, now);
+                let slot = &mut self.slots[i];
+                slot.probed = Some(std::mem::replace(&mut slot.allocation, probe));
+                slot.reported = false;
+                slot.lost = false;
+            } else if matches!(slot.allocation.state(), State::Failed(_))
+                && self.slots.len() < MAX_ALLOCATIONS
+            {
                 // A successor on a new connection; the dead one is not regathered again.
-                self.again[i] = true;
-                let index = self.allocations.len();
-                self.io.push_back(RelayIo::StreamOpen {
-                    stream: StreamId(index as u32),
-                    to: server.addr,
-                    tls_name: (server.transport == TurnTransport::Tls).then(|| server.name.clone()),
-                });
-                let mut a = Allocation::new(
-                    server.addr,
-                    server.transport,
-                    &server.username,
-                    &server.password,
-                    self.local,
-                    &clock,
-                    now,
-                );
-                for peer in &self.peers {
-                    a.add_peer(*peer, &clock, now);
-                }
-                self.allocations.push(a);
-                self.servers.push(server);
-                self.fallback_at.push(None);
-                self.reported.push(false);
-                self.lost.push(false);
-                self.again.push(false);
-                self.probed.push(None);
+                let server = slot.server.clone();
+                self.slots[i].succeeded = true;
+                self.allocate(server, None, now);
             }
         }
         self.collect(now);
@@ -371,8 +354,9 @@ impl Relays {
         }
         if !consumed {
             for a in self
-                .allocations
+                .slots
                 .iter_mut()
+                .map(|s| &mut s.allocation)
                 .filter(|a| a.transport() == TurnTransport::Udp)
             {
                 if a.handle(from, data, &clock, now) {
@@ -390,7 +374,11 @@ impl Relays {
     /// Something happened on a stream the driver opened for a TCP/TLS allocation.
     pub fn handle_stream(&mut self, stream: StreamId, event: StreamEvent, now: Instant) {
         let clock = self.clock;
-        let Some(a) = self.allocations.get_mut(stream.0 as usize) else {
+        let Some(a) = self
+            .slots
+            .get_mut(stream.0 as usize)
+            .map(|s| &mut s.allocation)
+        else {
             return;
         };
         if a.transport() == TurnTransport::Udp {
@@ -413,8 +401,8 @@ impl Relays {
         if self.peers.len() < MAX_PEERS && !self.peers.contains(&peer) {
             self.peers.push(peer);
         }
-        for a in &mut self.allocations {
-            a.add_peer(peer, &clock, now);
+        for slot in &mut self.slots {
+            slot.allocation.add_peer(peer, &clock, now);
         }
         self.collect(now);
     }
@@ -422,7 +410,7 @@ impl Relays {
     /// Whether a server may still give a candidate (a binding or allocation has no outcome yet).
     pub fn pending(&self) -> bool {
         self.binding_reported.iter().any(|r| !r)
-            || self.allocations.iter().any(|a| {
+            || self.slots.iter().map(|s| &s.allocation).any(|a| {
                 matches!(a.state(), State::Connecting | State::Allocating)
                     && !self.allocated_at(a.server())
             })
@@ -430,9 +418,9 @@ impl Relays {
 
     /// Whether some allocation (over any transport) holds a relay address on `server`.
     fn allocated_at(&self, server: SocketAddr) -> bool {
-        self.allocations
+        self.slots
             .iter()
-            .any(|a| a.server() == server && a.relayed().is_some())
+            .any(|s| s.allocation.server() == server && s.allocation.relayed().is_some())
     }
 
     /// The servers that have not answered yet: (server, is TURN). Deduplicated.
@@ -443,7 +431,7 @@ impl Relays {
                 out.push((b.server(), false));
             }
         }
-        for a in &self.allocations {
+        for a in self.slots.iter().map(|s| &s.allocation) {
             // A server whose TCP sibling allocated is not silent, only its UDP is (blocked on the way).
             if matches!(a.state(), State::Connecting | State::Allocating)
                 && !self.allocated_at(a.server())
@@ -457,15 +445,18 @@ impl Relays {
 
     /// Whether `addr` is one of our relay addresses (a transmit from it goes through [`Relays::send`]).
     pub fn is_relay(&self, addr: SocketAddr) -> bool {
-        self.allocations.iter().any(|a| a.relayed() == Some(addr))
+        self.slots
+            .iter()
+            .any(|s| s.allocation.relayed() == Some(addr))
     }
 
     /// Send `data` to `peer` from our relay address `relay`. `false` when that relay cannot (yet).
     pub fn send(&mut self, relay: SocketAddr, peer: SocketAddr, data: &[u8], now: Instant) -> bool {
         let clock = self.clock;
         let Some(a) = self
-            .allocations
+            .slots
             .iter_mut()
+            .map(|s| &mut s.allocation)
             .find(|a| a.relayed() == Some(relay))
         else {
             return false;
@@ -488,7 +479,7 @@ impl Relays {
                 b.handle_timeout(&clock, now);
             }
         }
-        for a in &mut self.allocations {
+        for a in self.slots.iter_mut().map(|s| &mut s.allocation) {
             if a.wake().is_some_and(|t| t <= now) {
                 a.handle_timeout(&clock, now);
             }
@@ -500,66 +491,40 @@ impl Relays {
     /// A UDP allocation whose server stayed silent past its fallback instant (or failed as unreachable)
     /// gets a sibling over TCP to the same server.
     fn fall_back_to_tcp(&mut self, now: Instant) {
-        for i in 0..self.fallback_at.len() {
-            let Some(at) = self.fallback_at[i] else {
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            let Some(at) = slot.fallback_at else {
                 continue;
             };
-            let a = &self.allocations[i];
+            let a = &slot.allocation;
             let silent = !a.heard()
                 && matches!(
                     a.state(),
                     State::Allocating | State::Failed(RelayFailure::Unreachable)
                 );
-            if a.heard() || !silent {
-                self.fallback_at[i] = None;
+            if !silent {
+                slot.fallback_at = None;
                 continue;
             }
             if now < at && *a.state() == State::Allocating {
                 continue;
             }
-            self.fallback_at[i] = None;
-            let Some(server) = self.servers.get(i).cloned() else {
-                continue;
+            slot.fallback_at = None;
+            let server = TurnServer {
+                transport: TurnTransport::Tcp,
+                ..slot.server.clone()
             };
             tracing::debug!(server = %server.addr, "TURN over UDP is silent: trying TCP");
-            let index = self.allocations.len();
-            self.io.push_back(RelayIo::StreamOpen {
-                stream: StreamId(index as u32),
-                to: server.addr,
-                tls_name: None,
-            });
-            self.allocations.push(Allocation::new(
-                server.addr,
-                TurnTransport::Tcp,
-                &server.username,
-                &server.password,
-                self.local,
-                &self.clock,
-                now,
-            ));
-            self.servers.push(TurnServer {
-                transport: TurnTransport::Tcp,
-                ..server
-            });
-            self.fallback_at.push(None);
-            self.reported.push(false);
-            self.lost.push(false);
-            self.again.push(false);
-            self.probed.push(None);
-            for peer in self.peers.clone() {
-                if let Some(a) = self.allocations.last_mut() {
-                    a.add_peer(peer, &self.clock, now);
-                }
-            }
+            self.allocate(server, None, now);
         }
     }
 
     /// The latest moment [`Relays::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let bindings = self.bindings.iter().filter_map(Binding::wake);
-        let allocations = self.allocations.iter().filter_map(Allocation::wake);
+        let allocations = self.slots.iter().filter_map(|s| s.allocation.wake());
         let deadline = (!self.gathered).then_some(self.gather_deadline);
-        let fallback = self.fallback_at.iter().flatten().copied();
+        let fallback = self.slots.iter().filter_map(|s| s.fallback_at);
         bindings
             .chain(allocations)
             .chain(deadline)
@@ -619,7 +584,8 @@ impl Relays {
             self.binding_reported[i] = true;
             self.events.push_back(event);
         }
-        for (i, a) in self.allocations.iter_mut().enumerate() {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let a = &mut slot.allocation;
             let udp = a.transport() == TurnTransport::Udp;
             while let Some(data) = a.poll_bytes() {
                 self.io.push_back(if udp {
@@ -639,10 +605,10 @@ impl Relays {
                     self.peer_data.push_back(PeerData { relay, peer, data });
                 }
             }
-            if self.reported[i] {
+            if slot.reported {
                 // An allocation that existed and is now gone: said once, as lost.
-                if !self.lost[i] && *a.state() == State::Failed(RelayFailure::Closed) {
-                    self.lost[i] = true;
+                if !slot.lost && *a.state() == State::Failed(RelayFailure::Closed) {
+                    slot.lost = true;
                     self.events.push_back(RelayEvent::ServerFailed {
                         server: a.server(),
                         turn: true,
@@ -654,7 +620,7 @@ impl Relays {
             match a.state().clone() {
                 State::Connecting | State::Allocating => {}
                 State::Allocated(relayed) => {
-                    if self.probed[i].take().is_some() {
+                    if slot.probed.take().is_some() {
                         tracing::info!(server = %a.server(), %relayed, "TURN allocation renewed (the server had lost it, or sees us anew)");
                     }
                     if let (Some(mapped), true) = (a.mapped(), udp) {
@@ -671,36 +637,32 @@ impl Relays {
                         base: self.local,
                         server: a.server(),
                     });
-                    self.reported[i] = true;
-                }
-                State::Failed(failure) if self.probed[i].is_some() => {
-                    // The server still holds the previous allocation (437), or did not answer: keep it.
-                    tracing::debug!(server = %a.server(), %failure, "TURN allocation probe refused: the relay is kept");
-                    if let Some(previous) = self.probed[i].take() {
-                        *a = previous;
-                    }
-                    self.reported[i] = true;
+                    slot.reported = true;
                 }
                 State::Failed(failure) => {
-                    {
+                    if let Some(previous) = slot.probed.take() {
+                        // The server still holds the previous allocation (437), or did not answer: keep it.
+                        tracing::debug!(server = %a.server(), %failure, "TURN allocation probe refused: the relay is kept");
+                        slot.allocation = previous;
+                    } else {
                         self.events.push_back(RelayEvent::ServerFailed {
                             server: a.server(),
                             turn: true,
                             failure,
                         });
+                        if !udp {
+                            self.io.push_back(RelayIo::StreamClose {
+                                stream: StreamId(i as u32),
+                            });
+                        }
                     }
-                    self.reported[i] = true;
-                    if !udp {
-                        self.io.push_back(RelayIo::StreamClose {
-                            stream: StreamId(i as u32),
-                        });
-                    }
+                    slot.reported = true;
                 }
             }
         }
         if !self.gathered {
             let all_done =
-                self.binding_reported.iter().all(|&r| r) && self.reported.iter().all(|&r| r);
+                self.binding_reported.iter().all(|&r| r) && self.slots.iter().all(|s| s.reported);
             if all_done || now >= self.gather_deadline {
                 self.gathered = true;
                 self.events.push_back(RelayEvent::Gathered);
