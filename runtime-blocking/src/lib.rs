@@ -37,8 +37,6 @@
 //! ```
 
 pub mod driver;
-mod pool;
-mod ws;
 
 pub use driver::{spawn, Handle, InputSender};
 
