@@ -35,7 +35,9 @@ pub trait Runtime: 'static {
 pub trait NodeHandle: std::fmt::Debug + Send + 'static {
     type Sender: InputSink;
     /// Feed `input` to the node; blocks the thread while its queue is full.
-    fn input(&self, input: Input);
+    fn input(&self, input: Input) {
+        self.sender().input(input);
+    }
     /// A cloneable input side, for other threads.
     fn sender(&self) -> Self::Sender;
     /// The next output meant for the application; `None` once the driver stopped and all were received.
@@ -53,7 +55,11 @@ pub trait NodeHandle: std::fmt::Debug + Send + 'static {
 /// A cloneable way to feed inputs to a running node.
 pub trait InputSink: Clone + Send + Sync + 'static {
     /// Queue `input` (blocking while the queue is full); dropped if the driver stopped.
-    fn input(&self, input: Input);
+    fn input(&self, input: Input) {
+        if !self.send(input) {
+            tracing::debug!("input dropped: the driver has stopped");
+        }
+    }
     /// Queue `input` (blocking while the queue is full); `false` if the driver has stopped.
     fn send(&self, input: Input) -> bool;
 }

@@ -1,7 +1,7 @@
 //! Blocking driver for the pam-lite core: per node, one thread blocks in one `mio::Poll` for the UDP
-//! socket, the router WebSocket (tungstenite over the non-blocking socket, rustls for `wss://`), the TURN
-//! servers' TCP/TLS streams (the kit's `stream` module), the application's inputs and the node's timer; ureq HTTP requests run on a small worker pool that wakes the
-//! loop. It only moves data between a [`pam_lite_core::Node`] and the network: everything else is the
+//! socket, the router WebSocket (the kit's `ws::Client` over a registered mio socket), the TURN servers'
+//! TCP/TLS streams (the kit's `stream` module), the application's inputs and the node's timer; the kit's
+//! ureq HTTP requests run on its small worker pool (`pool`), which wakes the loop. It only moves data between a [`pam_lite_core::Node`] and the network: everything else is the
 //! runtime-neutral `pam-lite-driver-kit` (its crate docs are the porting guide).
 //!
 //! ```no_run
@@ -82,9 +82,6 @@ impl Runtime for Blocking {
 
 impl NodeHandle for Handle {
     type Sender = InputSender;
-    fn input(&self, input: pam_lite_core::Input) {
-        Handle::input(self, input);
-    }
     fn sender(&self) -> InputSender {
         Handle::sender(self)
     }
@@ -109,9 +106,6 @@ impl NodeHandle for Handle {
 }
 
 impl InputSink for InputSender {
-    fn input(&self, input: pam_lite_core::Input) {
-        InputSender::input(self, input);
-    }
     fn send(&self, input: pam_lite_core::Input) -> bool {
         InputSender::send(self, input)
     }

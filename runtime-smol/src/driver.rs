@@ -125,20 +125,13 @@ impl InputSender {
 }
 
 /// The application's side of a running node; the same methods as the blocking driver's `Handle`.
+#[derive(Debug)]
 pub struct Handle {
     inputs: InputSender,
     flow: Arc<FlowControl>,
     outputs: Receiver<Output>,
     local_addr: SocketAddr,
     task: Option<Task<io::Result<()>>>,
-}
-
-impl std::fmt::Debug for Handle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle")
-            .field("local_addr", &self.local_addr)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Handle {

@@ -1,5 +1,5 @@
 //! smol driver for the pam-lite core: one async task per node — UDP, timers, the router WebSocket
-//! (the kit's client, by readiness), HTTP (hyper's HTTP/1 client over smol sockets) and the TURN servers' TCP/TLS
+//! (the kit's client, by readiness), HTTP (the kit's hyper client over smol sockets) and the TURN servers' TCP/TLS
 //! streams (the kit's `stream` module) all inside it, so one process can
 //! run many nodes on one executor thread and a request costs no thread. It only moves data between a
 //! [`pam_lite_core::Node`] and the network: everything else is the runtime-neutral `pam-lite-driver-kit`
@@ -49,9 +49,6 @@ impl Runtime for Smol {
 
 impl NodeHandle for Handle {
     type Sender = InputSender;
-    fn input(&self, input: pam_lite_core::Input) {
-        Handle::input(self, input);
-    }
     fn sender(&self) -> InputSender {
         Handle::sender(self)
     }
@@ -76,9 +73,6 @@ impl NodeHandle for Handle {
 }
 
 impl InputSink for InputSender {
-    fn input(&self, input: pam_lite_core::Input) {
-        InputSender::input(self, input);
-    }
     fn send(&self, input: pam_lite_core::Input) -> bool {
         InputSender::send(self, input)
     }
