@@ -186,9 +186,11 @@ fn main() -> ExitCode {
         return scale_child(ticket, *n, Duration::from_secs(*limit_secs));
     }
     match &args.command {
-        Some(Sub::ProfileThroughput { runtime, mib, conns }) => {
-            return report_aid(throughput::profile(*runtime, mib << 20, *conns))
-        }
+        Some(Sub::ProfileThroughput {
+            runtime,
+            mib,
+            conns,
+        }) => return report_aid(throughput::profile(*runtime, mib << 20, *conns)),
         Some(Sub::ProfileLaunch { runtime, launches }) => {
             return report_aid(ready::profile(*runtime, *launches))
         }

@@ -93,7 +93,8 @@ pub trait AsyncNet: Send + Sync + 'static {
     ) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
     fn sleep(duration: Duration) -> impl Future<Output = ()> + Send;
     /// The addresses of a host name (std has no non-blocking resolver: e.g. on a blocking pool).
-    fn resolve(host: String, port: u16) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send;
+    fn resolve(host: String, port: u16)
+        -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send;
     fn shutdown(stream: &Self::Stream, how: Shutdown);
     fn set_nodelay(stream: &Self::Stream);
     /// Queue `input` for the node, waiting while its queue is full; `false` if the driver stopped.

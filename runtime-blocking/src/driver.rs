@@ -412,7 +412,10 @@ impl<N: Node> Loop<N> {
                 Ok(Done::Http(input)) => self.dispatcher.feed(input, &mut self.io),
                 Ok(Done::Resolved(generation, addrs)) => {
                     let registry = &self.io.registry;
-                    let answer = self.io.ws.resolved(generation, addrs, |s| watch(registry, s, WS));
+                    let answer = self
+                        .io
+                        .ws
+                        .resolved(generation, addrs, |s| watch(registry, s, WS));
                     if let Some(input) = answer {
                         self.dispatcher.feed(input, &mut self.io);
                     }

@@ -43,7 +43,6 @@ pub use driver::{spawn, Handle, InputSender};
 /// The forwarder: the kit's, on plain threads (`pam_lite_driver_kit::forward::threads`).
 pub mod forward {
     pub use pam_lite_driver_kit::forward::threads::{dial_targets, serve_tunnel};
-    pub use pam_lite_driver_kit::forward::{READ_CHUNK, TARGET_CONNECT_TIMEOUT};
 
     /// The forwarder for this runtime's [`crate::Handle`].
     pub type Forwarder = pam_lite_driver_kit::forward::threads::Forwarder<crate::InputSender>;

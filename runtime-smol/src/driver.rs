@@ -262,7 +262,7 @@ struct TaskIo {
     http: AsyncHttpClient<SmolNet>,
     ws: ws::Client<Async<TcpStream>>,
     /// The WebSocket host's name being resolved (on smol's blocking pool: std has no async resolver).
-    resolving: Option<Task<(u64, Result<Vec<SocketAddr>, String>)>>,
+    resolving: Option<Task<ws::Resolution>>,
     /// TURN streams, polled by the node task like everything else (no task per stream: the node may run
     /// on the caller's executor, see [`spawn_on`]).
     streams: Streams<Async<TcpStream>>,
@@ -432,9 +432,7 @@ async fn run_loop<N: Node>(
             .await
         };
         match wake {
-            Wake::App(Some(input)) | Wake::Http(input) => {
-                dispatcher.feed(input, io)
-            }
+            Wake::App(Some(input)) | Wake::Http(input) => dispatcher.feed(input, io),
             Wake::App(None) => {
                 app_open = false;
                 dispatcher.abandon();
@@ -455,7 +453,9 @@ async fn run_loop<N: Node>(
             Wake::Ws => {
                 let mut inputs = Vec::new();
                 io.ws.ready(&mut inputs, Async::new);
-                inputs.into_iter().for_each(|input| dispatcher.feed(input, io));
+                inputs
+                    .into_iter()
+                    .for_each(|input| dispatcher.feed(input, io));
             }
             Wake::Resolved(generation, addrs) => {
                 io.resolving = None;

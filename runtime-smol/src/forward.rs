@@ -16,9 +16,6 @@ use smol::{Async, Timer};
 
 use crate::driver::{Handle, InputSender};
 
-/// The same read size and connect bound as every runtime (the kit's).
-pub use pam_lite_driver_kit::forward::{READ_CHUNK, TARGET_CONNECT_TIMEOUT};
-
 /// smol's sockets, timers and tasks for the kit's forwarder.
 pub struct SmolNet;
 
@@ -60,7 +57,11 @@ pub type Forwarder = tasks::Forwarder<SmolNet>;
 /// Client side: every TCP connection accepted on `listener` becomes tunneled connection 1, 2, 3…
 pub fn serve_tunnel(listener: TcpListener, handle: &Handle) -> io::Result<Forwarder> {
     let listener = Async::new(listener)?;
-    Ok(Forwarder::serve_tunnel(listener, handle.sender(), handle.flow()))
+    Ok(Forwarder::serve_tunnel(
+        listener,
+        handle.sender(),
+        handle.flow(),
+    ))
 }
 
 /// Gateway side: answer every `Output::ConnectTarget` by connecting to `target`, then pipe.

@@ -120,11 +120,9 @@ impl<R: AsyncNet> Forwarder<R> {
         let (stop, stopped) = async_channel::bounded(1);
         forwarder.stop = Some(stop);
         let shared = forwarder.shared.clone();
-        R::spawn(
-            accept_loop(listener, shared).or(async move {
-                let _ = stopped.recv().await;
-            }),
-        );
+        R::spawn(accept_loop(listener, shared).or(async move {
+            let _ = stopped.recv().await;
+        }));
         forwarder
     }
 
@@ -235,7 +233,12 @@ async fn accept_loop<R: AsyncNet>(listener: R::Listener, shared: Arc<Shared<R>>)
 }
 
 /// Pipe one connection with a reader task and a writer task.
-fn pipe<R: AsyncNet>(shared: Arc<Shared<R>>, conn: ConnNo, stream: R::Stream, rx: Receiver<ToSocket>) {
+fn pipe<R: AsyncNet>(
+    shared: Arc<Shared<R>>,
+    conn: ConnNo,
+    stream: R::Stream,
+    rx: Receiver<ToSocket>,
+) {
     R::set_nodelay(&stream);
     shared.sockets().insert(conn, stream.clone());
     R::spawn(read_loop(shared.clone(), conn, stream.clone()));

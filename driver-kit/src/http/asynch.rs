@@ -17,11 +17,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_lite::future::{self, FutureExt as _};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, SET_COOKIE};
-use futures_io::{AsyncRead, AsyncWrite};
-use futures_lite::future::{self, FutureExt as _};
 use pam_lite_core::{HttpRequest, HttpResponse, Input, Method};
 use rustls::pki_types::ServerName;
 use smol_hyper::rt::FuturesIo;

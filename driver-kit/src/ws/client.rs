@@ -101,6 +101,9 @@ pub struct Resolve {
     pub port: u16,
 }
 
+/// The answer to a [`Resolve`]: its connection attempt and the addresses (or why there are none).
+pub type Resolution = (u64, Result<Vec<SocketAddr>, String>);
+
 impl Resolve {
     /// Resolve the name, blocking (run it where blocking is allowed: a worker thread, a blocking pool).
     pub fn run(&self) -> Result<Vec<SocketAddr>, String> {
@@ -144,7 +147,8 @@ where
         match endpoint.host.parse::<IpAddr>() {
             Ok(ip) => {
                 let addr = SocketAddr::new(ip, endpoint.port);
-                self.dial(request, endpoint, vec![addr], wrap).map(|()| None)
+                self.dial(request, endpoint, vec![addr], wrap)
+                    .map(|()| None)
             }
             Err(_) => {
                 let resolve = Resolve {
@@ -295,8 +299,8 @@ where
         let addr = addrs.remove(0);
         let socket = crate::stream::connect(addr)
             .map_err(|e| self.fail(format!("cannot connect to {addr}: {e}")))?;
-        let socket =
-            wrap(socket).map_err(|e| self.fail(format!("cannot watch the WebSocket socket: {e}")))?;
+        let socket = wrap(socket)
+            .map_err(|e| self.fail(format!("cannot watch the WebSocket socket: {e}")))?;
         self.state = State::Connecting {
             socket,
             request,

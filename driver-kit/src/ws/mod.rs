@@ -4,7 +4,7 @@
 
 mod client;
 
-pub use client::{Client, Resolve, Sock};
+pub use client::{Client, Resolution, Resolve, Sock};
 
 use pam_lite_core::WsConnect;
 use tungstenite::client::IntoClientRequest;
