@@ -114,6 +114,9 @@ enum Sub {
         runtime: launch::Runtime,
         #[arg(long, default_value_t = 256)]
         mib: u64,
+        /// Spread the MiB over this many connections at once (item 3's second column: 16).
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
     },
     /// Draw `--timing-json` files (from `pam-lite … --timing-json FILE`) side by side as one Gantt chart
     /// of their checkpoints, as the report draws item 1's waterfalls.
@@ -183,9 +186,11 @@ fn main() -> ExitCode {
         return scale_child(ticket, *n, Duration::from_secs(*limit_secs));
     }
     match &args.command {
-        Some(Sub::ProfileThroughput { runtime, mib }) => {
-            return report_aid(throughput::profile(*runtime, mib << 20))
-        }
+        Some(Sub::ProfileThroughput {
+            runtime,
+            mib,
+            conns,
+        }) => return report_aid(throughput::profile(*runtime, mib << 20, *conns)),
         Some(Sub::ProfileLaunch { runtime, launches }) => {
             return report_aid(ready::profile(*runtime, *launches))
         }

@@ -188,24 +188,25 @@ pub fn run(
 }
 
 /// `profile-throughput`: one pam-lite pair, one connection, `bytes`; a one-line summary.
-pub fn profile(runtime: Runtime, bytes: u64) -> Result<String, String> {
+pub fn profile(runtime: Runtime, bytes: u64, conns: usize) -> Result<String, String> {
     let sink =
         targets::sink_server(([127, 0, 0, 1], 0).into()).map_err(|e| format!("sink: {e}"))?;
     let emulator = Emulator::start(Network::LOOPBACK.emulator_config(sink.addr()))
         .map_err(|e| e.to_string())?;
     let mut tunnel = Tunnel::open(&emulator.ticket(), runtime, Profile::fast())?;
     tunnel.wait_ready(Instant::now() + Duration::from_secs(20))?;
-    let t = targets::push(
-        tunnel.listen,
-        bytes,
-        Instant::now() + Duration::from_secs(600),
-    )
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let t = match conns {
+        0 | 1 => targets::push(tunnel.listen, bytes, deadline),
+        n => targets::push_parallel(tunnel.listen, bytes, n, deadline),
+    }
     .map_err(|e| e.to_string())?;
     tunnel.close();
     let r = TransferResult::from(t);
     Ok(format!(
-        "pam-lite pair · {}: {} MiB in {:.2} s = {:.1} MB/s{}",
+        "pam-lite pair · {}, {} connection(s): {} MiB in {:.2} s = {:.1} MB/s{}",
         runtime.name(),
+        conns.max(1),
         r.bytes >> 20,
         r.secs,
         r.mb_per_s(),

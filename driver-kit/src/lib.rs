@@ -7,9 +7,12 @@
 //! * [`udp`] — binding the node's socket, its host candidates, address checks, a non-blocking send queue;
 //! * [`host_candidates`] — which interface addresses a socket bound to all interfaces announces;
 //! * [`flow`] — the node's backpressure for local sockets, applied by the driver itself;
-//! * [`http`] — URL logging and (feature `blocking-http`) a blocking ureq client for thread-based runtimes;
-//! * [`ws`] — the router WebSocket request, endpoint, bounds and close wording;
-//! * [`forward`] — the forwarder's routing of connection outputs;
+//! * [`http`] — URL logging and (feature `blocking-http`) a blocking ureq client for thread-based runtimes,
+//!   with [`pool`], the small worker pool it runs on;
+//! * [`ws`] — the router WebSocket: the whole client ([`ws::Client`], tungstenite driven by readiness over
+//!   a runtime's socket type, like the streams), the request, bounds and close wording;
+//! * [`forward`] — the forwarder: the routing of connection outputs, and two complete forwarders, one on
+//!   plain threads ([`forward::threads`]) and one on any async runtime ([`forward::tasks`]);
 //! * [`stream`] — TURN over TCP/TLS: the streams' whole state machine ([`stream::Streams`]) over a runtime's
 //!   socket type, so a runtime only waits for readiness;
 //! * [`dispatch`] — the [`Dispatcher`] that owns the node and the [`Io`] trait a runtime implements;
@@ -21,7 +24,7 @@
 //!   pam-lite-driver-kit  ── Dispatcher<N> + trait Io, config, TLS, UDP, flow, WS request, routing, streams
 //!        │
 //!   ┌────┴──────────────┐
-//!   runtime-blocking    runtime-smol     (an Io impl + a wait loop + a forwarder each)
+//!   runtime-blocking    runtime-smol     (an Io impl + a wait loop each)
 //!   └────┬──────────────┘
 //!   cli, bench, tests (generic over `Runtime`)
 //! ```
@@ -34,9 +37,11 @@
 //!    build the TLS config with [`tls::rustls_client_config`]; create the [`FlowControl`] shared with your
 //!    forwarder.
 //! 2. **Implement [`Io`]** for a struct holding your socket and clients: `transmit` (non-blocking, e.g. via
-//!    [`udp::TxQueue`]), `http` (start the request; fresh vs keep-alive connection as the request says),
-//!    `ws_connect` / `ws_close` (build the request with [`ws::build_request`], bound frames with
-//!    [`ws::config`]), `deliver` (to the application's output queue; `false` when it is gone), and the TURN
+//!    [`udp::TxQueue`]), `http` (start the request; fresh vs keep-alive connection as the request says;
+//!    a runtime without an async HTTP client runs the kit's blocking one on [`pool::Pool`]),
+//!    `ws_connect` / `ws_close` (hold a [`ws::Client`] over your socket type, as for the streams below;
+//!    resolve a host name where blocking is allowed with [`ws::Resolve::run`]), `deliver` (to the
+//!    application's output queue; `false` when it is gone), and the TURN
 //!    streams: hold a [`stream::Streams`] over your socket type and forward `stream_open` (wrapping the
 //!    connecting `std::net::TcpStream` into your type, registering it under the key the kit gives),
 //!    `stream_write` and `stream_close` to it (skipping them keeps the default: TURN over TCP/TLS is
@@ -44,16 +49,17 @@
 //! 3. **Write the wait loop** around a [`Dispatcher`]: call [`Dispatcher::start`] once, then repeatedly
 //!    [`Dispatcher::turn`]; on [`Next::Wait`] wait for the first of: an application input, a finished HTTP
 //!    request, UDP readability (then [`Dispatcher::read_datagrams`]), UDP writability while the send queue
-//!    waits, the WebSocket, each stream's socket (readable; writable while [`stream::Streams::watch`] says
+//!    waits, the WebSocket's socket ([`ws::Client::socket`]: readable, writable while
+//!    [`ws::Client::wants_write`]; then [`ws::Client::ready`]) and its name resolution, each stream's socket (readable; writable while [`stream::Streams::watch`] says
 //!    so, or always with edge-triggered readiness; then [`stream::Streams::ready`] with its key), and the
-//!    instant `turn` returned (plus the deadlines: your WebSocket connect timeout,
-//!    [`stream::Streams::deadline`], then [`stream::Streams::expire`]). Feed each input with
+//!    instant `turn` returned (plus the deadlines: [`ws::Client::deadline`] then [`ws::Client::expire`],
+//!    [`stream::Streams::deadline`] then [`stream::Streams::expire`]). Feed each input with
 //!    [`Dispatcher::feed`], including every [`stream::Streams::pop`] (one at a time: an input may close a
 //!    stream, dropping its rest); never sleep while [`stream::Streams::busy`]. Stop on [`Next::Stop`]. When
 //!    the application drops its handle, call [`Dispatcher::abandon`].
-//! 4. **Forwarder**: use [`forward::threads`] as is (plain threads; runtime-blocking does), or pipe with
-//!    your runtime's tasks, routing outputs with [`forward::Routes`] and waiting in [`FlowControl`] before
-//!    each read (runtime-smol does).
+//! 4. **Forwarder**: use [`forward::threads`] as is (plain threads; runtime-blocking does), or implement
+//!    [`forward::tasks::AsyncNet`] (spawn, connect, accept, sleep, your node's async input: a few lines)
+//!    and use [`forward::tasks::Forwarder`] (runtime-smol does).
 //! 5. **Implement [`Runtime`]** (with [`NodeHandle`], [`InputSink`], [`Forward`]) for a marker type, then
 //!    run the shared suites: `pam-lite-driver-tests` holds them as plain generic functions (list each as a
 //!    one-line `#[test]`, see `runtime-smol/tests/suite.rs`), and add your runtime to the end-to-end
@@ -75,6 +81,8 @@ pub mod flow;
 pub mod forward;
 pub mod host_candidates;
 pub mod http;
+#[cfg(feature = "blocking-http")]
+pub mod pool;
 pub mod runtime;
 pub mod stream;
 pub mod tls;
@@ -84,4 +92,4 @@ pub mod ws;
 pub use config::{DriverConfig, TlsConfig};
 pub use dispatch::{Dispatcher, Io, Next};
 pub use flow::FlowControl;
-pub use runtime::{Forward, InputSink, NodeHandle, Runtime, Stopped};
+pub use runtime::{AsyncNet, Forward, InputSink, NodeHandle, Runtime, Stopped};

@@ -2,8 +2,9 @@
 //! code that runs a node can be written once, generic over the runtime. Each runtime crate implements them
 //! for its `Handle`, `InputSender` and `forward::Forwarder`, and names itself with a marker type.
 
+use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::time::Duration;
 
 use pam_lite_core::{Input, Node, Output};
@@ -34,7 +35,9 @@ pub trait Runtime: 'static {
 pub trait NodeHandle: std::fmt::Debug + Send + 'static {
     type Sender: InputSink;
     /// Feed `input` to the node; blocks the thread while its queue is full.
-    fn input(&self, input: Input);
+    fn input(&self, input: Input) {
+        self.sender().input(input);
+    }
     /// A cloneable input side, for other threads.
     fn sender(&self) -> Self::Sender;
     /// The next output meant for the application; `None` once the driver stopped and all were received.
@@ -52,7 +55,11 @@ pub trait NodeHandle: std::fmt::Debug + Send + 'static {
 /// A cloneable way to feed inputs to a running node.
 pub trait InputSink: Clone + Send + Sync + 'static {
     /// Queue `input` (blocking while the queue is full); dropped if the driver stopped.
-    fn input(&self, input: Input);
+    fn input(&self, input: Input) {
+        if !self.send(input) {
+            tracing::debug!("input dropped: the driver has stopped");
+        }
+    }
     /// Queue `input` (blocking while the queue is full); `false` if the driver has stopped.
     fn send(&self, input: Input) -> bool;
 }
@@ -61,4 +68,35 @@ pub trait InputSink: Clone + Send + Sync + 'static {
 pub trait Forward: Send + 'static {
     fn dispatch(&self, out: Output) -> Option<Output>;
     fn open_connections(&self) -> usize;
+}
+
+/// What an async runtime provides to the kit's async pieces: the task forwarder
+/// ([`crate::forward::tasks`]) and (feature `async-http`) the HTTP client ([`crate::http::AsyncHttpClient`]).
+pub trait AsyncNet: Send + Sync + 'static {
+    /// A connected TCP socket; clones share it (one for the reader, one for the writer).
+    type Stream: futures_io::AsyncRead
+        + futures_io::AsyncWrite
+        + Clone
+        + Unpin
+        + Send
+        + Sync
+        + 'static;
+    type Listener: Send + 'static;
+    /// The node's input side.
+    type Sender: Clone + Send + Sync + 'static;
+
+    /// Run `task` in the background (detached).
+    fn spawn(task: impl Future<Output = ()> + Send + 'static);
+    fn connect(to: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+    fn accept(
+        listener: &Self::Listener,
+    ) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+    fn sleep(duration: Duration) -> impl Future<Output = ()> + Send;
+    /// The addresses of a host name (std has no non-blocking resolver: e.g. on a blocking pool).
+    fn resolve(host: String, port: u16)
+        -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send;
+    fn shutdown(stream: &Self::Stream, how: Shutdown);
+    fn set_nodelay(stream: &Self::Stream);
+    /// Queue `input` for the node, waiting while its queue is full; `false` if the driver stopped.
+    fn input(sender: &Self::Sender, input: Input) -> impl Future<Output = bool> + Send;
 }

@@ -315,7 +315,7 @@ pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
 }
 
 /// A non-blocking TCP socket connecting to `to` (the connect finishes in the background).
-fn connect(to: SocketAddr) -> io::Result<TcpStream> {
+pub(crate) fn connect(to: SocketAddr) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
     match socket.connect(&to.into()) {

@@ -11,7 +11,7 @@
 //! [`Handle::input`].
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
@@ -24,12 +24,11 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use pam_lite_core::{Datagram, HttpRequest, Input, Node, Output, StreamId, WsConnect};
 use pam_lite_driver_kit::dispatch::MAX_DATAGRAM;
 use pam_lite_driver_kit::http::HttpClient;
+use pam_lite_driver_kit::pool::Pool;
 use pam_lite_driver_kit::stream::Streams;
 use pam_lite_driver_kit::udp::{self, TxQueue};
+use pam_lite_driver_kit::ws;
 use pam_lite_driver_kit::{Dispatcher, DriverConfig, FlowControl, Io, Next, Stopped};
-
-use crate::pool::Pool;
-use crate::ws::{self, WsConn};
 
 /// Capacity of the node's input queue (application inputs).
 pub const EVENT_QUEUE: usize = 1024;
@@ -37,6 +36,7 @@ pub const EVENT_QUEUE: usize = 1024;
 const INPUT_BATCH: usize = 256;
 const UDP: Token = Token(0);
 const WAKE: Token = Token(1);
+const WS: Token = Token(2);
 /// TURN streams: `STREAMS + key` (the kit's key of each stream; 2 is the WebSocket's).
 const STREAMS: usize = 16;
 
@@ -187,7 +187,7 @@ where
                 done: done_tx,
                 wake: loop_wake.clone(),
                 http,
-                ws: WsConn::new(tls.clone(), config.ws_frame_limit),
+                ws: ws::Client::new(tls.clone(), config.ws_frame_limit),
                 streams: Streams::new(tls, config.stream_connect_timeout),
                 registry,
                 outputs: outputs_tx,
@@ -223,7 +223,7 @@ struct LoopIo {
     done: Sender<Done>,
     wake: Arc<Wake>,
     http: HttpClient,
-    ws: WsConn,
+    ws: ws::Client<TcpStream>,
     streams: Streams<TcpStream>,
     registry: Registry,
     outputs: Sender<Output>,
@@ -250,17 +250,14 @@ impl Io for LoopIo {
     }
 
     fn ws_connect(&mut self, connect: WsConnect) -> Option<Input> {
-        let resolve = match self.ws.connect(connect, &self.registry) {
+        let registry = &self.registry;
+        let resolve = match self.ws.connect(connect, |s| watch(registry, s, WS)) {
             Ok(resolve) => resolve?,
             Err(input) => return Some(input),
         };
         let (done, wake) = (self.done.clone(), self.wake.clone());
         let job = move || {
-            let addrs = (resolve.host.as_str(), resolve.port)
-                .to_socket_addrs()
-                .map(Iterator::collect)
-                .map_err(|e| e.to_string());
-            let _ = done.send(Done::Resolved(resolve.generation, addrs));
+            let _ = done.send(Done::Resolved(resolve.generation, resolve.run()));
             wake.wake();
         };
         let error = self.pool.run(job).err()?;
@@ -286,10 +283,7 @@ impl Io for LoopIo {
     ) -> Option<Input> {
         let registry = &self.registry;
         self.streams.open(stream, to, tls_name, |socket, key| {
-            let mut socket = TcpStream::from_std(socket);
-            let token = Token(STREAMS.wrapping_add(key));
-            registry.register(&mut socket, token, Interest::READABLE | Interest::WRITABLE)?;
-            Ok(socket)
+            watch(registry, socket, Token(STREAMS.wrapping_add(key)))
         })
     }
 
@@ -300,6 +294,13 @@ impl Io for LoopIo {
     fn stream_close(&mut self, stream: StreamId) {
         self.streams.close(stream);
     }
+}
+
+/// A connecting socket, registered (edge-triggered) under `token`.
+fn watch(registry: &Registry, socket: std::net::TcpStream, token: Token) -> io::Result<TcpStream> {
+    let mut socket = TcpStream::from_std(socket);
+    registry.register(&mut socket, token, Interest::READABLE | Interest::WRITABLE)?;
+    Ok(socket)
 }
 
 struct Loop<N> {
@@ -367,7 +368,10 @@ impl<N: Node> Loop<N> {
                             self.io.tx.flush(|b, to| socket.send_to(b, to));
                         }
                     }
-                    ws::TOKEN => self.io.ws.ready(&self.io.registry, &mut ws_inputs),
+                    WS => {
+                        let registry = &self.io.registry;
+                        self.io.ws.ready(&mut ws_inputs, |s| watch(registry, s, WS));
+                    }
                     Token(t) if t >= STREAMS => self.io.streams.ready(t - STREAMS),
                     _ => {} // WAKE: the queues are looked at below
                 }
@@ -407,7 +411,11 @@ impl<N: Node> Loop<N> {
             match self.done.try_recv() {
                 Ok(Done::Http(input)) => self.dispatcher.feed(input, &mut self.io),
                 Ok(Done::Resolved(generation, addrs)) => {
-                    let answer = self.io.ws.resolved(generation, addrs, &self.io.registry);
+                    let registry = &self.io.registry;
+                    let answer = self
+                        .io
+                        .ws
+                        .resolved(generation, addrs, |s| watch(registry, s, WS));
                     if let Some(input) = answer {
                         self.dispatcher.feed(input, &mut self.io);
                     }

@@ -1,7 +1,7 @@
 //! Blocking driver for the pam-lite core: per node, one thread blocks in one `mio::Poll` for the UDP
-//! socket, the router WebSocket (tungstenite over the non-blocking socket, rustls for `wss://`), the TURN
-//! servers' TCP/TLS streams (the kit's `stream` module), the application's inputs and the node's timer; ureq HTTP requests run on a small worker pool that wakes the
-//! loop. It only moves data between a [`pam_lite_core::Node`] and the network: everything else is the
+//! socket, the router WebSocket (the kit's `ws::Client` over a registered mio socket), the TURN servers'
+//! TCP/TLS streams (the kit's `stream` module), the application's inputs and the node's timer; the kit's
+//! ureq HTTP requests run on its small worker pool (`pool`), which wakes the loop. It only moves data between a [`pam_lite_core::Node`] and the network: everything else is the
 //! runtime-neutral `pam-lite-driver-kit` (its crate docs are the porting guide).
 //!
 //! ```no_run
@@ -37,15 +37,12 @@
 //! ```
 
 pub mod driver;
-mod pool;
-mod ws;
 
 pub use driver::{spawn, Handle, InputSender};
 
 /// The forwarder: the kit's, on plain threads (`pam_lite_driver_kit::forward::threads`).
 pub mod forward {
     pub use pam_lite_driver_kit::forward::threads::{dial_targets, serve_tunnel};
-    pub use pam_lite_driver_kit::forward::{READ_CHUNK, TARGET_CONNECT_TIMEOUT};
 
     /// The forwarder for this runtime's [`crate::Handle`].
     pub type Forwarder = pam_lite_driver_kit::forward::threads::Forwarder<crate::InputSender>;
@@ -84,9 +81,6 @@ impl Runtime for Blocking {
 
 impl NodeHandle for Handle {
     type Sender = InputSender;
-    fn input(&self, input: pam_lite_core::Input) {
-        Handle::input(self, input);
-    }
     fn sender(&self) -> InputSender {
         Handle::sender(self)
     }
@@ -111,9 +105,6 @@ impl NodeHandle for Handle {
 }
 
 impl InputSink for InputSender {
-    fn input(&self, input: pam_lite_core::Input) {
-        InputSender::input(self, input);
-    }
     fn send(&self, input: pam_lite_core::Input) -> bool {
         InputSender::send(self, input)
     }

@@ -14,15 +14,16 @@ use std::time::{Duration, Instant};
 
 use pam_lite_core::{Datagram, HttpRequest, Input, Node, Output, StreamId, WsConnect};
 use pam_lite_driver_kit::dispatch::MAX_DATAGRAM;
+use pam_lite_driver_kit::http::AsyncHttpClient;
 use pam_lite_driver_kit::stream::Streams;
 use pam_lite_driver_kit::udp::{self, Addressing, TxQueue};
+use pam_lite_driver_kit::ws;
 use pam_lite_driver_kit::{Dispatcher, DriverConfig, FlowControl, Io, Next, Stopped};
 use smol::channel::{self, Receiver, Sender};
 use smol::future::{self, FutureExt as _};
 use smol::{Async, Executor, Task, Timer};
 
-use crate::http::HttpClient;
-use crate::ws::WsSlot;
+use crate::forward::SmolNet;
 
 /// Capacity of the application's input queue.
 pub const INPUT_QUEUE: usize = 1024;
@@ -31,7 +32,7 @@ pub const INPUT_QUEUE: usize = 1024;
 pub struct Prepared {
     socket: Async<UdpSocket>,
     addressing: Addressing,
-    http: HttpClient,
+    http: AsyncHttpClient<SmolNet>,
     tls: Arc<rustls::ClientConfig>,
     config: DriverConfig,
     flow: Arc<FlowControl>,
@@ -41,7 +42,7 @@ impl Prepared {
     /// Bind the UDP socket and build the HTTP and TLS clients per `config`.
     pub fn new(config: DriverConfig) -> io::Result<Self> {
         let tls = pam_lite_driver_kit::tls::rustls_client_config(&config.tls)?;
-        let http = HttpClient::new(&config, tls.clone());
+        let http = AsyncHttpClient::new(&config, tls.clone());
         let (socket, addressing) = udp::bind(&config)?;
         Ok(Self {
             socket: Async::new(socket)?,
@@ -77,10 +78,9 @@ impl Prepared {
             socket: Arc::new(self.socket),
             tx: TxQueue::default(),
             http: self.http,
-            ws: WsSlot::Idle,
-            streams: Streams::new(self.tls.clone(), self.config.stream_connect_timeout),
-            tls: self.tls,
-            ws_frame_limit: self.config.ws_frame_limit,
+            ws: ws::Client::new(self.tls.clone(), self.config.ws_frame_limit),
+            resolving: None,
+            streams: Streams::new(self.tls, self.config.stream_connect_timeout),
             outputs,
         };
         run_loop(&mut dispatcher, &mut io, inputs).await;
@@ -125,20 +125,13 @@ impl InputSender {
 }
 
 /// The application's side of a running node; the same methods as the blocking driver's `Handle`.
+#[derive(Debug)]
 pub struct Handle {
     inputs: InputSender,
     flow: Arc<FlowControl>,
     outputs: Receiver<Output>,
     local_addr: SocketAddr,
     task: Option<Task<io::Result<()>>>,
-}
-
-impl std::fmt::Debug for Handle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle")
-            .field("local_addr", &self.local_addr)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Handle {
@@ -255,7 +248,8 @@ enum Wake {
     Http(Input),
     Readable,
     Writable,
-    Ws(Option<Input>),
+    Ws,
+    Resolved(u64, Result<Vec<SocketAddr>, String>),
     Streams,
     Timer,
 }
@@ -265,13 +259,13 @@ struct TaskIo {
     /// Shared with the datagram reads of the loop (the dispatcher holds `&mut TaskIo` meanwhile).
     socket: Arc<Async<UdpSocket>>,
     tx: TxQueue,
-    http: HttpClient,
-    ws: WsSlot,
+    http: AsyncHttpClient<SmolNet>,
+    ws: ws::Client<Async<TcpStream>>,
+    /// The WebSocket host's name being resolved (on smol's blocking pool: std has no async resolver).
+    resolving: Option<Task<ws::Resolution>>,
     /// TURN streams, polled by the node task like everything else (no task per stream: the node may run
     /// on the caller's executor, see [`spawn_on`]).
     streams: Streams<Async<TcpStream>>,
-    tls: Arc<rustls::ClientConfig>,
-    ws_frame_limit: usize,
     outputs: Sender<Output>,
 }
 
@@ -287,9 +281,15 @@ impl Io for TaskIo {
     }
 
     fn ws_connect(&mut self, connect: WsConnect) -> Option<Input> {
-        self.ws
-            .connect(connect, self.tls.clone(), self.ws_frame_limit);
-        None
+        match self.ws.connect(connect, Async::new) {
+            Ok(Some(resolve)) => {
+                let resolving = smol::unblock(move || (resolve.generation, resolve.run()));
+                self.resolving = Some(resolving);
+                None
+            }
+            Ok(None) => None,
+            Err(input) => Some(input),
+        }
     }
 
     fn ws_close(&mut self) {
@@ -356,14 +356,21 @@ async fn run_loop<N: Node>(
             Next::Stop => break,
             Next::Wait(at) => at,
         };
-        io.streams.expire(Instant::now());
-        let wake_at = [wake_at, io.streams.deadline()].into_iter().flatten().min();
+        let now = Instant::now();
+        if let Some(input) = io.ws.expire(now) {
+            dispatcher.feed(input, io);
+            continue;
+        }
+        io.streams.expire(now);
+        let deadlines = [wake_at, io.streams.deadline(), io.ws.deadline()];
+        let wake_at = deadlines.into_iter().flatten().min();
         let wake = {
             let TaskIo {
                 socket,
                 tx,
                 http,
                 ws,
+                resolving,
                 streams,
                 ..
             } = &mut *io;
@@ -389,7 +396,19 @@ async fn run_loop<N: Node>(
                     future::pending().await
                 }
             };
-            let ws = async { Wake::Ws(ws.next().await) };
+            let ws = async {
+                future::poll_fn(|cx| ws_ready(ws, cx)).await;
+                Wake::Ws
+            };
+            let resolved = async {
+                match resolving {
+                    Some(task) => {
+                        let (generation, addrs) = task.await;
+                        Wake::Resolved(generation, addrs)
+                    }
+                    None => future::pending().await,
+                }
+            };
             let streams = async {
                 stream_progress(streams).await;
                 Wake::Streams
@@ -405,14 +424,15 @@ async fn run_loop<N: Node>(
             };
             future::race(
                 future::race(app, future::race(http, streams)),
-                future::race(future::race(readable, writable), future::race(ws, timer)),
+                future::race(
+                    future::race(readable, writable),
+                    future::race(ws, future::race(resolved, timer)),
+                ),
             )
             .await
         };
         match wake {
-            Wake::App(Some(input)) | Wake::Http(input) | Wake::Ws(Some(input)) => {
-                dispatcher.feed(input, io)
-            }
+            Wake::App(Some(input)) | Wake::Http(input) => dispatcher.feed(input, io),
             Wake::App(None) => {
                 app_open = false;
                 dispatcher.abandon();
@@ -430,11 +450,31 @@ async fn run_loop<N: Node>(
                     dispatcher.feed(input, io);
                 }
             }
-            Wake::Ws(None) | Wake::Timer => {}
+            Wake::Ws => {
+                let mut inputs = Vec::new();
+                io.ws.ready(&mut inputs, Async::new);
+                inputs
+                    .into_iter()
+                    .for_each(|input| dispatcher.feed(input, io));
+            }
+            Wake::Resolved(generation, addrs) => {
+                io.resolving = None;
+                if let Some(input) = io.ws.resolved(generation, addrs, Async::new) {
+                    dispatcher.feed(input, io);
+                }
+            }
+            Wake::Timer => {}
         }
     }
-    // Drop the WebSocket; a pending close handshake is abandoned with the task.
-    io.ws = WsSlot::Idle;
+}
+
+/// Ready when the WebSocket's socket is readable, or writable while that matters. Cancel-safe.
+fn ws_ready(ws: &ws::Client<Async<TcpStream>>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+    match ws.socket() {
+        Some(s) if s.poll_readable(cx).is_ready() => Poll::Ready(()),
+        Some(s) if ws.wants_write() && s.poll_writable(cx).is_ready() => Poll::Ready(()),
+        _ => Poll::Pending,
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! smol driver for the pam-lite core: one async task per node — UDP, timers, the router WebSocket
-//! (async-tungstenite), HTTP (hyper's HTTP/1 client over smol sockets) and the TURN servers' TCP/TLS
+//! (the kit's client, by readiness), HTTP (the kit's hyper client over smol sockets) and the TURN servers' TCP/TLS
 //! streams (the kit's `stream` module) all inside it, so one process can
 //! run many nodes on one executor thread and a request costs no thread. It only moves data between a
 //! [`pam_lite_core::Node`] and the network: everything else is the runtime-neutral `pam-lite-driver-kit`
@@ -13,13 +13,11 @@
 
 pub mod driver;
 pub mod forward;
-mod http;
-pub mod ws;
 
 pub use driver::{run, spawn, spawn_on, Handle, InputSender, Prepared};
 pub use pam_lite_driver_kit::{DriverConfig, Stopped, TlsConfig};
 
-use pam_lite_driver_kit::runtime::{Forward, InputSink, NodeHandle, Runtime};
+use pam_lite_driver_kit::runtime::{InputSink, NodeHandle, Runtime};
 
 /// This runtime, for code generic over [`Runtime`] (the CLI, the benchmark, the shared test suites).
 #[derive(Debug, Clone, Copy)]
@@ -51,9 +49,6 @@ impl Runtime for Smol {
 
 impl NodeHandle for Handle {
     type Sender = InputSender;
-    fn input(&self, input: pam_lite_core::Input) {
-        Handle::input(self, input);
-    }
     fn sender(&self) -> InputSender {
         Handle::sender(self)
     }
@@ -78,19 +73,7 @@ impl NodeHandle for Handle {
 }
 
 impl InputSink for InputSender {
-    fn input(&self, input: pam_lite_core::Input) {
-        InputSender::input(self, input);
-    }
     fn send(&self, input: pam_lite_core::Input) -> bool {
         InputSender::send(self, input)
-    }
-}
-
-impl Forward for forward::Forwarder {
-    fn dispatch(&self, out: pam_lite_core::Output) -> Option<pam_lite_core::Output> {
-        forward::Forwarder::dispatch(self, out)
-    }
-    fn open_connections(&self) -> usize {
-        forward::Forwarder::open_connections(self)
     }
 }

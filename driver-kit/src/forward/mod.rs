@@ -1,7 +1,7 @@
 //! The forwarder's routing, shared by every runtime: which tunneled connection an output is about, the
 //! numbering of accepted local connections, and the bounds both forwarders keep. The socket work is either
-//! [`threads`] (plain threads, for any runtime; runtime-blocking's) or a runtime's own (tasks in
-//! runtime-smol).
+//! [`threads`] (plain threads, for any runtime; runtime-blocking's) or [`tasks`] (detached tasks on any
+//! async runtime that implements [`tasks::AsyncNet`]; runtime-smol's).
 //!
 //! The contract, with no protocol knowledge: bytes in become `Command::Send`, bytes out come from
 //! `Output::ConnectionData`, a TCP half-close is `Command::SendEof` / `Output::ConnectionEof`, a reset or
@@ -18,6 +18,7 @@
 //! A close for a stall (`CloseReason::Timeout`: the local side took nothing for the node's stall limit)
 //! is [`Route::Abort`]: the socket is shut down at once instead of after the writes it will never take.
 
+pub mod tasks;
 pub mod threads;
 
 use std::collections::HashMap;

@@ -1,6 +1,8 @@
 //! HTTP pieces every runtime needs: [`url_path`] for logs that never show a query (it may carry secrets)
-//! and, with the `blocking-http` feature, [`HttpClient`]: the core's `HttpRequest`s performed with ureq,
-//! blocking, for runtimes that run requests on threads (runtime-blocking runs it on its worker pool).
+//! and two clients for the core's `HttpRequest`s: with the `blocking-http` feature, `HttpClient` (ureq,
+//! blocking, for runtimes that run requests on threads: runtime-blocking runs it on [`crate::pool`]);
+//! with `async-http`, `AsyncHttpClient` (hyper, polled inside the node's task on any async runtime:
+//! runtime-smol's).
 //!
 //! Two agents per node: a keep-alive one shared by every `fresh_connection == false` request (so a profile
 //! that models Commander's `requests.Session` really reuses its TCP+TLS connection) and one that never pools,
@@ -9,6 +11,11 @@
 
 #[cfg(feature = "blocking-http")]
 pub use blocking::HttpClient;
+
+#[cfg(feature = "async-http")]
+mod asynch;
+#[cfg(feature = "async-http")]
+pub use asynch::AsyncHttpClient;
 
 #[cfg(feature = "blocking-http")]
 mod blocking {

@@ -1,87 +1,153 @@
-//! The router WebSocket on the node's event loop: tungstenite (rustls for `wss://`) over a non-blocking
-//! mio socket, driven by readiness — connect, TLS and WebSocket handshakes, reads and the close handshake
-//! all resume where `WouldBlock` stopped them. No thread; only a host *name* is resolved on the worker
-//! pool (std has no non-blocking resolver), and the connect timeout is a deadline of the loop.
+//! The router WebSocket client, once for every runtime: tungstenite (rustls for `wss://`) over a
+//! non-blocking socket the runtime wraps for its own waiting, driven by readiness — connect, TLS and
+//! WebSocket handshakes, reads and the close handshake all resume where `WouldBlock` stopped them. A
+//! runtime only waits (as for [`crate::stream::Streams`]):
+//!
+//! * [`Client::connect`] on `Output::WsConnect`, wrapping the connecting socket into its own type
+//!   (registering it); when the host is a name, resolve it (std has no non-blocking resolver: a worker
+//!   thread, an async resolver…) and answer with [`Client::resolved`];
+//! * on readiness of [`Client::socket`] (readable; writable while [`Client::wants_write`], or always with
+//!   edge-triggered readiness) call [`Client::ready`] and feed what it pushed;
+//! * wake up at [`Client::deadline`] and call [`Client::expire`] (the connect timeout, the close grace);
+//! * [`Client::close`] on `Output::WsClose`.
 
-use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
 use pam_lite_core::{Input, WsConnect};
-use pam_lite_driver_kit::ws::{self, Endpoint, Request, CLOSE_GRACE};
+use socket2::SockRef;
 use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Connector, Message, WebSocket};
 
-/// The loop's token for the WebSocket's socket.
-pub(crate) const TOKEN: Token = Token(2);
+use super::{build_request, closed_by_server, config, Endpoint, Request, CLOSE_GRACE};
 
-type Stream = MaybeTlsStream<TcpStream>;
+/// The runtime's socket as tungstenite's stream: reads and writes go through `socket2::SockRef`, and a
+/// write that would block is remembered (the runtime then waits for writability).
+pub struct Sock<S> {
+    socket: S,
+    write_blocked: Arc<AtomicBool>,
+}
 
-enum State {
+impl<S> Read for Sock<S>
+where
+    for<'s> SockRef<'s>: From<&'s S>,
+{
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*SockRef::from(&self.socket)).read(buf)
+    }
+}
+
+impl<S> Write for Sock<S>
+where
+    for<'s> SockRef<'s>: From<&'s S>,
+{
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = (&*SockRef::from(&self.socket)).write(buf);
+        let blocked = matches!(&written, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        self.write_blocked.store(blocked, Ordering::Relaxed);
+        written
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+type Stream<S> = MaybeTlsStream<Sock<S>>;
+
+enum State<S>
+where
+    for<'s> SockRef<'s>: From<&'s S>,
+{
     Idle,
-    /// The worker pool resolves the host (see [`Resolve`]).
+    /// The runtime resolves the host (see [`Resolve`]).
     Resolving(Request, Endpoint),
     Connecting {
-        stream: TcpStream,
+        socket: S,
         request: Request,
         endpoint: Endpoint,
         rest: Vec<SocketAddr>,
     },
-    Handshaking(Box<MidHandshake<ClientHandshake<Stream>>>),
-    Open(Box<WebSocket<Stream>>),
+    Handshaking(Box<MidHandshake<ClientHandshake<Stream<S>>>>),
+    Open(Box<WebSocket<Stream<S>>>),
     /// Closing on the core's request (or after the server's close): nothing more is reported.
-    Closing(Box<WebSocket<Stream>>),
+    Closing(Box<WebSocket<Stream<S>>>),
 }
 
-/// The WebSocket of one node.
-pub(crate) struct WsConn {
-    state: State,
+/// The WebSocket of one node (see the module docs). `S` is the runtime's wrapper of the socket.
+pub struct Client<S>
+where
+    for<'s> SockRef<'s>: From<&'s S>,
+{
+    state: State<S>,
     generation: u64,
     /// Connect timeout while opening, close grace while closing.
     deadline: Option<Instant>,
     tls: Arc<rustls::ClientConfig>,
     frame_limit: usize,
+    write_blocked: Arc<AtomicBool>,
 }
 
-/// A host name the worker pool must resolve for connection `generation`.
-pub(crate) struct Resolve {
+/// A host name the runtime must resolve for connection `generation` (answer with [`Client::resolved`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolve {
     pub generation: u64,
     pub host: String,
     pub port: u16,
 }
 
-impl WsConn {
-    pub(crate) fn new(tls: Arc<rustls::ClientConfig>, frame_limit: usize) -> Self {
+/// The answer to a [`Resolve`]: its connection attempt and the addresses (or why there are none).
+pub type Resolution = (u64, Result<Vec<SocketAddr>, String>);
+
+impl Resolve {
+    /// Resolve the name, blocking (run it where blocking is allowed: a worker thread, a blocking pool).
+    pub fn run(&self) -> Result<Vec<SocketAddr>, String> {
+        use std::net::ToSocketAddrs;
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map(Iterator::collect)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl<S> Client<S>
+where
+    for<'s> SockRef<'s>: From<&'s S>,
+{
+    /// `tls`: the driver's TLS policy; `frame_limit`: [`crate::DriverConfig::ws_frame_limit`].
+    pub fn new(tls: Arc<rustls::ClientConfig>, frame_limit: usize) -> Self {
         Self {
             state: State::Idle,
             generation: 0,
             deadline: None,
             tls,
             frame_limit,
+            write_blocked: Arc::default(),
         }
     }
 
-    /// Start connecting (dropping any previous socket: its events are no longer wanted). `Ok(Some(..))`:
-    /// the host must be resolved first (answer with [`WsConn::resolved`]); `Err`: failed at once.
-    pub(crate) fn connect(
+    /// Start connecting (dropping any previous socket: its events are no longer wanted). `wrap` turns
+    /// the connecting non-blocking socket into the runtime's type. `Ok(Some(..))`: the host must be
+    /// resolved first; `Err`: failed at once.
+    pub fn connect(
         &mut self,
         connect: WsConnect,
-        registry: &Registry,
+        wrap: impl FnMut(TcpStream) -> io::Result<S>,
     ) -> Result<Option<Resolve>, Input> {
-        tracing::debug!(path = %pam_lite_driver_kit::http::url_path(&connect.url), "websocket connect");
+        tracing::debug!(path = %crate::http::url_path(&connect.url), "websocket connect");
         self.state = State::Idle;
         self.generation += 1;
         self.deadline = Some(Instant::now() + connect.timeout);
-        let (request, endpoint) = ws::build_request(&connect).map_err(|r| self.fail(r))?;
+        let (request, endpoint) = build_request(&connect).map_err(|r| self.fail(r))?;
         match endpoint.host.parse::<IpAddr>() {
             Ok(ip) => {
                 let addr = SocketAddr::new(ip, endpoint.port);
-                self.dial(request, endpoint, vec![addr], registry)
+                self.dial(request, endpoint, vec![addr], wrap)
                     .map(|()| None)
             }
             Err(_) => {
@@ -96,12 +162,12 @@ impl WsConn {
         }
     }
 
-    /// The pool's answer to a [`Resolve`]; ignored when that connection is no longer current.
-    pub(crate) fn resolved(
+    /// The answer to a [`Resolve`]; ignored when that connection is no longer current.
+    pub fn resolved(
         &mut self,
         generation: u64,
         addrs: Result<Vec<SocketAddr>, String>,
-        registry: &Registry,
+        wrap: impl FnMut(TcpStream) -> io::Result<S>,
     ) -> Option<Input> {
         if generation != self.generation || !matches!(self.state, State::Resolving(..)) {
             return None;
@@ -115,16 +181,17 @@ impl WsConn {
             false => Ok(addrs),
         });
         match result {
-            Ok(addrs) => self.dial(request, endpoint, addrs, registry).err(),
+            Ok(addrs) => self.dial(request, endpoint, addrs, wrap).err(),
             Err(reason) => Some(self.fail(format!("cannot resolve: {reason}"))),
         }
     }
 
     /// Close on the core's request: a close frame, briefly awaited; nothing more is reported.
-    pub(crate) fn close(&mut self) {
+    pub fn close(&mut self) {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Open(mut ws) => {
                 let _ = ws.close(None);
+                let _ = ws.flush();
                 self.deadline = Some(Instant::now() + CLOSE_GRACE);
                 self.state = State::Closing(ws);
             }
@@ -133,23 +200,20 @@ impl WsConn {
         }
     }
 
-    /// When the loop must call [`WsConn::expire`] at the latest.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
+    /// When [`Client::expire`] must be called at the latest.
+    pub fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
 
     /// Past the deadline: a connect that did not finish in time fails, a close stops waiting.
-    pub(crate) fn expire(&mut self, now: Instant) -> Option<Input> {
+    pub fn expire(&mut self, now: Instant) -> Option<Input> {
         if self.deadline.is_none_or(|d| d > now) {
             return None;
         }
+        self.deadline = None;
         match std::mem::replace(&mut self.state, State::Idle) {
-            State::Closing(_) | State::Idle => {
-                self.deadline = None;
-                None
-            }
+            State::Closing(_) | State::Idle => None,
             State::Open(ws) => {
-                self.deadline = None;
                 self.state = State::Open(ws);
                 None
             }
@@ -157,29 +221,55 @@ impl WsConn {
         }
     }
 
+    /// The socket to wait on, if any.
+    pub fn socket(&self) -> Option<&S> {
+        let stream = match &self.state {
+            State::Connecting { socket, .. } => return Some(socket),
+            State::Handshaking(mid) => mid.get_ref().get_ref(),
+            State::Open(ws) | State::Closing(ws) => ws.get_ref(),
+            State::Idle | State::Resolving(..) => return None,
+        };
+        match stream {
+            MaybeTlsStream::Plain(s) => Some(&s.socket),
+            MaybeTlsStream::Rustls(s) => Some(&s.get_ref().socket),
+            _ => None,
+        }
+    }
+
+    /// Whether the socket's writability matters now (connecting, or a write would have blocked).
+    pub fn wants_write(&self) -> bool {
+        matches!(self.state, State::Connecting { .. }) || self.write_blocked.load(Ordering::Relaxed)
+    }
+
     /// The socket is ready: make all the progress possible, pushing what the core must learn to `out`.
-    pub(crate) fn ready(&mut self, registry: &Registry, out: &mut Vec<Input>) {
+    /// `wrap` as for [`Client::connect`] (a failed connect tries the host's next address).
+    pub fn ready(&mut self, out: &mut Vec<Input>, wrap: impl FnMut(TcpStream) -> io::Result<S>) {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Connecting {
-                stream,
+                socket,
                 request,
                 endpoint,
                 rest,
-            } => match connect_state(&stream) {
+            } => match connect_state(&SockRef::from(&socket)) {
                 Ok(false) => {
                     self.state = State::Connecting {
-                        stream,
+                        socket,
                         request,
                         endpoint,
                         rest,
                     }
                 }
                 Ok(true) => {
-                    let _ = stream.set_nodelay(true);
+                    let _ = SockRef::from(&socket).set_tcp_nodelay(true);
+                    self.write_blocked.store(false, Ordering::Relaxed);
+                    let sock = Sock {
+                        socket,
+                        write_blocked: self.write_blocked.clone(),
+                    };
                     let connector = Some(Connector::Rustls(self.tls.clone()));
-                    let config = Some(ws::config(self.frame_limit));
+                    let config = Some(config(self.frame_limit));
                     let result =
-                        tungstenite::client_tls_with_config(request, stream, config, connector);
+                        tungstenite::client_tls_with_config(request, sock, config, connector);
                     self.handshaken(result.map(|(ws, _)| ws), out);
                 }
                 Err(e) => {
@@ -187,7 +277,7 @@ impl WsConn {
                         format!("cannot connect to {}:{}: {e}", endpoint.host, endpoint.port);
                     if rest.is_empty() {
                         out.push(self.fail(last));
-                    } else if let Err(input) = self.dial(request, endpoint, rest, registry) {
+                    } else if let Err(input) = self.dial(request, endpoint, rest, wrap) {
                         out.push(input);
                     }
                 }
@@ -204,16 +294,15 @@ impl WsConn {
         request: Request,
         endpoint: Endpoint,
         mut addrs: Vec<SocketAddr>,
-        registry: &Registry,
+        mut wrap: impl FnMut(TcpStream) -> io::Result<S>,
     ) -> Result<(), Input> {
         let addr = addrs.remove(0);
-        let mut stream = TcpStream::connect(addr)
+        let socket = crate::stream::connect(addr)
             .map_err(|e| self.fail(format!("cannot connect to {addr}: {e}")))?;
-        registry
-            .register(&mut stream, TOKEN, Interest::READABLE | Interest::WRITABLE)
+        let socket = wrap(socket)
             .map_err(|e| self.fail(format!("cannot watch the WebSocket socket: {e}")))?;
         self.state = State::Connecting {
-            stream,
+            socket,
             request,
             endpoint,
             rest: addrs,
@@ -223,7 +312,7 @@ impl WsConn {
 
     fn handshaken(
         &mut self,
-        result: Result<WebSocket<Stream>, HandshakeError<ClientHandshake<Stream>>>,
+        result: Result<WebSocket<Stream<S>>, HandshakeError<ClientHandshake<Stream<S>>>>,
         out: &mut Vec<Input>,
     ) {
         match result {
@@ -240,11 +329,11 @@ impl WsConn {
         }
     }
 
-    fn read_open(&mut self, mut ws: Box<WebSocket<Stream>>, out: &mut Vec<Input>) {
+    fn read_open(&mut self, mut ws: Box<WebSocket<Stream<S>>>, out: &mut Vec<Input>) {
         let reason = loop {
             match ws.read() {
                 Ok(Message::Text(text)) => out.push(Input::WsMessage(text.as_str().to_owned())),
-                Ok(Message::Close(frame)) => break ws::closed_by_server(frame.as_ref()),
+                Ok(Message::Close(frame)) => break closed_by_server(frame.as_ref()),
                 Ok(_) => {} // binary, ping, pong: nothing for the core (pongs are queued by tungstenite)
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     let _ = ws.flush();
@@ -270,12 +359,12 @@ impl WsConn {
         };
         tracing::debug!(%reason, "websocket closed");
         out.push(Input::WsClosed { reason });
-        // Let the close handshake finish in the background of the loop, reporting nothing more.
+        // Let the close handshake finish in the background, reporting nothing more.
         self.deadline = Some(Instant::now() + CLOSE_GRACE);
         self.drain_closing(ws);
     }
 
-    fn drain_closing(&mut self, mut ws: Box<WebSocket<Stream>>) {
+    fn drain_closing(&mut self, mut ws: Box<WebSocket<Stream<S>>>) {
         loop {
             match ws.read() {
                 Ok(_) => {}
@@ -303,11 +392,11 @@ impl WsConn {
 }
 
 /// Whether a non-blocking connect has finished (`Ok(true)`), is still under way, or failed.
-fn connect_state(stream: &TcpStream) -> io::Result<bool> {
-    if let Some(e) = stream.take_error()? {
+fn connect_state(socket: &socket2::Socket) -> io::Result<bool> {
+    if let Some(e) = socket.take_error()? {
         return Err(e);
     }
-    match stream.peer_addr() {
+    match socket.peer_addr() {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
         Err(e) => Err(e),

@@ -1,7 +1,10 @@
 //! The router WebSocket as every runtime opens it: the request with the core's headers, where to connect,
-//! the frame bounds, and how a server's close is worded for the core. Only the socket I/O is the runtime's
-//! (tungstenite on a mio socket in runtime-blocking, async-tungstenite in runtime-smol), and both speak
-//! tungstenite's protocol types, so these helpers serve both.
+//! the frame bounds, how a server's close is worded for the core, and the whole client ([`Client`]:
+//! tungstenite driven by readiness over the runtime's socket type). A runtime only waits for readiness.
+
+mod client;
+
+pub use client::{Client, Resolution, Resolve, Sock};
 
 use pam_lite_core::WsConnect;
 use tungstenite::client::IntoClientRequest;

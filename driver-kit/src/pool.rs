@@ -1,6 +1,7 @@
-//! A small bounded pool of worker threads for the only blocking work left: ureq HTTP requests and host
-//! name resolution for the WebSocket. Workers are started on demand (at most [`MAX_WORKERS`]), reused, and
-//! end when the driver stops; a job reports its result to the event loop itself (channel + `mio::Waker`).
+//! A small bounded pool of worker threads, for runtimes whose only blocking work is a few requests at a
+//! time (runtime-blocking: ureq HTTP requests and host name resolution for the WebSocket). Workers are
+//! started on demand (at most [`MAX_WORKERS`]), reused, and end when the pool is dropped; a job reports
+//! its result to the runtime's loop itself (e.g. a channel plus a `mio::Waker`).
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +14,7 @@ pub const MAX_WORKERS: usize = 4;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-pub(crate) struct Pool {
+pub struct Pool {
     jobs: Sender<Job>,
     queue: Arc<Mutex<Receiver<Job>>>,
     /// Jobs submitted and not finished yet.
@@ -21,8 +22,14 @@ pub(crate) struct Pool {
     workers: usize,
 }
 
+impl Default for Pool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Pool {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         let (jobs, queue) = mpsc::channel();
         Self {
             jobs,
@@ -33,7 +40,7 @@ impl Pool {
     }
 
     /// Run `job` on a worker, starting one if every worker is busy and the bound allows.
-    pub(crate) fn run(&mut self, job: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    pub fn run(&mut self, job: impl FnOnce() + Send + 'static) -> io::Result<()> {
         let unfinished = self.unfinished.fetch_add(1, Ordering::SeqCst) + 1;
         if unfinished > self.workers && self.workers < MAX_WORKERS {
             let (queue, count) = (self.queue.clone(), self.unfinished.clone());

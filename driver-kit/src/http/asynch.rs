@@ -1,39 +1,45 @@
-//! The core's HTTP requests inside the node's own task: hyper's HTTP/1 client over smol sockets
-//! (`smol-hyper`) and futures-rustls, so a request costs no thread.
+//! The core's HTTP requests inside the node's own task, for any async runtime ([`AsyncNet`]): hyper's
+//! HTTP/1 client over the runtime's sockets (`smol-hyper`'s futures-io adapter, no executor) and
+//! futures-rustls, so a request costs no thread. runtime-smol uses it.
 //!
 //! Keep-alive as the timing profiles need it: a request with `fresh_connection == false` reuses an idle
 //! connection to the same origin (Commander's `requests.Session`), one with `fresh_connection == true`
 //! always pays for a new TCP+TLS handshake and is never pooled. Redirects are not followed; bodies are
-//! bounded; errors never quote header values (they carry secrets). Only a host *name* is resolved on
-//! smol's blocking pool (std has no non-blocking resolver), once per new connection.
+//! bounded; errors never quote header values (they carry secrets). A host *name* is resolved by the
+//! runtime ([`AsyncNet::resolve`]), once per new connection.
 
 use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_lite::future::{self, FutureExt as _};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST, SET_COOKIE};
 use pam_lite_core::{HttpRequest, HttpResponse, Input, Method};
-use pam_lite_driver_kit::http::url_path;
-use pam_lite_driver_kit::DriverConfig;
 use rustls::pki_types::ServerName;
-use smol::future::{self, FutureExt as _};
-use smol::net::TcpStream;
-use smol::Timer;
 use smol_hyper::rt::FuturesIo;
 
-use crate::ws::MaybeTls;
+use super::url_path;
+use crate::runtime::AsyncNet;
+use crate::DriverConfig;
 
 /// Idle keep-alive connections kept per node, and for how long.
 const MAX_IDLE: usize = 4;
 const MAX_IDLE_AGE: Duration = Duration::from_secs(60);
 
-type Conn = Pin<Box<Connection<FuturesIo<MaybeTls>, Full<Bytes>>>>;
-type Exchange = Pin<Box<dyn Future<Output = (Input, Option<Idle>)> + Send>>;
+/// What a connection runs over (the runtime's TCP stream).
+trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for S {}
+
+type Conn<S> = Pin<Box<Connection<FuturesIo<MaybeTls<S>>, Full<Bytes>>>>;
+type Exchange<S> = Pin<Box<dyn Future<Output = (Input, Option<Idle<S>>)> + Send>>;
 
 /// Scheme, host and port: which connections may serve a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,22 +50,22 @@ struct Origin {
 }
 
 /// A keep-alive connection waiting for the next request to its origin.
-struct Idle {
+struct Idle<S: Socket> {
     origin: Origin,
     sender: SendRequest<Full<Bytes>>,
-    conn: Conn,
+    conn: Conn<S>,
     since: Instant,
 }
 
 /// The HTTP side of one node: requests in flight (polled by the node task) and idle connections.
-pub struct HttpClient {
+pub struct AsyncHttpClient<R: AsyncNet> {
     tls: Arc<rustls::ClientConfig>,
     body_limit: u64,
-    idle: Vec<Idle>,
-    in_flight: Vec<Exchange>,
+    idle: Vec<Idle<R::Stream>>,
+    in_flight: Vec<Exchange<R::Stream>>,
 }
 
-impl HttpClient {
+impl<R: AsyncNet> AsyncHttpClient<R> {
     pub fn new(config: &DriverConfig, tls: Arc<rustls::ClientConfig>) -> Self {
         Self {
             tls,
@@ -69,7 +75,7 @@ impl HttpClient {
         }
     }
 
-    /// Start `req`; its answer comes out of [`HttpClient::next`].
+    /// Start `req`; its answer comes out of [`AsyncHttpClient::next`].
     pub fn start(&mut self, req: HttpRequest) {
         tracing::debug!(id = req.id, method = ?req.method, path = %url_path(&req.url),
             fresh = req.fresh_connection, "http request");
@@ -85,7 +91,7 @@ impl HttpClient {
         };
         let (tls, limit) = (self.tls.clone(), self.body_limit);
         self.in_flight
-            .push(Box::pin(exchange(req, origin, reuse, tls, limit)));
+            .push(Box::pin(exchange::<R>(req, origin, reuse, tls, limit)));
     }
 
     /// The next answer of a request in flight; pending while none is. Cancel-safe.
@@ -111,13 +117,13 @@ impl HttpClient {
 }
 
 /// One request, bounded by its timeout; gives back the connection when it may be reused.
-async fn exchange(
+async fn exchange<R: AsyncNet>(
     req: HttpRequest,
     origin: Result<Origin, String>,
-    reuse: Option<Idle>,
+    reuse: Option<Idle<R::Stream>>,
     tls: Arc<rustls::ClientConfig>,
     limit: u64,
-) -> (Input, Option<Idle>) {
+) -> (Input, Option<Idle<R::Stream>>) {
     let (id, timeout, fresh) = (req.id, req.timeout, req.fresh_connection);
     let work = async {
         let origin = origin?;
@@ -132,12 +138,12 @@ async fn exchange(
         };
         let (sender, conn) = match reuse {
             Some(idle) => (idle.sender, idle.conn),
-            None => connect(&origin, tls).await?,
+            None => connect::<R>(&origin, tls).await?,
         };
         perform(&req, origin, sender, conn, limit).await
     };
     let timed_out = async {
-        Timer::after(timeout).await;
+        R::sleep(timeout).await;
         Err(format!("timed out after {timeout:?}"))
     };
     match work.or(timed_out).await {
@@ -160,15 +166,15 @@ async fn exchange(
     }
 }
 
-async fn connect(
+async fn connect<R: AsyncNet>(
     origin: &Origin,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<(SendRequest<Full<Bytes>>, Conn), String> {
+) -> Result<(SendRequest<Full<Bytes>>, Conn<R::Stream>), String> {
     let Origin { secure, host, port } = origin;
-    let tcp = TcpStream::connect((host.as_str(), *port))
+    let tcp = tcp::<R>(host, *port)
         .await
         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
+    R::set_nodelay(&tcp);
     let stream = if *secure {
         let name = ServerName::try_from(host.clone())
             .map_err(|_| format!("invalid TLS server name {host:?}"))?;
@@ -186,13 +192,13 @@ async fn connect(
     Ok((sender, Box::pin(conn)))
 }
 
-async fn perform(
+async fn perform<S: Socket>(
     req: &HttpRequest,
     origin: Origin,
     mut sender: SendRequest<Full<Bytes>>,
-    mut conn: Conn,
+    mut conn: Conn<S>,
     limit: u64,
-) -> Result<(HttpResponse, Option<Idle>), String> {
+) -> Result<(HttpResponse, Option<Idle<S>>), String> {
     let request = build(req, &origin)?;
     let response = drive(&mut conn, async {
         sender.ready().await?;
@@ -242,7 +248,7 @@ async fn perform(
 }
 
 /// Poll `fut` while driving the connection that carries it (hyper's connection task, run in place).
-async fn drive<T>(conn: &mut Conn, fut: impl Future<Output = T>) -> T {
+async fn drive<S: Socket, T>(conn: &mut Conn<S>, fut: impl Future<Output = T>) -> T {
     let mut fut = std::pin::pin!(fut);
     let mut conn_done = false;
     future::poll_fn(|cx| {
@@ -308,6 +314,68 @@ fn origin(url: &str) -> Result<Origin, String> {
         .to_owned();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
     Ok(Origin { secure, host, port })
+}
+
+/// The first address of `host` that accepts a TCP connection.
+async fn tcp<R: AsyncNet>(host: &str, port: u16) -> io::Result<R::Stream> {
+    let addrs = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => R::resolve(host.to_owned(), port).await?,
+    };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the host has no address");
+    for addr in addrs {
+        match R::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// A TCP stream, encrypted for `https://`.
+enum MaybeTls<S> {
+    Plain(S),
+    Tls(Box<futures_rustls::client::TlsStream<S>>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_close(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
 }
 
 #[cfg(test)]
