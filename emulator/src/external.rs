@@ -9,6 +9,12 @@
 //! trickled candidates on. The process is one tube, so the bridge serves one conversation; a second offer
 //! is refused like a gateway at its limit would.
 //!
+//! ICE restarts (issue 14) go both ways as the router relays them: the tube's own restart offer (its
+//! `ice_restart_offer` signal) reaches the client as `{"type":"offer","sdp":…,"ice_restart":true}` sealed as a
+//! reply to the first offer, and the client's `ice_restart_answer` action goes back to the tube as a
+//! `restart_answer` line; the client's `ice_restart_offer` action goes to the tube as a `restart_offer` line,
+//! whose `restart_answer` comes back sealed as the reply to that action.
+//!
 //! Everything from the process is bounded: a line is at most [`MAX_LINE`] bytes (longer ones end the
 //! bridge), and its text reaches logs only sanitised.
 
@@ -38,6 +44,8 @@ struct Conversation {
     conv: ConversationId,
     key: TunnelKey,
     reply_to: u64,
+    /// The client's ICE-restart offer waiting for the tube's answer (its action's reply id).
+    restart_reply_to: Option<u64>,
 }
 
 struct Shared {
@@ -188,6 +196,7 @@ impl Shared {
                     conv,
                     key,
                     reply_to,
+                    restart_reply_to: None,
                 });
                 drop(slot);
                 tracing::info!(
@@ -215,6 +224,40 @@ impl Shared {
                 }
                 self.reply(reply_to, "ice candidate received");
             }
+            kind @ ("ice_restart_offer" | "ice_restart_answer") => {
+                let mut slot = self.conversation.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(c) = slot.as_mut().filter(|c| c.conv == conv) else {
+                    return self.refuse(reply_to, "unknown conversation");
+                };
+                let plain = match c.key.decrypt(input("data")) {
+                    Ok(plain) => plain,
+                    Err(e) => return self.refuse(reply_to, &format!("decryption failed: {e}")),
+                };
+                if kind == "ice_restart_offer" {
+                    let sdp = match signaling::parse_restart_offer(&plain) {
+                        Ok(sdp) => sdp,
+                        Err(e) => {
+                            return self.refuse(reply_to, &format!("bad ICE-restart offer: {e}"))
+                        }
+                    };
+                    c.restart_reply_to = Some(reply_to);
+                    drop(slot);
+                    tracing::info!("external gateway: the client restarts ICE");
+                    self.send(json!({ "type": "restart_offer", "sdp": sdp }));
+                } else {
+                    let sdp = serde_json::from_slice::<Value>(&plain)
+                        .ok()
+                        .and_then(|v| v.get("sdp").and_then(Value::as_str).map(str::to_owned))
+                        .filter(|s| s.trim_start().starts_with("v="));
+                    drop(slot);
+                    let Some(sdp) = sdp else {
+                        return self.refuse(reply_to, "bad ICE-restart answer: no SDP");
+                    };
+                    tracing::info!("external gateway: the client answers the tube's ICE restart");
+                    self.send(json!({ "type": "restart_answer", "sdp": sdp }));
+                    self.reply(reply_to, "ice restart answer received");
+                }
+            }
             other => self.refuse(reply_to, &format!("unsupported action kind {other:?}")),
         }
     }
@@ -235,6 +278,47 @@ impl Shared {
                 Some(c) if !c.is_empty() => json!({ "candidates": [c] }),
                 _ => return, // the end of its candidates: the client needs no word of it
             },
+            // The tube's answer to the client's ICE restart: the reply to that action.
+            Some("restart_answer") => {
+                let sdp = msg.get("sdp").and_then(Value::as_str).unwrap_or("");
+                let mut slot = self.conversation.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(c) = slot.as_mut() else {
+                    return;
+                };
+                let Some(reply_to) = c.restart_reply_to.take() else {
+                    tracing::warn!("external gateway: a restart answer nobody asked for");
+                    return;
+                };
+                let body = signaling::ice_restart_answer_data_json(sdp);
+                let data = c.key.encrypt(body.as_bytes(), &mut OsRng);
+                drop(slot);
+                tracing::info!("external gateway: the tube's ICE-restart answer to the client");
+                return self.reply(reply_to, &data);
+            }
+            // The tube restarts ICE itself (`ice_restart_offer` signal, base64 SDP).
+            Some("signal")
+                if msg.get("kind").and_then(Value::as_str) == Some("ice_restart_offer") =>
+            {
+                let data = msg.get("data").and_then(Value::as_str).unwrap_or("").trim();
+                let sdp = if data.starts_with("v=") {
+                    Some(data.to_owned())
+                } else {
+                    B64.decode(data)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                };
+                let Some(sdp) = sdp.filter(|s| s.starts_with("v=")) else {
+                    tracing::warn!("external gateway: an ICE-restart offer without SDP");
+                    return;
+                };
+                tracing::info!(
+                    sdp_bytes = sdp.len(),
+                    "external gateway: the tube restarts ICE"
+                );
+                // Sealed as a reply to the first offer, like the tube's trickled candidates.
+                serde_json::from_str(&signaling::ice_restart_offer_data_json(&sdp))
+                    .unwrap_or(Value::Null)
+            }
             _ => {
                 tracing::info!(message = %sanitize_max(line, 300), "external gateway");
                 return;

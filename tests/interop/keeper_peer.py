@@ -23,6 +23,8 @@ stdout (flushed after every line):
 stdin:
   {"type":"offer","sdp":".."} | {"type":"answer","sdp":".."} | {"type":"candidate","candidate":".."}
   {"type":"status"} | {"type":"close","reason":<code or null>}
+  {"type":"restart_offer","sdp":".."}   the peer restarts ICE: set it, answer with {"type":"restart_answer","sdp":..}
+  {"type":"restart_answer","sdp":".."}  the peer's answer to keeper's own restart (its signal "ice_restart_offer")
   EOF = close.
 
 Signalling SDP travels as plain text here; keeper's API itself wants and returns base64 (that is decoded and
@@ -172,6 +174,16 @@ def main():
                 reg.set_remote_description(st["tid"], base64.b64encode(msg["sdp"].encode()).decode(),
                                            is_answer=True)
                 st["t_remote"] = time.monotonic()
+            elif kind == "restart_offer" and st["tid"] is not None:
+                # keeper answers a remote offer inside set_remote_description (it returns the base64 answer;
+                # create_answer afterwards fails: "Cannot create answer when in state Stable").
+                ans = reg.set_remote_description(st["tid"], base64.b64encode(msg["sdp"].encode()).decode())
+                if not isinstance(ans, str) or not ans:
+                    ans = reg.create_answer(st["tid"])
+                emit({"type": "restart_answer", "sdp": base64.b64decode(ans).decode()})
+            elif kind == "restart_answer" and st["tid"] is not None:
+                reg.set_remote_description(st["tid"], base64.b64encode(msg["sdp"].encode()).decode(),
+                                           is_answer=True)
             elif kind == "candidate":
                 if st["tid"] is None:
                     emit({"type": "error", "error": "candidate before the offer"})
