@@ -236,9 +236,11 @@ mib_path() {
 # The lab as the router hands it out: both sides have a relay on coturn. After the rebinding the client's own
 # allocation is unusable (coturn knows it by the old 5-tuple), the gateway's is not (its permission is for NAT
 # A's address, any port): ICE recovers through the pair "client -> gateway's relay". Measured 2026-12-02: the
-# output stalls ~31-33 s (3 runs of 5; 0.0 s in the other 2) and the client logs no loss at all — the STUN
+# output stalls 31-33 s (5 runs of 7, both runtimes; 0.0 s in the other 2) and the client logs no loss at all — the STUN
 # answers coming back through the gateway's relay count as hearing the peer — so nothing restarts; the data
-# moves to the relay pair when ICE gives up the old pair. Every byte arrives; the stall is reported, not bounded.
+# moves to the relay pair, but the pcap shows SCTP retransmitting on the dead direct pair at 3, 7, 15 s after the
+# rebinding and resuming through the relay only at the next backed-off retransmission (~31 s). Every byte
+# arrives; the stall is reported, not bounded.
 nat_a_rebinding() {
   recovery_lab || return 0
   rebinding_transfer "$1" 80 "" || return 0
