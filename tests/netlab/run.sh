@@ -29,6 +29,15 @@
 # relays with the right credentials and refuses wrong ones. The pam-lite launch scenarios (srflx and relay
 # paths, TURN over TCP, --relay-only, Keeper's tube behind NAT B) are added here as the STUN/TURN work
 # (issue 9) lands, in the same output format.
+#
+# Path recovery (issue 14, tests/netlab/recovery.sh): 64 MiB paced through the tunnel, SHA-256 checked, across an
+# event caused once 8 MiB came back — `path_dark_5s_*` (all UDP through NAT A dropped for 5 s: the session
+# survives), `path_dark_beyond_bound_*` (dark past PAM_LITE_PATH_LOSS_LIMIT_SEC=15: exit 11 naming the outage, in
+# 15-19 s), `nat_a_rebinding_*` (NAT A's UDP mappings flushed, a new external port; the gateway has a relay),
+# `nat_a_rebinding_no_gateway_relay_*` (the same with the direct path only) and
+# `keeper_gateway_client_rebinding_*` (the rebinding with Keeper's tube as the gateway). After each verdict,
+# indented lines give the measurements (how long the output stalled, the client's recovery log lines).
+# A scenario may have a longer watchdog than PAM_LITE_NETLAB_SCENARIO_TIMEOUT (SCENARIO_TIMEOUT_OF).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -38,6 +47,7 @@ if [ "${PAM_LITE_NETLAB_INSIDE:-}" != 1 ]; then
   command -v nft >/dev/null 2>&1 || need+=(nftables)
   command -v turnserver >/dev/null 2>&1 || need+=(coturn)
   command -v python3 >/dev/null 2>&1 || need+=(python3)
+  command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
   if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "netlab: installing ${need[*]}" >&2
@@ -430,6 +440,10 @@ ALL=(topology_open topology_eim_nat topology_symmetric_nat topology_udp_blocked 
   pamlite_turn_tcp_udp_blocked_smol pamlite_turn_tcp_udp_blocked_blocking
   keeper_gateway_behind_nat_b_smol keeper_gateway_behind_nat_b_blocking)
 # Scenarios that fail today, run only when named: each prints SKIPPED with the reason in a full run.
+declare -A KNOWN_FAILING=()
+# Path recovery (issue 14): the path dies mid-transfer and comes back, or not (adds to ALL and KNOWN_FAILING).
+# shellcheck source=tests/netlab/recovery.sh
+source "$here/recovery.sh"
 # --- --bench: time to ready and throughput per path (issue 9), not a test --------------------------------
 # bench_one LABEL RUNTIME NATA NATB [FLAGS...]: one launch through the lab's emulator with coturn as the relay
 # host, PAM_LITE_NETLAB_BENCH_MIB (default 64) echoed through `tunnel --stdio` and checked with SHA-256.
@@ -503,6 +517,7 @@ fi
 
 if [ "${1:-}" = --list ]; then printf '%s\n' "${ALL[@]}"; exit 0; fi
 selected=("$@")
+selected_by_name=("$@")
 [ "${#selected[@]}" -gt 0 ] || selected=("${ALL[@]}")
 
 passed=0 failed=0 skipped=0
@@ -510,7 +525,10 @@ for name in "${selected[@]}"; do
   if ! declare -F "scenario_$name" >/dev/null; then
     echo "FAIL $name: no such scenario (--list lists them)"; failed=$((failed + 1)); continue
   fi
-  if [[ $name == pamlite_* ]] && [ ! -x "$PAM_LITE_BIN" ]; then
+  if [ "${#selected_by_name[@]}" -eq 0 ] && [ -n "${KNOWN_FAILING[$name]:-}" ]; then
+    echo "SKIPPED $name: known failure: ${KNOWN_FAILING[$name]}"; skipped=$((skipped + 1)); continue
+  fi
+  if [[ $name != topology_* && $name != coturn_* ]] && [ ! -x "$PAM_LITE_BIN" ]; then
     # CI builds the binary before the lab (scripts/test.sh), so there a missing binary is a failure.
     if [ "${CI:-}" = true ]; then
       echo "FAIL $name: no pam-lite binary at $PAM_LITE_BIN"; failed=$((failed + 1))
@@ -525,11 +543,13 @@ for name in "${selected[@]}"; do
   capture_up "$name"
   # The scenario runs in a subshell with a watchdog: its stdout is the reason it failed (empty = passed).
   ( "scenario_$name" ) >"$WORK/$name.why" 2>"$WORK/$name.err" &
-  pid=$! deadline=$((SECONDS + SCENARIO_TIMEOUT))
+  pid=$! limit=$SCENARIO_TIMEOUT
+  [ "${SCENARIO_TIMEOUT_OF[$name]:-0}" -le "$limit" ] || limit=${SCENARIO_TIMEOUT_OF[$name]}
+  deadline=$((SECONDS + limit))
   while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
   if kill -0 "$pid" 2>/dev/null; then
     kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
-    why="timed out after ${SCENARIO_TIMEOUT}s"
+    why="timed out after ${limit}s"
   else
     rc=0; wait "$pid" 2>/dev/null || rc=$?
     why=$(head -c 300 "$WORK/$name.why" | tr '\n' ' ' | sed 's/ *$//')
@@ -541,6 +561,8 @@ for name in "${selected[@]}"; do
   else
     echo "FAIL $name: $why"; failed=$((failed + 1))
   fi
+  # A scenario's measurements (recovery.sh's `note`), one indented line each.
+  [ ! -s "$WORK/$name.note" ] || sed "s/^/  $name: /" "$WORK/$name.note"
   jobs -p | xargs -r kill 2>/dev/null || true
 done
 topo_down
