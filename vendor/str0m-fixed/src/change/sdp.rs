@@ -731,6 +731,15 @@ fn add_ice_details(
         Some(v) => *v != creds,
         None => false,
     };
+    // An answer to an ICE restart *we* offered: our offer advertised new local credentials, and the
+    // remote now checks with them, whether or not it restarted its own side. Keeper's tube
+    // (webrtc-rs, keeper-pam-webrtc-rs 2.2.9) answers a restart offer with its credentials unchanged;
+    // keeping our old local credentials then would desynchronise the two agents for good.
+    let we_restarted = pending.and_then(|p| p.changes.ice_restart());
+    if let (false, Some((new_local_creds, keep_local_candidates))) = (ice_restart, we_restarted) {
+        rtc.ice
+            .ice_restart(new_local_creds.clone(), keep_local_candidates);
+    }
     if ice_restart {
         let (new_local_creds, keep_local_candidates) = if let Some(pending) = pending {
             // Since we have a pending, this is an answer to our offer.
