@@ -513,11 +513,8 @@ impl Gateway {
                             log_path(&tube.conv, &e);
                         }
                     }
-                    PeerEvent::PathRestored => {
-                        if let Some(e) = tube.path.received(now, true) {
-                            log_path(&tube.conv, &e);
-                        }
-                    }
+                    // Counted once a DTLS record follows (below).
+                    PeerEvent::PathRestored => {}
                     PeerEvent::ChannelOpen => {
                         let mut conns = Connections::new(TubeRole::Gateway, now);
                         conns.set_unix_ms_base(unix_ms, now);
@@ -879,7 +876,7 @@ fn log_path(conv: &ConversationId, e: &PathEvent) {
             "closing the tube: {}",
             PathWatch::give_up_reason(*outage, *restarts)
         ),
-        PathEvent::Restart { .. } => {}
+        PathEvent::Restart { .. } | PathEvent::Probe => {}
     }
 }
 

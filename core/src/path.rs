@@ -6,10 +6,13 @@
 //! packets flow again), DTLS has no idle timeout and SCTP retransmits without limit, so the session *can*
 //! survive; what this module adds is the judgement:
 //!
-//! * **Detection.** A healthy path is never quiet: ICE re-checks the nominated pair (str0m every ≤ 3 s,
-//!   from both sides; Keeper's webrtc-rs keeps alive every 200 ms), so no datagram from the peer for
-//!   [`PathConfig::quiet_after`] means the path is gone — RFC 7675's consent idea, with a bound of seconds
-//!   instead of str0m's ~20 s until it reports `Disconnected` (which counts too, whichever comes first).
+//! * **Detection.** What counts is the *data* path: DTLS records from the peer, not STUN (ICE checks can
+//!   still be answered on one pair, through a relay, while the data goes to a dead one — the NAT lab showed
+//!   a session stalled for a minute and a half that way). An idle session is never silent for long: after
+//!   [`PathConfig::probe_after`] of silence the client sends a tube Ping (a Keeper peer answers within a
+//!   millisecond) and repeats it, so nothing heard for [`PathConfig::quiet_after`] means the path is gone —
+//!   RFC 7675's consent idea at the tube's level, with a bound of seconds instead of str0m's ~20 s until it
+//!   reports `Disconnected` (which counts too, whichever comes first).
 //! * **Restart.** While lost, an ICE restart (new ufrag/pwd, the candidates re-announced, so a NAT's new
 //!   mapping or a new network is found) is due [`PathConfig::restart_backoff`] apart: first after 2 s —
 //!   Keeper's `ICE_DISCONNECTED_WAIT_SECS` — then 5, 10, 20 s (Keeper's backoff), never more often: no
@@ -26,6 +29,10 @@ use std::time::{Duration, Instant};
 /// The bounds of [`PathWatch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathConfig {
+    /// Nothing heard for this long while the path is up: ask the peer for a sign of life (the client sends a
+    /// tube Ping, which a Keeper peer answers with a Pong within a millisecond), and again as long as
+    /// nothing comes. `None`: this side does not probe.
+    pub probe_after: Option<Duration>,
     /// No datagram from the peer for this long while the session is up: the path is lost.
     pub quiet_after: Duration,
     /// Delay before each ICE restart while lost, from the loss (first) or the previous restart (then);
@@ -39,22 +46,27 @@ impl PathConfig {
     /// The client's bounds (`give_up_after` from the profile).
     pub fn restarting(give_up_after: Duration) -> Self {
         PathConfig {
+            probe_after: Some(PROBE_AFTER),
             quiet_after: QUIET_AFTER,
             restart_backoff: RESTART_BACKOFF.to_vec(),
             give_up_after,
         }
     }
 
-    /// The gateway's bounds: it watches and gives up, the client restarts.
+    /// The gateway's bounds: it watches and gives up, the client probes and restarts.
     pub fn answering(give_up_after: Duration) -> Self {
         PathConfig {
+            probe_after: None,
             restart_backoff: Vec::new(),
             ..Self::restarting(give_up_after)
         }
     }
 }
 
-/// Twice str0m's longest check interval on a nominated pair (3 s): one lost check is not an outage.
+/// A quiet data path is probed after this (a tube Ping): an idle session is never silent for long, so
+/// silence means something.
+pub const PROBE_AFTER: Duration = Duration::from_secs(2);
+/// Three unanswered probes: one lost datagram is not an outage.
 pub const QUIET_AFTER: Duration = Duration::from_secs(6);
 /// Keeper's tube: 2 s after `Disconnected`, then its backoff helper's 5 → 10 → 20 s.
 pub const RESTART_BACKOFF: [Duration; 4] = [
@@ -67,6 +79,8 @@ pub const RESTART_BACKOFF: [Duration; 4] = [
 /// What the owner must do or say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathEvent {
+    /// Nothing heard for [`PathConfig::probe_after`]: send the peer something it answers.
+    Probe,
     /// The path is lost: nothing came for `quiet` (or ICE said so).
     Lost { quiet: Duration },
     /// Start ICE restart number `attempt` (1-based).
@@ -97,6 +111,8 @@ pub struct PathWatch {
     cfg: PathConfig,
     state: State,
     last_received: Option<Instant>,
+    /// When the last probe went out (the next is due one `probe_after` later, while nothing comes).
+    last_probe: Option<Instant>,
     restarts: u32,
 }
 
@@ -106,8 +122,17 @@ impl PathWatch {
             cfg,
             state: State::Idle,
             last_received: None,
+            last_probe: None,
             restarts: 0,
         }
+    }
+
+    /// When the next probe is due (path up, probing configured).
+    fn next_probe(&self) -> Option<Instant> {
+        let after = self.cfg.probe_after?;
+        let last = self.last_received?;
+        let from = self.last_probe.map_or(last, |p| p.max(last));
+        Some(from + after)
     }
 
     /// The session is up (ICE + DTLS connected): from now on silence counts.
@@ -168,7 +193,10 @@ impl PathWatch {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Idle | State::Over => None,
-            State::Up => self.last_received.map(|t| t + self.cfg.quiet_after),
+            State::Up => {
+                let lost = self.last_received.map(|t| t + self.cfg.quiet_after);
+                [lost, self.next_probe()].into_iter().flatten().min()
+            }
             State::Lost {
                 since,
                 next_restart,
@@ -185,7 +213,14 @@ impl PathWatch {
             State::Idle | State::Over => None,
             State::Up => {
                 let last = self.last_received?;
-                (now >= last + self.cfg.quiet_after).then(|| self.lose(last, now))
+                if now >= last + self.cfg.quiet_after {
+                    return Some(self.lose(last, now));
+                }
+                if self.next_probe().is_some_and(|at| now >= at) {
+                    self.last_probe = Some(now);
+                    return Some(PathEvent::Probe);
+                }
+                None
             }
             State::Lost {
                 since,
@@ -258,8 +293,16 @@ mod tests {
         w
     }
 
-    /// Run the watch's timers up to `until`, collecting (when, event); a restart is sent at once.
+    /// Run the watch's timers up to `until`, collecting (when, event) without the probes; a restart is sent
+    /// at once. Probes go unanswered.
     fn run(w: &mut PathWatch, until: Instant) -> Vec<(Instant, PathEvent)> {
+        run_all(w, until)
+            .into_iter()
+            .filter(|(_, e)| *e != PathEvent::Probe)
+            .collect()
+    }
+
+    fn run_all(w: &mut PathWatch, until: Instant) -> Vec<(Instant, PathEvent)> {
         let mut out = Vec::new();
         while let Some(t) = w.poll_timeout().filter(|t| *t <= until) {
             while let Some(e) = w.handle_timeout(t) {
@@ -270,6 +313,33 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_quiet_path_is_probed_every_two_seconds_until_it_is_lost() {
+        let t0 = pam_lite_dev_clock::origin();
+        let mut w = watch(t0);
+        let events = run_all(&mut w, t0 + s(7));
+        assert_eq!(
+            events,
+            vec![
+                (t0 + s(2), PathEvent::Probe),
+                (t0 + s(4), PathEvent::Probe),
+                (t0 + s(6), PathEvent::Lost { quiet: s(6) }),
+            ]
+        );
+        // An answer resets the clock: the next probe is 2 s after it.
+        let mut w = watch(t0);
+        assert_eq!(
+            run_all(&mut w, t0 + s(2)),
+            vec![(t0 + s(2), PathEvent::Probe)]
+        );
+        w.received(t0 + s(2) + Duration::from_millis(1), true);
+        assert_eq!(w.poll_timeout(), Some(t0 + s(4) + Duration::from_millis(1)));
+        // The answering side never probes.
+        let mut g = PathWatch::new(PathConfig::answering(s(60)));
+        g.start(t0);
+        assert!(!run_all(&mut g, t0 + s(5)).contains(&(t0 + s(2), PathEvent::Probe)));
     }
 
     #[test]

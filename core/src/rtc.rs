@@ -144,7 +144,9 @@ pub struct Peer {
     closed: bool,
     /// Between [`PeerEvent::PathLost`] and [`PeerEvent::PathRestored`].
     path_lost: bool,
-    /// When the last datagram str0m took arrived (the path's heartbeat, for [`crate::path`]).
+    /// When the last DTLS record str0m took arrived: the data path's heartbeat, for [`crate::path`]. STUN
+    /// does not count: ICE checks can still be answered on one pair (through a relay) while the data goes
+    /// to a dead one.
     last_received: Option<Instant>,
 }
 
@@ -280,7 +282,7 @@ impl Peer {
         self.path_lost
     }
 
-    /// When the last datagram from the remote peer arrived.
+    /// When the last DTLS record from the remote peer arrived (STUN does not count).
     pub fn last_received(&self) -> Option<Instant> {
         self.last_received
     }
@@ -340,8 +342,11 @@ impl Peer {
             return;
         }
         if let Some(r) = receive(datagram) {
+            // RFC 7983: a first byte of 20..=63 is DTLS (0..=3 would be STUN).
+            let dtls = matches!(datagram.contents.first(), Some(20..=63));
             match self.rtc.handle_input(str0m::Input::Receive(now, r)) {
-                Ok(()) => self.last_received = Some(now),
+                Ok(()) if dtls => self.last_received = Some(now),
+                Ok(()) => {}
                 Err(e) => tracing::debug!(error = %e, "str0m rejected a datagram"),
             }
         }

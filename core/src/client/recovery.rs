@@ -1,7 +1,8 @@
 //! Path recovery mid-session (issue 14): the client's side of [`crate::path`].
 //!
-//! * **Watch.** Once ICE + DTLS are up, every datagram from the gateway feeds the [`PathWatch`]; a quiet
-//!   path or ICE's `Disconnected` is a loss (`path_lost` checkpoint, a warning), not the end of the session.
+//! * **Watch.** Once ICE + DTLS are up, every DTLS record from the gateway feeds the [`PathWatch`]; after
+//!   2 s of silence a tube Ping asks for one (Keeper's tube answers with a Pong). A quiet path or ICE's
+//!   `Disconnected` is a loss (`path_lost` checkpoint, a warning), not the end of the session.
 //! * **Regather.** At the loss (and at each later restart) the relay layer asks every STUN server again
 //!   and allocates again on every TURN server, beside the old allocations: a NAT that rebound, a new
 //!   network or a TURN server that restarted gives new candidates, which the restart offer carries.
@@ -69,16 +70,15 @@ impl Client {
         }
     }
 
-    /// The peer's ICE agent lost (`lost`) or regained its working pair.
+    /// The peer's ICE agent lost (`lost`) or regained its working pair (the latter counts only once a DTLS
+    /// record follows: [`Client::path_heard`]).
     pub(super) fn path_ice(&mut self, lost: bool) {
         let now = self.now;
-        let event = if lost {
-            self.recovery.watch.ice_lost(now)
-        } else {
-            // ICE works again: the datagram that made it so counts as heard.
-            self.recovery.watch.received(now, true)
-        };
-        if let Some(e) = event {
+        // ICE working again is not yet the data path working: the next DTLS record says so.
+        if !lost {
+            return;
+        }
+        if let Some(e) = self.recovery.watch.ice_lost(now) {
             self.on_path_event(e);
         }
     }
@@ -101,6 +101,15 @@ impl Client {
 
     fn on_path_event(&mut self, event: PathEvent) {
         match event {
+            PathEvent::Probe => {
+                let now = self.now;
+                if let Some(conns) = self.session.conns.as_mut() {
+                    if let Err(e) = conns.ping(now) {
+                        tracing::debug!(error = %e, "no probe Ping");
+                    }
+                }
+                self.pump_tube();
+            }
             PathEvent::Lost { quiet } => {
                 tracing::warn!(
                     quiet_ms = quiet.as_millis() as u64,
