@@ -17,7 +17,11 @@
 #   nat_a_rebinding_*           NAT A forgets its UDP mappings (conntrack flushed) and maps the client's socket to
 #                               a new external port ($REBIND_PORT): the session recovers, every byte arrives
 #   keeper_gateway_client_rebinding_*   the same rebinding with Keeper's tube (keeper-pam-webrtc-rs 2.2.9) as
-#                               the gateway: recovery through the tube's own restart handling
+#                               the gateway (the emulator bridges ICE restarts both ways)
+#   client_moves_network_*      the client's interface address changes (another subnet behind NAT A; its TCP
+#                               to the router dies): recovery on ICE's own and fresh HTTP connections
+#   turn_allocation_lost_relay_only_*   `--relay-only`, and coturn restarts (every allocation gone): the client
+#                               allocates again and restarts ICE with the new relayed candidate
 #
 # Both NATs are endpoint-independent with coturn as relay (the path is the direct srflx pair): the scenarios
 # exercise recovery of a direct path, the common case.
@@ -32,11 +36,17 @@ declare -A SCENARIO_TIMEOUT_OF=()
 # note TEXT: a measurement, printed after the scenario's verdict.
 note() { echo "$*" >>"$WORK/$name.note"; }
 
-# transfer_start RUNTIME SECONDS [ENV...]: 64 MiB, paced, into `pam-lite tunnel --stdio -v` in cli, in the background
+# transfer_start RUNTIME SECONDS [ENV...] [-- FLAGS...]: 64 MiB, paced, into `pam-lite tunnel --stdio -v` in cli, in the background
 # (bounded by SECONDS); the output to $WORK/out.bin, the log to $WORK/$name.client.log ($CLIENT_LOG), the exit
 # code to $WORK/rc when it ends, the output's size over time to $WORK/$name.sizes (the sampler's pid in $SAMPLER).
 transfer_start() {
   local runtime=$1 limit=$2; shift 2
+  local envs=() flags=()
+  while [ $# -gt 0 ]; do
+    if [ "$1" = -- ]; then shift; flags=("$@"); break; fi
+    envs+=("$1"); shift
+  done
+  set -- "${envs[@]}"
   CLIENT_LOG=$WORK/$name.client.log
   head -c "$MIB64" /dev/urandom >"$WORK/in.bin"
   rm -f "$WORK/rc" "$WORK/out.bin"
@@ -45,7 +55,7 @@ transfer_start() {
     set +e +o pipefail
     "$PROBE" pace "$RECOVERY_RATE" "$WORK/in.bin" \
       | nsx cli env ${PAM_LITE_NETLAB_RUST_LOG:+RUST_LOG=$PAM_LITE_NETLAB_RUST_LOG} "$@" timeout "$limit" \
-        "$PAM_LITE_BIN" tunnel --ticket "$WORK/ticket.json" --stdio --runtime "$runtime" -v \
+        "$PAM_LITE_BIN" tunnel --ticket "$WORK/ticket.json" --stdio --runtime "$runtime" -v "${flags[@]}" \
         >"$WORK/out.bin" 2>"$CLIENT_LOG"
     echo "${PIPESTATUS[1]}" >"$WORK/rc"
   ) &
@@ -291,7 +301,70 @@ scenario_keeper_gateway_client_rebinding_blocking() { keeper_rebinding blocking;
 SCENARIO_TIMEOUT_OF[keeper_gateway_client_rebinding_smol]=260
 SCENARIO_TIMEOUT_OF[keeper_gateway_client_rebinding_blocking]=260
 
+# --- the client moves to another network: its interface address changes mid-transfer -------------------------
+# The client's LAN address moves from 198.19.1.2 to 198.19.3.2 (another subnet behind NAT A, as after joining
+# another Wi-Fi): its socket (bound to all interfaces) now sends from the new address, NAT A maps it anew, and
+# its TCP connections from the old address (the router's WebSocket) die. ICE on the gateway's side sees the
+# client's checks from a new address and follows them (vendor/is-fixed); the client notices the silence,
+# regathers and restarts ICE through the router on fresh HTTP connections.
+move_client() {
+  nsx nata ip addr add 198.19.3.1/24 dev lan
+  nsx nata nft add rule ip lab postrouting oifname "wan" ip saddr 198.19.3.0/24 masquerade
+  nsx cli ip addr add 198.19.3.2/24 dev eth0
+  nsx cli ip route replace default via 198.19.3.1 src 198.19.3.2
+  nsx cli ip addr del "$CLI_IP/24" dev eth0
+}
+client_moves_network() {
+  recovery_lab || return 0
+  transfer_start "$1" 90 KROUTER_URL="http://$NATB_WAN:$ROUTER_PORT"
+  wait_for 30 out_at_least $((8 * 1024 * 1024)) || { echo "8 MiB did not come back within 30 s: $(intact)"; return 0; }
+  local t_ev outage back
+  move_client; t_ev=$(now)
+  transfer_wait 90 || true
+  outage=$("$PROBE" outage "$WORK/$name.sizes" "$t_ev" "$t_ev")
+  note "$outage"
+  note "client: $(client_events)"
+  intact || return 0
+  back=$(sed -nE 's/.*1 MiB more came back ([0-9.]+) s after.*/\1/p' <<<"$outage")
+  [ -n "$back" ] && awk "BEGIN{exit !($back <= 20)}" || echo "data flowed again only ${back:-never} s after the move (bound 20 s)"
+}
+scenario_client_moves_network_smol() { client_moves_network smol; }
+scenario_client_moves_network_blocking() { client_moves_network blocking; }
+SCENARIO_TIMEOUT_OF[client_moves_network_smol]=130
+SCENARIO_TIMEOUT_OF[client_moves_network_blocking]=130
+
+# --- the TURN allocation is lost on a relay-only path: coturn restarts mid-transfer --------------------------
+# `--relay-only`: every byte goes through the client's allocation on coturn. coturn is killed and started
+# again (every allocation gone); the client hears nothing, allocates again (the restarted server accepts the
+# same 5-tuple), and restarts ICE with the new relayed candidate.
+turn_allocation_lost() {
+  recovery_lab || return 0
+  transfer_start "$1" 90 KROUTER_URL="http://$NATB_WAN:$ROUTER_PORT" -- --relay-only
+  wait_for 30 out_at_least $((8 * 1024 * 1024)) || { echo "8 MiB did not come back within 30 s: $(intact)"; return 0; }
+  local t_ev outage back c0 c1
+  c0=$(counted)
+  nsx srv kill "$(cat "$WORK/turnserver.pid")" 2>/dev/null || true
+  wait_for 5 sh -c "! nsx srv ss -lun | grep -q '$SRV_IP:3478'" || true
+  coturn_up || { echo "coturn did not start again"; return 0; }
+  t_ev=$(now)
+  transfer_wait 90 || true
+  c1=$(counted)
+  outage=$("$PROBE" outage "$WORK/$name.sizes" "$t_ev" "$t_ev")
+  note "$outage"
+  note "cli's UDP out through NAT A during the transfer (MiB, to coturn:3478 / to a peer's relay / direct to NAT B): $(mib_path "$c0" "$c1")"
+  note "client: $(client_events)"
+  intact || return 0
+  back=$(sed -nE 's/.*1 MiB more came back ([0-9.]+) s after.*/\1/p' <<<"$outage")
+  [ -n "$back" ] && awk "BEGIN{exit !($back <= 20)}" || echo "data flowed again only ${back:-never} s after coturn restarted (bound 20 s)"
+}
+scenario_turn_allocation_lost_relay_only_smol() { turn_allocation_lost smol; }
+scenario_turn_allocation_lost_relay_only_blocking() { turn_allocation_lost blocking; }
+SCENARIO_TIMEOUT_OF[turn_allocation_lost_relay_only_smol]=130
+SCENARIO_TIMEOUT_OF[turn_allocation_lost_relay_only_blocking]=130
+
 ALL+=(path_dark_5s_smol path_dark_5s_blocking path_dark_beyond_bound_smol path_dark_beyond_bound_blocking
   nat_a_rebinding_smol nat_a_rebinding_blocking nat_a_rebinding_no_gateway_relay_smol
   nat_a_rebinding_no_gateway_relay_blocking
-  keeper_gateway_client_rebinding_smol keeper_gateway_client_rebinding_blocking)
+  keeper_gateway_client_rebinding_smol keeper_gateway_client_rebinding_blocking
+  client_moves_network_smol client_moves_network_blocking
+  turn_allocation_lost_relay_only_smol turn_allocation_lost_relay_only_blocking)
