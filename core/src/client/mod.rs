@@ -397,6 +397,7 @@ impl Node for Client {
                 self.relay.handle_timeout(self.now);
                 self.on_peer_timeout();
                 self.on_path_timeout();
+                self.on_ws_timeout();
                 self.on_terminal_timeout();
                 if self.ws_ready_expired() {
                     return;

@@ -116,6 +116,7 @@ impl Client {
                     "the path to the gateway is lost; recovering (ICE restart)"
                 );
                 self.checkpoint(CLI_SESSION, names::PATH_LOST);
+                self.ws_needed_now();
                 // New server-reflexive and relayed candidates, in time for the first restart offer (2 s).
                 let now = self.now;
                 self.relay.regather(now);

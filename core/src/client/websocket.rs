@@ -9,7 +9,10 @@
 //!   [`crate::signaling::parse_ws_frame`]): an answer goes to the offer module, candidates to the
 //!   candidates module, a gateway error ends the launch while the data plane is not up yet.
 //! * **Its loss.** A close while the launch still needs it (offer not through, or no answer yet in
-//!   trickle mode) ends the launch.
+//!   trickle mode) ends the launch. Later, in trickle mode, it is opened again (1 s after the loss, then
+//!   doubling up to 30 s): ICE-restart answers and the gateway's own restart offers arrive over it, and a
+//!   client that changed networks, or a router that drops idle sockets, loses it (Commander's listener
+//!   simply ends after 300 s). A path loss reopens it at once ([`Client::ws_needed_now`]).
 
 use std::time::Instant;
 
@@ -24,7 +27,13 @@ use super::{Client, Timer};
 pub(super) enum WsTimer {
     /// The bound on the WebSocket opening (`ws_ready_timeout`), when the offer waits for it.
     Ready,
+    /// Open it again after a loss mid-session.
+    Reopen,
 }
+
+/// The first wait before reopening a WebSocket lost mid-session; it doubles up to [`REOPEN_MAX`].
+const REOPEN_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const REOPEN_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl From<WsTimer> for Timer {
     fn from(t: WsTimer) -> Timer {
@@ -43,8 +52,10 @@ pub(super) enum WsState {
 /// The WebSocket's state.
 pub(super) struct WsSide {
     pub(super) state: WsState,
-    /// When the connect was asked for (`None`: not yet; it is asked at most once).
+    /// When the first connect was asked for (`None`: not yet; the launch asks once, a session reopens).
     started_at: Option<Instant>,
+    /// The wait before the next reopening (doubles while they fail).
+    reopen_after: std::time::Duration,
 }
 
 impl WsSide {
@@ -52,6 +63,7 @@ impl WsSide {
         WsSide {
             state: WsState::Closed,
             started_at: None,
+            reopen_after: REOPEN_FIRST,
         }
     }
 
@@ -90,18 +102,8 @@ impl Client {
 
     fn start_ws(&mut self) {
         let p = self.profile().clone();
-        let tokens = self.tokens_for(self.cfg.trickle_ice);
-        let mut headers = tokens.headers();
-        if let Some(c) = &self.router.cookie {
-            headers.push(("Cookie".into(), c.clone()));
-        }
-        self.ws.state = WsState::Connecting;
+        self.ws_connect();
         self.ws.started_at = Some(self.now);
-        self.outputs.push_back(Output::WsConnect(WsConnect {
-            url: crate::router::endpoints::ws_url(self.base()),
-            headers,
-            timeout: p.ws_ready_timeout,
-        }));
         if self.ws_required() {
             self.arm(WsTimer::Ready, p.ws_ready_timeout);
         }
@@ -111,6 +113,38 @@ impl Client {
             names::WEBSOCKET_LISTENER_STARTED
         };
         self.checkpoint(WEBRTC_TUNNEL, name);
+    }
+
+    /// Ask the driver for the WebSocket (with the launch's tokens in trickle mode: the router ties it to them).
+    fn ws_connect(&mut self) {
+        let tokens = self.tokens_for(self.cfg.trickle_ice);
+        let mut headers = tokens.headers();
+        if let Some(c) = &self.router.cookie {
+            headers.push(("Cookie".into(), c.clone()));
+        }
+        self.ws.state = WsState::Connecting;
+        self.outputs.push_back(Output::WsConnect(WsConnect {
+            url: crate::router::endpoints::ws_url(self.base()),
+            headers,
+            timeout: self.profile().ws_ready_timeout,
+        }));
+    }
+
+    /// On `Input::Timeout`: reopen a WebSocket lost mid-session when its wait is over.
+    pub(super) fn on_ws_timeout(&mut self) {
+        if self.due(WsTimer::Reopen) && self.ws.state == WsState::Failed {
+            tracing::info!("reopening the router WebSocket");
+            self.ws_connect();
+        }
+    }
+
+    /// A path loss: the restart's answer comes over the WebSocket, so a lost one is reopened now.
+    pub(super) fn ws_needed_now(&mut self) {
+        if self.is_armed(WsTimer::Reopen) && self.ws.state == WsState::Failed {
+            self.disarm(WsTimer::Reopen);
+            tracing::info!("reopening the router WebSocket for the ICE restart");
+            self.ws_connect();
+        }
     }
 
     /// Whether the offer waits for the WebSocket: always in trickle mode (the answer comes over it), and
@@ -134,6 +168,7 @@ impl Client {
     pub(super) fn on_ws_opened(&mut self) {
         if self.ws.state == WsState::Connecting {
             self.ws.state = WsState::Open;
+            self.ws.reopen_after = REOPEN_FIRST;
             self.disarm(WsTimer::Ready);
         }
     }
@@ -155,6 +190,17 @@ impl Client {
             };
             self.finish(Err(error));
             return true;
+        }
+        // Mid-session (trickle mode: restarts are signalled over it): open it again, spaced.
+        if self.cfg.trickle_ice && self.data_plane.seen && !self.finished {
+            let after = self.ws.reopen_after;
+            self.ws.reopen_after = (after * 2).min(REOPEN_MAX);
+            tracing::info!(
+                reason = %crate::text::sanitize_max(&reason, 200),
+                after_ms = after.as_millis() as u64,
+                "the router WebSocket closed mid-session; reopening"
+            );
+            self.arm(WsTimer::Reopen, after);
         }
         false
     }
@@ -310,6 +356,31 @@ mod tests {
             h.finished,
             Some(Err(LaunchError::WebSocket("reset by peer".into())))
         );
+    }
+
+    #[test]
+    fn a_websocket_lost_mid_session_is_reopened_with_backoff() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until_ready();
+        assert_eq!(h.ws_connects.len(), 1);
+        h.client_input(Input::WsClosed {
+            reason: "reset by peer".into(),
+        });
+        assert_eq!(h.finished, None, "not fatal once the session is up");
+        h.run_for(Duration::from_millis(900));
+        assert_eq!(h.ws_connects.len(), 1, "not before 1 s");
+        h.run_for(Duration::from_millis(300));
+        assert_eq!(h.ws_connects.len(), 2, "reopened after 1 s");
+        assert!(
+            h.client.ws.is_open(),
+            "the emulated router accepts it again"
+        );
+        // A second loss waits 1 s again (the open reset the backoff).
+        h.client_input(Input::WsClosed {
+            reason: "again".into(),
+        });
+        h.run_for(Duration::from_millis(1200));
+        assert_eq!(h.ws_connects.len(), 3);
     }
 
     #[test]
