@@ -55,12 +55,21 @@ struct Pam {
     done: Arc<AtomicBool>,
 }
 
+/// The `VmHWM` of our child `pid`, or `None` once that process is gone. The parent is checked: between the
+/// child being reaped and the sampler stopping, the pid can be reused by any process on the machine (a
+/// 524 MiB "peak" once came from a compiler that got the pid of a pam-lite that had just exited).
 fn hwm_of(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    if field("PPid:")? != u64::from(std::process::id()) {
+        return None;
+    }
+    field("VmHWM:")
 }
 
 impl Pam {

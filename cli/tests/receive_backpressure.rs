@@ -227,18 +227,46 @@ fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, deadline: Instant) -> St
     panic!("no line with {needle:?}; saw:\n{}", seen.join("\n"));
 }
 
-fn setup(runtime: &str, target: &str) -> Setup {
-    let ticket = common::temp_path("bp-ticket.json");
+/// The standalone emulator with `args`, once it wrote its ticket (`ticket` names the file; by `deadline`):
+/// the process and the ticket's path.
+fn emulator_with_ticket(
+    args: &[&str],
+    env: &[(&str, &str)],
+    ticket: &str,
+    deadline: Instant,
+) -> (Child, String) {
+    let ticket = common::temp_path(ticket);
     let t = ticket.to_str().unwrap().to_string();
-    let mut emulator = common::spawn(&["emulator", "--target", target, "--ticket-out", &t], &[]);
+    let mut all = vec!["emulator"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--ticket-out", &t]);
+    let mut emulator = common::spawn(&all, env);
     let _e_out = common::drain(emulator.stdout.take().expect("stdout"));
     let _e_err = common::drain(emulator.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + SETUP_DEADLINE;
     while std::fs::metadata(&ticket).map(|m| m.len()).unwrap_or(0) == 0 {
         assert!(Instant::now() < deadline, "the emulator wrote no ticket");
         thread::sleep(Duration::from_millis(50));
     }
     thread::sleep(Duration::from_millis(100));
+    (emulator, t)
+}
+
+/// `pam-lite launch --stdin` against a terminal emulator running `/bin/sh`: (emulator, launch).
+fn terminal_launch(runtime: &str, ticket: &str) -> (Child, Child) {
+    let deadline = Instant::now() + SETUP_DEADLINE;
+    let (emulator, t) =
+        emulator_with_ticket(&["--terminal"], &[("SHELL", "/bin/sh")], ticket, deadline);
+    let launch = common::spawn(
+        &["launch", "--ticket", &t, "--stdin", "--runtime", runtime],
+        &[],
+    );
+    (emulator, launch)
+}
+
+fn setup(runtime: &str, target: &str) -> Setup {
+    let deadline = Instant::now() + SETUP_DEADLINE;
+    let (emulator, t) =
+        emulator_with_ticket(&["--target", target], &[], "bp-ticket.json", deadline);
     let mut tunnel = common::spawn(
         &[
             "tunnel",
@@ -476,24 +504,7 @@ fn read_terminal(mut r: ChildStdout) -> Result<(u64, Vec<u8>, u64), String> {
 /// A terminal session whose output goes into a stdout pipe nobody reads for `PAUSE`.
 fn terminal_stdout_not_read(runtime: &str) {
     let lines = terminal_lines();
-    let ticket = common::temp_path("bp-term-ticket.json");
-    let t = ticket.to_str().unwrap().to_string();
-    let mut emulator = common::spawn(
-        &["emulator", "--terminal", "--ticket-out", &t],
-        &[("SHELL", "/bin/sh")],
-    );
-    let _e_out = common::drain(emulator.stdout.take().expect("stdout"));
-    let _e_err = common::drain(emulator.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + SETUP_DEADLINE;
-    while std::fs::metadata(&ticket).map(|m| m.len()).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "the emulator wrote no ticket");
-        thread::sleep(Duration::from_millis(50));
-    }
-    thread::sleep(Duration::from_millis(100));
-    let mut launch = common::spawn(
-        &["launch", "--ticket", &t, "--stdin", "--runtime", runtime],
-        &[],
-    );
+    let (mut emulator, mut launch) = terminal_launch(runtime, "bp-term-ticket.json");
     // The markers are split in the script so that the PTY's echo of it never matches them.
     let script = format!("printf 'BEGIN''MARK\\n'; seq 1 {lines}; printf 'END''MARK\\n'\nexit\n");
     {
@@ -595,24 +606,7 @@ const INPUT_REMOTE_PAUSE: Duration = Duration::from_secs(6);
 /// and the shell counts every byte (`wc -c`).
 fn terminal_input_faster_than_the_remote(runtime: &str) {
     let total = input_bytes();
-    let ticket = common::temp_path("bp-input-ticket.json");
-    let t = ticket.to_str().unwrap().to_string();
-    let mut emulator = common::spawn(
-        &["emulator", "--terminal", "--ticket-out", &t],
-        &[("SHELL", "/bin/sh")],
-    );
-    let _e_out = common::drain(emulator.stdout.take().expect("stdout"));
-    let _e_err = common::drain(emulator.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + SETUP_DEADLINE;
-    while std::fs::metadata(&ticket).map(|m| m.len()).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "the emulator wrote no ticket");
-        thread::sleep(Duration::from_millis(50));
-    }
-    thread::sleep(Duration::from_millis(100));
-    let mut launch = common::spawn(
-        &["launch", "--ticket", &t, "--stdin", "--runtime", runtime],
-        &[],
-    );
+    let (mut emulator, mut launch) = terminal_launch(runtime, "bp-input-ticket.json");
     let mut stdin = launch.stdin.take().expect("stdin");
     // Raw mode first (no line discipline on the bulk), then the go signal; split so the echo of the
     // command line never matches it.

@@ -265,23 +265,30 @@ mod tests {
     use crate::timing::names;
     use crate::Input;
 
+    /// A gateway's restart offer as the router pushes it over the WebSocket: an offer with new ICE
+    /// credentials, from a peer of its own (only the signaling is under test here).
+    fn restart_offer_from_the_gateway(h: &Harness) -> Input {
+        let mut other = Peer::new(Role::Offerer, "restart", h.now);
+        let sdp = other.create_offer(h.now).expect("offer");
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let data = h
+            .client
+            .key
+            .encrypt(ice_restart_offer_data_json(&sdp).as_bytes(), &mut rng);
+        Input::WsMessage(ws_push_frame(
+            h.client.conv.bytes(),
+            "x",
+            &gateway_reply_ok(&data),
+        ))
+    }
+
     /// A restart offer from the gateway (Keeper's tube sends one 2 s after it sees ICE disconnect) is
     /// answered with an `ice_restart_answer` action through the router, whatever the client was doing.
     #[test]
     fn a_gateway_restart_offer_is_answered_through_the_router() {
         let mut h = Harness::new(HarnessConfig::default());
         h.run_until_ready();
-        let now = h.now;
-        // An offer with new ICE credentials (a peer of its own: only the signaling is under test here).
-        let mut other = Peer::new(Role::Offerer, "restart", now);
-        let sdp = other.create_offer(now).expect("offer");
-        let mut rng = ChaCha20Rng::seed_from_u64(3);
-        let data = h
-            .client
-            .key
-            .encrypt(ice_restart_offer_data_json(&sdp).as_bytes(), &mut rng);
-        let frame = ws_push_frame(h.client.conv.bytes(), "x", &gateway_reply_ok(&data));
-        h.client_input(Input::WsMessage(frame));
+        h.client_input(restart_offer_from_the_gateway(&h));
         h.run_for(Duration::from_secs(1));
         assert!(
             h.to_gateway.iter().any(|(_, k)| k == "ice_restart_answer"),
@@ -297,16 +304,7 @@ mod tests {
     fn a_restart_offer_before_the_session_is_up_is_ignored() {
         let mut h = Harness::new(HarnessConfig::default());
         h.run_until(Duration::from_secs(10), |h| h.client.ws.is_open());
-        let now = h.now;
-        let mut other = Peer::new(Role::Offerer, "restart", now);
-        let sdp = other.create_offer(now).expect("offer");
-        let mut rng = ChaCha20Rng::seed_from_u64(4);
-        let data = h
-            .client
-            .key
-            .encrypt(ice_restart_offer_data_json(&sdp).as_bytes(), &mut rng);
-        let frame = ws_push_frame(h.client.conv.bytes(), "x", &gateway_reply_ok(&data));
-        h.client_input(Input::WsMessage(frame));
+        h.client_input(restart_offer_from_the_gateway(&h));
         assert!(!h.to_gateway.iter().any(|(_, k)| k == "ice_restart_answer"));
         h.run_until_ready();
         assert!(h.tube_ready.is_some(), "the launch goes on");
