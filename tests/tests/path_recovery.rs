@@ -87,6 +87,16 @@ fn write_stream(sim: &mut Sim, from: Instant, chunks: u32) {
     }
 }
 
+/// The stream written from `t` by [`write_stream`] (100 chunks) was all delivered within 3 s of its last chunk.
+fn assert_caught_up(sim: &Sim, t: Instant) {
+    let last_written = t + ms(200) * 99;
+    assert!(
+        sim.now <= last_written + Duration::from_secs(3),
+        "all bytes only {:?} after the last write",
+        sim.now - last_written
+    );
+}
+
 fn count(sim: &Sim, name: &str) -> usize {
     sim.record
         .checkpoints
@@ -221,12 +231,7 @@ fn a_client_nat_rebinding_recovers_without_losing_a_byte() {
     // The gateway follows the client's checks from the new port at once (vendor/is-fixed): the last
     // chunk arrives within a few seconds of being written, not after the old pair dies (~20 s; the
     // unpatched agent delivered it 14 s late).
-    let last_written = t + ms(200) * 99;
-    assert!(
-        sim.now <= last_written + Duration::from_secs(3),
-        "all bytes only {:?} after the last write",
-        sim.now - last_written
-    );
+    assert_caught_up(&sim, t);
     println!(
         "client NAT rebound 3 s into the stream: losses {}, restarts {}, all bytes at {:?}",
         count(&sim, names::PATH_LOST),
@@ -273,12 +278,7 @@ fn a_turn_server_restart_on_a_relay_only_path_reallocates_and_recovers() {
     // The backlog catches up: the last chunk arrives within 3 s of being written (the client and the
     // gateway leave the dead relay's pair once its checks go unanswered, vendor/is-fixed; before that,
     // only when the dead pair was pruned: 10 s late).
-    let last_written = t + ms(200) * 99;
-    assert!(
-        sim.now <= last_written + Duration::from_secs(3),
-        "all bytes only {:?} after the last write",
-        sim.now - last_written
-    );
+    assert_caught_up(&sim, t);
     println!(
         "TURN restart at {:?}: lost at {:?}, restarts at {:?}, restored at {:?}, all bytes at {:?}",
         t + Duration::from_secs(3) - sim.start,
