@@ -227,11 +227,7 @@ impl Shared {
                 let Some(c) = slot.as_mut().filter(|c| c.conv == conv) else {
                     return self.refuse(reply_to, "unknown conversation");
                 };
-                let sdp = match c
-                    .key
-                    .decrypt(input("data"))
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| signaling::parse_restart_offer(&p).map_err(|e| e.to_string()))
+                let sdp = match open_restart(&c.key, input("data"), signaling::parse_restart_offer)
                 {
                     Ok(sdp) => sdp,
                     Err(e) => return self.refuse(reply_to, &format!("bad ICE-restart offer: {e}")),
@@ -247,11 +243,7 @@ impl Shared {
                 let Some(c) = slot.as_ref().filter(|c| c.conv == conv) else {
                     return self.refuse(reply_to, "unknown conversation");
                 };
-                let sdp = match c
-                    .key
-                    .decrypt(input("data"))
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| signaling::parse_restart_answer(&p).map_err(|e| e.to_string()))
+                let sdp = match open_restart(&c.key, input("data"), signaling::parse_restart_answer)
                 {
                     Ok(sdp) => sdp,
                     Err(e) => {
@@ -324,6 +316,16 @@ impl Shared {
         drop(slot);
         self.reply(reply_to, &data);
     }
+}
+
+/// The SDP of a sealed ICE-restart action's `data`, read by `parse` (offer or answer).
+fn open_restart(
+    key: &TunnelKey,
+    data: &str,
+    parse: fn(&[u8]) -> Result<String, signaling::SignalingError>,
+) -> Result<String, String> {
+    let plain = key.decrypt(data).map_err(|e| e.to_string())?;
+    parse(&plain).map_err(|e| e.to_string())
 }
 
 fn read_lines(stdout: std::process::ChildStdout, shared: &Shared) {
