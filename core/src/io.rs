@@ -52,14 +52,38 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
-/// Ask the driver to open the router WebSocket.
+/// Ask the driver to open the router WebSocket, or (see [`WsPhase`]) to prepare its connection first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsConnect {
     pub url: String,
-    /// Header name/value pairs. May contain secrets: never log values.
+    /// Header name/value pairs. May contain secrets: never log values. Empty for [`WsPhase::Prepare`].
     pub headers: Vec<(String, String)>,
-    /// Give up (and report [`Input::WsClosed`]) when the handshake has not finished after this long.
+    /// Give up (and report [`Input::WsClosed`]) when the handshake has not finished after this long
+    /// (for [`WsPhase::Prepare`]: the TCP connect and the TLS handshake).
     pub timeout: Duration,
+    pub phase: WsPhase,
+}
+
+/// How a [`WsConnect`] uses the network.
+///
+/// A WebSocket is an HTTP/1.1 request (`GET` + `Upgrade`) on a TCP (+TLS) connection, and an HTTP
+/// client may open that connection before it knows the request: the `fast` profile opens it at launch
+/// start, in parallel with `bind_to_controller`, and sends the upgrade on it once bind's stickiness
+/// cookie is known, so the handshakes no longer wait for bind. Exactly one connection is current: a new
+/// `Prepare` or `Fresh` drops the previous one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsPhase {
+    /// Connect, handshake TLS and upgrade at once (every profile before the pre-connection; reopening).
+    Fresh,
+    /// Only connect and handshake TLS to the URL's host, send nothing, and hold the connection idle for
+    /// the `Upgrade` that follows. Report nothing on success; [`Input::WsClosed`] if it cannot be opened
+    /// in time, or if it closes (or the server sends anything) while idle: the core then opens the
+    /// WebSocket `Fresh` instead.
+    Prepare,
+    /// Send the upgrade on the connection `Prepare` opened (still connecting: as soon as it is up).
+    /// When there is no such connection any more, report [`Input::WsClosed`] at once: the core falls
+    /// back to `Fresh` (a reused connection that fails is retried on a new one, as HTTP clients do).
+    Upgrade,
 }
 
 /// One UDP datagram, received or to be sent.

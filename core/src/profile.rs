@@ -175,6 +175,11 @@ pub struct Profile {
     pub candidates_in_offer: bool,
     /// Check once that the gateway is online, in parallel with setup, instead of before every action.
     pub online_check_once: bool,
+    /// Open the router WebSocket's TCP+TLS connection at launch start, in parallel with
+    /// `bind_to_controller`, and send the upgrade on it as soon as bind's cookie is known
+    /// ([`crate::WsPhase`]). Commander opens it only after bind. A pre-connection that fails or goes
+    /// stale is replaced by a fresh connect; it never fails the launch.
+    pub ws_preconnect: bool,
 }
 
 /// Names accepted by [`Profile::by_name`], fastest first.
@@ -216,6 +221,7 @@ impl Profile {
             batch_candidates: true,
             candidates_in_offer: false,
             online_check_once: false,
+            ws_preconnect: false,
         }
     }
 
@@ -288,6 +294,7 @@ impl Profile {
             batch_candidates: true,
             candidates_in_offer: true,
             online_check_once: true,
+            ws_preconnect: true,
             ..Profile::commander_1984()
         }
     }
@@ -554,6 +561,7 @@ mod tests {
         assert!(p.batch_candidates);
         assert!(!p.candidates_in_offer);
         assert!(!p.online_check_once);
+        assert!(!p.ws_preconnect);
         // The seed's number: 1.25 s retry + 1.7 s backend-delay delta.
         assert_eq!(p.offer_catchup_delay(), ms(2950));
     }
@@ -620,6 +628,7 @@ mod tests {
         assert!(p.batch_candidates);
         assert!(p.candidates_in_offer);
         assert!(p.online_check_once);
+        assert!(p.ws_preconnect);
         // Failure bounds stay Commander's.
         assert_eq!(p.offer_timeout, ms(30_000));
         assert_eq!(p.offer_timeout_ephemeral, ms(120_000));

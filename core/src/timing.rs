@@ -158,6 +158,9 @@ pub mod names {
     // --- pam-lite's own (steps Commander does not have or does not time) ------------------------
     /// Fast profile: the single `get_controllers` online check (run in parallel with setup) passed.
     pub const ONLINE_CHECK_OK: &str = "online_check_ok";
+    /// Fast profile: the router WebSocket's TCP+TLS connection was asked for at launch start, in
+    /// parallel with `bind_to_controller` (the upgrade goes on it once bind's cookie is known).
+    pub const WEBSOCKET_PRECONNECT_STARTED: &str = "websocket_preconnect_started";
     /// The router WebSocket handshake finished (Commander folds this into the backend-delay line).
     pub const WEBSOCKET_READY: &str = "websocket_ready";
     /// One ICE-candidate POST was acknowledged (Commander's flush has no checkpoint).

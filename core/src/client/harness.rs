@@ -44,6 +44,8 @@ pub(super) struct HarnessConfig {
     pub registration_lag: Duration,
     /// The router never completes the WebSocket upgrade.
     pub ws_never_opens: bool,
+    /// What becomes of the WebSocket's pre-connection ([`crate::WsPhase::Prepare`]).
+    pub preconnect: Preconnect,
     /// Datagrams between client and gateway are all lost.
     pub drop_datagrams: bool,
     /// Client host candidates on unreachable interfaces (besides the one that works).
@@ -51,6 +53,7 @@ pub(super) struct HarnessConfig {
     /// Whether the driver reports the end of gathering right after the candidates.
     pub gathering_complete: bool,
     pub answer_delay: Duration,
+    pub relay: crate::relay::RelayPlan,
 }
 
 impl Default for HarnessConfig {
@@ -64,12 +67,25 @@ impl Default for HarnessConfig {
             http_status_failures: Vec::new(),
             registration_lag: Duration::ZERO,
             ws_never_opens: false,
+            preconnect: Preconnect::Works,
             drop_datagrams: false,
             extra_candidates: 0,
             gathering_complete: true,
             answer_delay: Duration::from_millis(100),
+            relay: Default::default(),
         }
     }
+}
+
+/// The fate of the WebSocket's pre-connection in the harness (a driver's view of its socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Preconnect {
+    /// It opens and carries the upgrade.
+    Works,
+    /// It cannot be opened: the driver reports `WsClosed` one router one-way later.
+    Fails,
+    /// It opens, but is gone when the upgrade comes (closed under it): `WsClosed` at once.
+    GoneAtUpgrade,
 }
 
 #[derive(Debug)]
@@ -102,7 +118,14 @@ pub(super) struct Harness {
     pub to_gateway: Vec<(Duration, String)>,
     /// Candidates per `icecandidate` action the gateway received.
     pub candidate_batches: Vec<usize>,
+    /// (since t0) of every WebSocket connect, upgrade or fresh (not the pre-connection).
     pub ws_connects: Vec<Duration>,
+    /// The phase of each of `ws_connects`.
+    pub ws_phases: Vec<crate::WsPhase>,
+    /// (since t0) of every pre-connection asked for.
+    pub ws_prepares: Vec<Duration>,
+    /// Whether the driver holds a live pre-connection.
+    prepared: bool,
     pub ws_headers: Vec<(String, String)>,
     pub finished: Option<Result<(), LaunchError>>,
     pub finished_at: Option<Duration>,
@@ -176,7 +199,7 @@ impl Harness {
                 session: cfg.session.clone(),
                 trickle_ice: cfg.trickle,
                 profile: cfg.profile.clone(),
-                relay: Default::default(),
+                relay: cfg.relay.clone(),
                 unix_ms_at_start: 1_795_000_000_000,
             },
             [5; 32],
@@ -199,6 +222,9 @@ impl Harness {
             to_gateway: Vec::new(),
             candidate_batches: Vec::new(),
             ws_connects: Vec::new(),
+            ws_phases: Vec::new(),
+            ws_prepares: Vec::new(),
+            prepared: false,
             ws_headers: Vec::new(),
             finished: None,
             finished_at: None,
@@ -290,12 +316,28 @@ impl Harness {
                         .push((at, endpoint(&req.url), req.fresh_connection));
                     self.schedule(ROUTER_ONE_WAY, Event::RouterHttp(req));
                 }
+                Output::WsConnect(ws) if ws.phase == crate::WsPhase::Prepare => {
+                    self.ws_prepares.push(at);
+                    self.prepared = self.cfg.preconnect != Preconnect::Fails;
+                    if !self.prepared {
+                        let reason = "connection refused".to_string();
+                        self.schedule(ROUTER_ONE_WAY, Event::ToClient(Input::WsClosed { reason }));
+                    }
+                }
                 Output::WsConnect(ws) => {
                     self.ws_connects.push(at);
+                    self.ws_phases.push(ws.phase);
                     self.ws_headers = ws.headers.clone();
-                    if !self.cfg.ws_never_opens {
+                    let upgrade = ws.phase == crate::WsPhase::Upgrade;
+                    if upgrade
+                        && (!self.prepared || self.cfg.preconnect == Preconnect::GoneAtUpgrade)
+                    {
+                        let reason = "the prepared connection is gone".to_string();
+                        self.schedule(Duration::ZERO, Event::ToClient(Input::WsClosed { reason }));
+                    } else if !self.cfg.ws_never_opens {
                         self.schedule(ROUTER_ONE_WAY + WS_AUTH, Event::RouterWsOpen(ws.headers));
                     }
+                    self.prepared = false;
                 }
                 Output::WsClose => {}
                 Output::Transmit(d) => self.datagram(d, true),

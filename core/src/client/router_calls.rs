@@ -374,6 +374,40 @@ mod tests {
         );
     }
 
+    /// `fast` with a relay plan whose TURN credentials the ticket lacks: `relay_access_creds` leaves
+    /// with bind, the online check and the WebSocket's pre-connection, at time zero; nothing waits.
+    #[test]
+    fn fast_fetches_relay_creds_in_parallel_with_bind() {
+        use crate::relay::{RelayPlan, TurnEndpoint, TurnTransport};
+        let server = "198.18.0.11:3478".parse().unwrap();
+        let h = Harness::new(HarnessConfig {
+            relay: RelayPlan {
+                stun: vec![server],
+                turn: vec![TurnEndpoint {
+                    addr: server,
+                    name: "krelay.test".into(),
+                    transport: TurnTransport::Udp,
+                }],
+                ..RelayPlan::default()
+            },
+            ..HarnessConfig::default()
+        });
+        let at_zero: Vec<&str> = h
+            .http
+            .iter()
+            .filter(|r| r.0.is_zero())
+            .map(|r| r.1.as_str())
+            .collect();
+        for path in [
+            "relay_access_creds",
+            "bind_to_controller",
+            "get_controllers",
+        ] {
+            assert!(at_zero.contains(&path), "{path} not at 0: {:?}", h.http);
+        }
+        assert_eq!(h.ws_prepares, [std::time::Duration::ZERO]);
+    }
+
     #[test]
     fn an_offline_gateway_is_named_as_such() {
         let mut h = Harness::new(HarnessConfig {

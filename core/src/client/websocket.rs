@@ -3,6 +3,13 @@
 //! * **When it opens.** Early (Commander ≥ PR #1982 and `fast`: in parallel with `create_tube`, as soon
 //!   as relay credentials and bind are done) or after `create_tube` (Commander before #1982). Commander
 //!   opens it in non-trickle mode too (for late messages); `fast` does not need it there.
+//! * **Its connection** (`fast`, [`Profile::ws_preconnect`](crate::profile::Profile::ws_preconnect)):
+//!   the upgrade needs bind's stickiness cookie, its TCP+TLS connection does not. So the connection is
+//!   asked for at launch start ([`WsPhase::Prepare`], in parallel with bind) and the upgrade goes on it
+//!   the moment bind answers ([`WsPhase::Upgrade`]): the handshakes leave the critical path. A
+//!   pre-connection that fails, or closes while idle, only means the upgrade goes on a fresh connection
+//!   ([`WsPhase::Fresh`]); so does an upgrade the pre-connection could not carry. Never a failed launch,
+//!   and still within `ws_ready_timeout`, armed when the upgrade is first asked for.
 //! * **Its bound.** When the offer waits for it (always in trickle mode; in non-trickle mode only for
 //!   schedules before PR #1984), it must be open within `ws_ready_timeout`.
 //! * **Its messages.** Router frames are routed by conversation id and classified (see
@@ -18,7 +25,7 @@ use std::time::Instant;
 
 use crate::signaling::{self, GatewayData};
 use crate::timing::{names, PHASE_WEBRTC_TUNNEL as WEBRTC_TUNNEL};
-use crate::{LaunchError, Output, WsConnect};
+use crate::{LaunchError, Output, WsConnect, WsPhase};
 
 use super::{Client, Timer};
 
@@ -44,6 +51,8 @@ impl From<WsTimer> for Timer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum WsState {
     Closed,
+    /// Its connection is being opened ahead of the upgrade ([`WsPhase::Prepare`]); no upgrade yet.
+    Preparing,
     Connecting,
     Open,
     Failed,
@@ -56,6 +65,10 @@ pub(super) struct WsSide {
     started_at: Option<Instant>,
     /// The wait before the next reopening (doubles while they fail).
     reopen_after: std::time::Duration,
+    /// The pre-connection was asked for (once per launch).
+    prepare_asked: bool,
+    /// The upgrade in flight goes on the pre-connection (a failure then falls back to a fresh one).
+    on_prepared: bool,
 }
 
 impl WsSide {
@@ -64,6 +77,8 @@ impl WsSide {
             state: WsState::Closed,
             started_at: None,
             reopen_after: REOPEN_FIRST,
+            prepare_asked: false,
+            on_prepared: false,
         }
     }
 
@@ -82,15 +97,29 @@ impl Client {
     /// Step 5 of the reconciler: the early WebSocket (or, for the schedules that open it after
     /// `create_tube`, once the peer exists).
     pub(super) fn advance_ws(&mut self, relay_done: bool, bind_done: bool) {
+        let wanted = self.want_ws() && self.ws.started_at.is_none();
+        if wanted && self.profile().ws_preconnect && !self.ws.prepare_asked {
+            self.prepare_ws();
+        }
         let ws_allowed =
             bind_done && relay_done && (self.profile().websocket_early || self.peer.is_some());
-        if self.want_ws()
-            && ws_allowed
-            && self.ws.state == WsState::Closed
-            && self.ws.started_at.is_none()
-        {
+        if wanted && ws_allowed && matches!(self.ws.state, WsState::Closed | WsState::Preparing) {
             self.start_ws();
         }
+    }
+
+    /// Ask for the WebSocket's TCP+TLS connection now, ahead of the upgrade (`fast`: at launch start,
+    /// in parallel with bind). Only the URL goes: the upgrade's headers (tokens, cookie) follow with it.
+    fn prepare_ws(&mut self) {
+        self.ws.prepare_asked = true;
+        self.ws.state = WsState::Preparing;
+        self.outputs.push_back(Output::WsConnect(WsConnect {
+            url: crate::router::endpoints::ws_url(self.base()),
+            headers: Vec::new(),
+            timeout: self.profile().ws_ready_timeout,
+            phase: WsPhase::Prepare,
+        }));
+        self.checkpoint(WEBRTC_TUNNEL, names::WEBSOCKET_PRECONNECT_STARTED);
     }
 
     /// Right after `create_tube`: the WebSocket of the schedules that open it after the tube.
@@ -102,7 +131,11 @@ impl Client {
 
     fn start_ws(&mut self) {
         let p = self.profile().clone();
-        self.ws_connect();
+        let phase = match self.ws.state {
+            WsState::Preparing => WsPhase::Upgrade,
+            _ => WsPhase::Fresh,
+        };
+        self.ws_connect(phase);
         self.ws.started_at = Some(self.now);
         if self.ws_required() {
             self.arm(WsTimer::Ready, p.ws_ready_timeout);
@@ -115,18 +148,21 @@ impl Client {
         self.checkpoint(WEBRTC_TUNNEL, name);
     }
 
-    /// Ask the driver for the WebSocket (with the launch's tokens in trickle mode: the router ties it to them).
-    fn ws_connect(&mut self) {
+    /// Ask the driver for the WebSocket (with the launch's tokens in trickle mode: the router ties it to
+    /// them), on the pre-connection (`Upgrade`) or a new connection (`Fresh`).
+    fn ws_connect(&mut self, phase: WsPhase) {
         let tokens = self.tokens_for(self.cfg.trickle_ice);
         let mut headers = tokens.headers();
         if let Some(c) = &self.router.cookie {
             headers.push(("Cookie".into(), c.clone()));
         }
         self.ws.state = WsState::Connecting;
+        self.ws.on_prepared = phase == WsPhase::Upgrade;
         self.outputs.push_back(Output::WsConnect(WsConnect {
             url: crate::router::endpoints::ws_url(self.base()),
             headers,
             timeout: self.profile().ws_ready_timeout,
+            phase,
         }));
     }
 
@@ -134,7 +170,7 @@ impl Client {
     pub(super) fn on_ws_timeout(&mut self) {
         if self.due(WsTimer::Reopen) && self.ws.state == WsState::Failed {
             tracing::info!("reopening the router WebSocket");
-            self.ws_connect();
+            self.ws_connect(WsPhase::Fresh);
         }
     }
 
@@ -143,7 +179,7 @@ impl Client {
         if self.is_armed(WsTimer::Reopen) && self.ws.state == WsState::Failed {
             self.disarm(WsTimer::Reopen);
             tracing::info!("reopening the router WebSocket for the ICE restart");
-            self.ws_connect();
+            self.ws_connect(WsPhase::Fresh);
         }
     }
 
@@ -176,6 +212,25 @@ impl Client {
     /// The WebSocket closed or could not open. Returns whether that ended the launch.
     pub(super) fn on_ws_closed(&mut self, reason: String) -> bool {
         let was = self.ws.state;
+        if was == WsState::Preparing {
+            // The pre-connection failed or closed while idle: the upgrade will go on a fresh one.
+            tracing::info!(
+                reason = %crate::text::sanitize_max(&reason, 200),
+                "the router WebSocket's pre-connection is gone; the upgrade will open its own"
+            );
+            self.ws.state = WsState::Closed;
+            return false;
+        }
+        if was == WsState::Connecting && self.ws.on_prepared {
+            // The pre-connection could not carry the upgrade (gone, or closed under it): once more on a
+            // fresh connection, within the same `ws_ready_timeout`.
+            tracing::info!(
+                reason = %crate::text::sanitize_max(&reason, 200),
+                "the upgrade on the pre-connection failed; opening the router WebSocket afresh"
+            );
+            self.ws_connect(WsPhase::Fresh);
+            return false;
+        }
         self.ws.state = WsState::Failed;
         let needed = (self.ws_required() && !self.offer_done())
             || (self.cfg.trickle_ice && !self.offer.answer_applied);
@@ -264,9 +319,9 @@ impl Client {
 mod tests {
     use std::time::Duration;
 
-    use super::super::harness::{Harness, HarnessConfig};
+    use super::super::harness::{Harness, HarnessConfig, Preconnect, ROUTER_ONE_WAY};
     use crate::profile::Profile;
-    use crate::{Input, LaunchError};
+    use crate::{Input, LaunchError, Node as _, WsPhase};
 
     #[test]
     fn early_websocket_starts_with_create_tube() {
@@ -333,6 +388,14 @@ mod tests {
             ..HarnessConfig::default()
         });
         h.run_until(Duration::from_secs(10), |h| !h.ws_connects.is_empty());
+        // `fast` upgrades on its pre-connection first; a refusal there is retried on a fresh one,
+        // and only that one's failure is the router's.
+        assert_eq!(h.ws_phases, [WsPhase::Upgrade]);
+        h.client_input(Input::WsClosed {
+            reason: "connection reset".into(),
+        });
+        assert_eq!(h.finished, None);
+        assert_eq!(h.ws_phases, [WsPhase::Upgrade, WsPhase::Fresh]);
         h.client_input(Input::WsClosed {
             reason: "connection refused".into(),
         });
@@ -341,6 +404,102 @@ mod tests {
             Some(Err(LaunchError::RouterUnreachable(
                 "router WebSocket: connection refused".into()
             )))
+        );
+    }
+
+    /// `fast`: the WebSocket's connection opens at launch start, beside bind, and the upgrade goes on
+    /// it the moment bind's cookie is known (Commander's schedules open it after bind).
+    #[test]
+    fn fast_opens_the_websocket_connection_beside_bind_and_upgrades_on_the_cookie() {
+        let mut h = Harness::new(HarnessConfig::default());
+        h.run_until_ready();
+        let bind_sent = h
+            .http
+            .iter()
+            .find(|r| r.1 == "bind_to_controller")
+            .unwrap()
+            .0;
+        assert_eq!(
+            h.ws_prepares,
+            [bind_sent],
+            "prepared with bind, at launch start"
+        );
+        assert_eq!(h.ws_phases, [WsPhase::Upgrade]);
+        // The upgrade leaves as bind's answer arrives (one router round trip later) with its cookie.
+        assert_eq!(h.ws_connects, [bind_sent + 2 * ROUTER_ONE_WAY]);
+        assert!(h.ws_headers.iter().any(|(k, _)| k == "Cookie"));
+        let names = h.checkpoint_names();
+        assert_eq!(names[1], "websocket_preconnect_started", "{names:?}");
+        assert!(h.tube_ready.is_some());
+
+        for profile in [
+            Profile::commander_1984(),
+            Profile::commander_1982(),
+            Profile::commander_legacy(),
+        ] {
+            let mut h = Harness::new(HarnessConfig {
+                profile,
+                ..HarnessConfig::default()
+            });
+            h.run_until_ready();
+            assert!(h.ws_prepares.is_empty(), "Commander connects after bind");
+            assert_eq!(h.ws_phases, [WsPhase::Fresh]);
+        }
+    }
+
+    #[test]
+    fn a_failed_preconnection_falls_back_to_a_fresh_websocket() {
+        let mut h = Harness::new(HarnessConfig {
+            preconnect: Preconnect::Fails,
+            ..HarnessConfig::default()
+        });
+        h.run_until_ready();
+        assert_eq!(h.finished, None, "{:?}", h.finished);
+        assert!(h.tube_ready.is_some());
+        assert_eq!(h.ws_prepares.len(), 1);
+        // Known failed before bind answered: the upgrade goes straight to a fresh connection.
+        assert_eq!(h.ws_phases, [WsPhase::Fresh]);
+    }
+
+    #[test]
+    fn an_upgrade_the_preconnection_cannot_carry_is_retried_fresh_within_the_bound() {
+        let mut h = Harness::new(HarnessConfig {
+            preconnect: Preconnect::GoneAtUpgrade,
+            ..HarnessConfig::default()
+        });
+        h.run_until_ready();
+        assert!(h.tube_ready.is_some(), "{:?}", h.finished);
+        assert_eq!(h.ws_phases, [WsPhase::Upgrade, WsPhase::Fresh]);
+        assert_eq!(h.ws_connects[0], h.ws_connects[1], "retried at once");
+
+        // The fallback keeps the bound armed by the first upgrade: a fresh connection that never
+        // opens ends the launch `ws_ready_timeout` after the upgrade was first asked for.
+        let bound = Profile::fast().ws_ready_timeout;
+        let mut h = Harness::new(HarnessConfig {
+            preconnect: Preconnect::GoneAtUpgrade,
+            ws_never_opens: true,
+            ..HarnessConfig::default()
+        });
+        h.run_until_finished();
+        assert!(
+            matches!(h.finished, Some(Err(LaunchError::Timeout { waited, .. })) if waited == bound),
+            "{:?}",
+            h.finished
+        );
+        assert_eq!(h.finished_at, Some(h.ws_connects[0] + bound));
+    }
+
+    #[test]
+    fn a_launch_that_ends_before_the_upgrade_closes_its_preconnection() {
+        // A launch that ends before bind answers must not leave the idle connection behind.
+        let mut h = Harness::new(HarnessConfig::default());
+        assert_eq!(h.ws_prepares.len(), 1);
+        assert_eq!(h.client.ws.state, super::WsState::Preparing);
+        h.client.finish(Err(LaunchError::WebSocket("test".into())));
+        let outputs: Vec<_> = std::iter::from_fn(|| h.client.poll_output()).collect();
+        assert!(
+            outputs.iter().any(|o| matches!(o, crate::Output::WsClose)),
+            "{outputs:?}"
         );
     }
 
