@@ -259,6 +259,7 @@ pub fn websocket_delivers_text_frames_then_close<R: Runtime>() {
         url: format!("ws://{addr}/ws"),
         headers: vec![("Authorization".into(), "Bearer ws-secret".into())],
         timeout: WAIT,
+        phase: pam_lite_core::WsPhase::Fresh,
     }));
     handle.input(Input::Timeout);
     let ws_input = |i: &Input| {
@@ -302,6 +303,7 @@ pub fn websocket_close_output_sends_a_close_frame_and_reports_nothing<R: Runtime
         url: format!("ws://{addr}/"),
         headers: Vec::new(),
         timeout: WAIT,
+        phase: pam_lite_core::WsPhase::Fresh,
     }));
     handle.input(Input::Timeout);
     assert_eq!(
@@ -336,6 +338,7 @@ pub fn websocket_oversized_frame_and_handshake_timeout_close<R: Runtime>() {
         url: format!("ws://{addr}/"),
         headers: Vec::new(),
         timeout: WAIT,
+        phase: pam_lite_core::WsPhase::Fresh,
     }));
     handle.input(Input::Timeout);
     assert_eq!(
@@ -352,6 +355,7 @@ pub fn websocket_oversized_frame_and_handshake_timeout_close<R: Runtime>() {
         url: format!("ws://{mute}/"),
         headers: Vec::new(),
         timeout: Duration::from_millis(300),
+        phase: pam_lite_core::WsPhase::Fresh,
     }));
     handle.input(Input::Timeout);
     let closed = ctl.wait_for(WAIT, |i| {
@@ -440,6 +444,7 @@ pub fn websocket_close_while_connecting_reports_nothing_and_a_new_connect_works<
         url: format!("ws://{mute}/"),
         headers: Vec::new(),
         timeout: Duration::from_millis(200),
+        phase: pam_lite_core::WsPhase::Fresh,
     }));
     ctl.script(Output::WsClose);
     handle.input(Input::Timeout);
@@ -455,6 +460,7 @@ pub fn websocket_close_while_connecting_reports_nothing_and_a_new_connect_works<
         url: format!("ws://{addr}/"),
         headers: Vec::new(),
         timeout: WAIT,
+        phase: pam_lite_core::WsPhase::Fresh,
     }));
     handle.input(Input::Timeout);
     assert_eq!(ctl.wait_for(WAIT, ws_input), Some(Input::WsOpened));
@@ -602,6 +608,7 @@ pub fn wss_with_the_extra_ca_delivers_messages<R: Runtime>() {
         url: format!("wss://{addr}/ws"),
         headers: vec![("X-Test".into(), "1".into())],
         timeout: WAIT,
+        phase: pam_lite_core::WsPhase::Fresh,
     }));
     handle.input(Input::Timeout);
     let ws_input = |i: &Input| {
@@ -626,6 +633,7 @@ pub fn wss_with_an_unknown_certificate_closes<R: Runtime>() {
         url: format!("wss://{addr}/ws"),
         headers: Vec::new(),
         timeout: WAIT,
+        phase: pam_lite_core::WsPhase::Fresh,
     }));
     handle.input(Input::Timeout);
     let got = ctl.wait_for(WAIT, |i| {
@@ -635,4 +643,100 @@ pub fn wss_with_an_unknown_certificate_closes<R: Runtime>() {
         matches!(&got, Some(Input::WsClosed { reason }) if reason.contains("TLS") || reason.contains("certificate")),
         "{got:?}"
     );
+}
+
+/// The `fast` profile's pre-connection ([`pam_lite_core::WsPhase`]): `Prepare` opens the connection
+/// (TCP, then TLS for `wss://`) and reports nothing; the `Upgrade` later goes on that very connection
+/// (the servers here accept exactly one). Over plain TCP and over TLS.
+pub fn websocket_upgrade_goes_on_the_preconnection<R: Runtime>() {
+    use pam_lite_core::WsPhase;
+    let ca = TestCa::new();
+    let plain = ws_server(|mut ws, headers| {
+        assert!(headers.contains(&("cookie".into(), "AWSALB=1".into())));
+        ws.send(tungstenite::Message::text("on the prepared one"))
+            .unwrap();
+        while ws.read().is_ok() {}
+    });
+    let tls = wss_server(ca.server.clone(), |mut ws, _| {
+        ws.send(tungstenite::Message::text("on the prepared one"))
+            .unwrap();
+        while ws.read().is_ok() {}
+    });
+    for url in [format!("ws://{plain}/ws"), format!("wss://{tls}/ws")] {
+        let (node, ctl) = puppet();
+        let config = DriverConfig {
+            tls: TlsConfig {
+                extra_ca_pem: Some(ca.pem.clone()),
+                ..TlsConfig::default()
+            },
+            ..DriverConfig::default()
+        };
+        let handle = R::spawn(node, config).unwrap();
+        let connect = |phase, headers| {
+            Output::WsConnect(WsConnect {
+                url: url.clone(),
+                headers,
+                timeout: WAIT,
+                phase,
+            })
+        };
+        ctl.script(connect(WsPhase::Prepare, Vec::new()));
+        handle.input(Input::Timeout);
+        let ws_input = |i: &Input| {
+            matches!(
+                i,
+                Input::WsOpened | Input::WsMessage(_) | Input::WsClosed { .. }
+            )
+        };
+        // Prepared and idle: nothing to report.
+        assert_eq!(ctl.wait_for(Duration::from_millis(300), ws_input), None);
+        let cookie = vec![("Cookie".into(), "AWSALB=1".into())];
+        ctl.script(connect(WsPhase::Upgrade, cookie));
+        handle.input(Input::Timeout);
+        assert_eq!(ctl.wait_for(WAIT, ws_input), Some(Input::WsOpened), "{url}");
+        assert_eq!(
+            ctl.wait_for(WAIT, ws_input),
+            Some(Input::WsMessage("on the prepared one".into())),
+            "{url}"
+        );
+    }
+}
+
+/// A pre-connection the server closes while it is idle is reported (`WsClosed`), and an `Upgrade`
+/// with no pre-connection left fails at once: the core then connects afresh.
+pub fn websocket_a_gone_preconnection_is_reported<R: Runtime>() {
+    use pam_lite_core::WsPhase;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        drop(stream); // an idle timeout, at once
+    });
+    let (node, ctl) = puppet();
+    let handle = R::spawn(node, DriverConfig::default()).unwrap();
+    let connect = |phase| {
+        Output::WsConnect(WsConnect {
+            url: format!("ws://{addr}/ws"),
+            headers: Vec::new(),
+            timeout: WAIT,
+            phase,
+        })
+    };
+    let closed = |i: &Input| matches!(i, Input::WsOpened | Input::WsClosed { .. });
+    ctl.script(connect(WsPhase::Prepare));
+    handle.input(Input::Timeout);
+    let got = ctl.wait_for(WAIT, closed);
+    assert!(
+        matches!(&got, Some(Input::WsClosed { reason }) if reason.contains("prepared connection is gone")),
+        "{got:?}"
+    );
+    let started = Instant::now();
+    ctl.script(connect(WsPhase::Upgrade));
+    handle.input(Input::Timeout);
+    let got = ctl.wait_for(WAIT, closed);
+    assert!(
+        matches!(&got, Some(Input::WsClosed { reason }) if reason.contains("no prepared connection")),
+        "{got:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "at once");
 }

@@ -55,6 +55,16 @@ fn websocket_close_output_sends_a_close_frame_and_reports_nothing() {
 }
 
 #[test]
+fn websocket_upgrade_goes_on_the_preconnection() {
+    driver::websocket_upgrade_goes_on_the_preconnection::<R>();
+}
+
+#[test]
+fn websocket_a_gone_preconnection_is_reported() {
+    driver::websocket_a_gone_preconnection_is_reported::<R>();
+}
+
+#[test]
 fn websocket_oversized_frame_and_handshake_timeout_close() {
     driver::websocket_oversized_frame_and_handshake_timeout_close::<R>();
 }

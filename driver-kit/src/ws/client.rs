@@ -5,7 +5,10 @@
 //!
 //! * [`Client::connect`] on `Output::WsConnect`, wrapping the connecting socket into its own type
 //!   (registering it); when the host is a name, resolve it (std has no non-blocking resolver: a worker
-//!   thread, an async resolver…) and answer with [`Client::resolved`];
+//!   thread, an async resolver…) and answer with [`Client::resolved`]. The same call serves every
+//!   [`WsPhase`]: a `Prepare` only connects and handshakes TLS, then holds the connection idle (watching
+//!   it: a close while idle is reported as `WsClosed`); the `Upgrade` that follows sends the WebSocket
+//!   request on it (or, while it is still connecting, as soon as it is up);
 //! * on readiness of [`Client::socket`] (readable; writable while [`Client::wants_write`], or always with
 //!   edge-triggered readiness) call [`Client::ready`] and feed what it pushed;
 //! * wake up at [`Client::deadline`] and call [`Client::expire`] (the connect timeout, the close grace);
@@ -17,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use pam_lite_core::{Input, WsConnect};
+use pam_lite_core::{Input, WsConnect, WsPhase};
 use socket2::SockRef;
 use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::handshake::{HandshakeError, MidHandshake};
@@ -31,6 +34,8 @@ use super::{build_request, closed_by_server, config, Endpoint, Request, CLOSE_GR
 pub struct Sock<S> {
     socket: S,
     write_blocked: Arc<AtomicBool>,
+    /// While set, reads say `WouldBlock` without touching the socket (see [`Client::connect`]'s upgrade).
+    reads_held: Arc<AtomicBool>,
 }
 
 impl<S> Read for Sock<S>
@@ -38,6 +43,9 @@ where
     for<'s> SockRef<'s>: From<&'s S>,
 {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.reads_held.load(Ordering::Relaxed) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         (&*SockRef::from(&self.socket)).read(buf)
     }
 }
@@ -65,14 +73,21 @@ where
     for<'s> SockRef<'s>: From<&'s S>,
 {
     Idle,
-    /// The runtime resolves the host (see [`Resolve`]).
-    Resolving(Request, Endpoint),
+    /// The runtime resolves the host (see [`Resolve`]). No request yet: a pre-connection.
+    Resolving(Option<Request>, Endpoint),
     Connecting {
         socket: S,
-        request: Request,
+        request: Option<Request>,
         endpoint: Endpoint,
         rest: Vec<SocketAddr>,
     },
+    /// A pre-connection's TLS handshake (the upgrade follows when it is done and asked for).
+    Securing {
+        tls: Box<rustls::StreamOwned<rustls::ClientConnection, Sock<S>>>,
+        request: Option<Request>,
+    },
+    /// A pre-connection, up and idle, waiting for its upgrade.
+    Ready(Box<Stream<S>>),
     Handshaking(Box<MidHandshake<ClientHandshake<Stream<S>>>>),
     Open(Box<WebSocket<Stream<S>>>),
     /// Closing on the core's request (or after the server's close): nothing more is reported.
@@ -91,6 +106,7 @@ where
     tls: Arc<rustls::ClientConfig>,
     frame_limit: usize,
     write_blocked: Arc<AtomicBool>,
+    reads_held: Arc<AtomicBool>,
 }
 
 /// A host name the runtime must resolve for connection `generation` (answer with [`Client::resolved`]).
@@ -128,22 +144,32 @@ where
             tls,
             frame_limit,
             write_blocked: Arc::default(),
+            reads_held: Arc::default(),
         }
     }
 
     /// Start connecting (dropping any previous socket: its events are no longer wanted). `wrap` turns
     /// the connecting non-blocking socket into the runtime's type. `Ok(Some(..))`: the host must be
     /// resolved first; `Err`: failed at once.
+    ///
+    /// For [`WsPhase::Upgrade`] nothing is connected: the request goes on the pre-connection, and
+    /// `Err(input)` may also carry what its handshake produced at once (there is no pre-connection any
+    /// more: `WsClosed`). The runtime feeds whatever `Err` holds.
     pub fn connect(
         &mut self,
         connect: WsConnect,
         wrap: impl FnMut(TcpStream) -> io::Result<S>,
     ) -> Result<Option<Resolve>, Input> {
-        tracing::debug!(path = %crate::http::url_path(&connect.url), "websocket connect");
+        let phase = connect.phase;
+        tracing::debug!(path = %crate::http::url_path(&connect.url), ?phase, "websocket connect");
+        if phase == WsPhase::Upgrade {
+            return self.upgrade(&connect).map(|()| None);
+        }
         self.state = State::Idle;
         self.generation += 1;
         self.deadline = Some(Instant::now() + connect.timeout);
         let (request, endpoint) = build_request(&connect).map_err(|r| self.fail(r))?;
+        let request = (phase == WsPhase::Fresh).then_some(request);
         match endpoint.host.parse::<IpAddr>() {
             Ok(ip) => {
                 let addr = SocketAddr::new(ip, endpoint.port);
@@ -159,6 +185,55 @@ where
                 self.state = State::Resolving(request, endpoint);
                 Ok(Some(resolve))
             }
+        }
+    }
+
+    /// The upgrade on the pre-connection: sent now if it is up, else as soon as it is.
+    fn upgrade(&mut self, connect: &WsConnect) -> Result<(), Input> {
+        let (request, _) = build_request(connect).map_err(|r| self.fail(r))?;
+        let deadline = Some(Instant::now() + connect.timeout);
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Ready(stream) => {
+                self.deadline = deadline;
+                let config = Some(config(self.frame_limit));
+                // Write the request, read nothing: what a fast server answers stays in the socket and
+                // announces itself by readiness (read here, its frames would have no way out but one
+                // input). So the handshake can only be under way, or have failed writing.
+                self.reads_held.store(true, Ordering::Relaxed);
+                let result = tungstenite::client::client_with_config(request, *stream, config);
+                self.reads_held.store(false, Ordering::Relaxed);
+                let mut out = Vec::new();
+                self.handshaken(result.map(|(ws, _)| ws), &mut out);
+                out.into_iter().next().map_or(Ok(()), Err)
+            }
+            State::Resolving(None, endpoint) => {
+                self.deadline = deadline;
+                self.state = State::Resolving(Some(request), endpoint);
+                Ok(())
+            }
+            State::Connecting {
+                socket,
+                request: None,
+                endpoint,
+                rest,
+            } => {
+                self.deadline = deadline;
+                let request = Some(request);
+                self.state = State::Connecting {
+                    socket,
+                    request,
+                    endpoint,
+                    rest,
+                };
+                Ok(())
+            }
+            State::Securing { tls, request: None } => {
+                self.deadline = deadline;
+                let request = Some(request);
+                self.state = State::Securing { tls, request };
+                Ok(())
+            }
+            _ => Err(self.fail("no prepared connection to upgrade".into())),
         }
     }
 
@@ -225,6 +300,8 @@ where
     pub fn socket(&self) -> Option<&S> {
         let stream = match &self.state {
             State::Connecting { socket, .. } => return Some(socket),
+            State::Securing { tls, .. } => return Some(&tls.sock.socket),
+            State::Ready(stream) => stream,
             State::Handshaking(mid) => mid.get_ref().get_ref(),
             State::Open(ws) | State::Closing(ws) => ws.get_ref(),
             State::Idle | State::Resolving(..) => return None,
@@ -265,6 +342,10 @@ where
                     let sock = Sock {
                         socket,
                         write_blocked: self.write_blocked.clone(),
+                        reads_held: self.reads_held.clone(),
+                    };
+                    let Some(request) = request else {
+                        return self.prepared(sock, &endpoint, out);
                     };
                     let connector = Some(Connector::Rustls(self.tls.clone()));
                     let config = Some(config(self.frame_limit));
@@ -282,6 +363,8 @@ where
                     }
                 }
             },
+            State::Securing { tls, request } => self.secure(tls, request, out),
+            State::Ready(stream) => self.idle(stream, out),
             State::Handshaking(mid) => self.handshaken((*mid).handshake().map(|(ws, _)| ws), out),
             State::Open(ws) => self.read_open(ws, out),
             State::Closing(ws) => self.drain_closing(ws),
@@ -289,9 +372,92 @@ where
         }
     }
 
+    /// A pre-connection's TCP connect finished: TLS next (`wss://`), or idle until the upgrade.
+    fn prepared(&mut self, sock: Sock<S>, endpoint: &Endpoint, out: &mut Vec<Input>) {
+        if !endpoint.secure {
+            return self.idle(Box::new(MaybeTlsStream::Plain(sock)), out);
+        }
+        let name = rustls::pki_types::ServerName::try_from(endpoint.host.clone());
+        let connection = name.map_err(|e| e.to_string()).and_then(|n| {
+            rustls::ClientConnection::new(self.tls.clone(), n).map_err(|e| e.to_string())
+        });
+        match connection {
+            Ok(c) => self.secure(Box::new(rustls::StreamOwned::new(c, sock)), None, out),
+            Err(e) => out.push(self.fail(format!("TLS setup failed: {e}"))),
+        }
+    }
+
+    /// Drive a pre-connection's TLS handshake as far as the socket allows.
+    fn secure(
+        &mut self,
+        mut tls: Box<rustls::StreamOwned<rustls::ClientConnection, Sock<S>>>,
+        request: Option<Request>,
+        out: &mut Vec<Input>,
+    ) {
+        while tls.conn.is_handshaking() {
+            match tls.conn.complete_io(&mut tls.sock) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.state = State::Securing { tls, request };
+                    return;
+                }
+                Err(e) => return out.push(self.fail(format!("TLS handshake failed: {e}"))),
+            }
+        }
+        let stream = MaybeTlsStream::Rustls(*tls);
+        match request {
+            Some(request) => {
+                let config = Some(config(self.frame_limit));
+                let result = tungstenite::client::client_with_config(request, stream, config);
+                self.handshaken(result.map(|(ws, _)| ws), out);
+            }
+            None => {
+                self.deadline = None; // idle: its use, the upgrade, has its own bound
+                self.idle(Box::new(stream), out);
+            }
+        }
+    }
+
+    /// A pre-connection waiting for its upgrade: it must stay silent. A close (or anything else: an
+    /// HTTP server says nothing before a request) means it is gone, which the core hears as `WsClosed`.
+    fn idle(&mut self, mut stream: Box<Stream<S>>, out: &mut Vec<Input>) {
+        let mut byte = [0u8; 1];
+        let gone = match &mut *stream {
+            MaybeTlsStream::Plain(sock) => match sock.read(&mut byte) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Ok(0) => Some("closed by the server".to_owned()),
+                Ok(_) => Some("the server sent data before the request".to_owned()),
+                Err(e) => Some(e.to_string()),
+            },
+            MaybeTlsStream::Rustls(tls) => loop {
+                // Post-handshake TLS records (TLS 1.3 session tickets) are fine; a close is not.
+                match tls.conn.read_tls(&mut tls.sock) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
+                    Ok(0) => break Some("closed by the server".to_owned()),
+                    Err(e) => break Some(e.to_string()),
+                    Ok(_) => {}
+                }
+                if let Err(e) = tls.conn.process_new_packets() {
+                    break Some(e.to_string());
+                }
+                match tls.conn.reader().read(&mut byte) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Ok(0) => break Some("closed by the server (TLS)".to_owned()),
+                    Ok(_) => break Some("the server sent data before the request".to_owned()),
+                    Err(e) => break Some(e.to_string()),
+                }
+            },
+            _ => Some("unsupported stream".to_owned()),
+        };
+        match gone {
+            None => self.state = State::Ready(stream),
+            Some(why) => out.push(self.fail(format!("the prepared connection is gone: {why}"))),
+        }
+    }
+
     fn dial(
         &mut self,
-        request: Request,
+        request: Option<Request>,
         endpoint: Endpoint,
         mut addrs: Vec<SocketAddr>,
         mut wrap: impl FnMut(TcpStream) -> io::Result<S>,

@@ -86,6 +86,7 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
             timeout: Duration::from_secs(1),
+            phase: pam_lite_core::WsPhase::Fresh,
         }
     }
 
