@@ -36,7 +36,8 @@ pub struct EmulatorConfig {
     // ---- client ↔ router path
     /// Client ↔ router round trip: every HTTP request and response, and every WebSocket message, waits half.
     pub router_rtt: Duration,
-    /// Extra delay on the first request of every new TCP connection (TCP + TLS handshakes).
+    /// The TCP + TLS handshakes of every new connection, charged when it is accepted (a request sent on
+    /// it sooner waits; a connection opened early and used later has paid it by then).
     pub fresh_connection_cost: Duration,
     /// How long the router takes to authenticate a WebSocket upgrade.
     pub ws_auth_delay: Duration,

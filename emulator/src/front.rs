@@ -4,14 +4,13 @@
 //! hyper parses HTTP; async-tungstenite speaks WebSocket over hyper's upgraded connection; everything runs on
 //! one smol executor thread. What the router *says* is decided by the sans-IO router core behind the
 //! [`Hub`]; this module only adds what a real network would: half the router RTT on every request and every
-//! response or WebSocket message, the handshake cost of a fresh TCP (+TLS) connection on its first request,
+//! response or WebSocket message, the handshake cost of a new TCP (+TLS) connection when it is accepted,
 //! the router's WebSocket authentication time, scripted HTTP failures (502/503/504 from a load balancer) and
 //! a WebSocket that drops after a while.
 
 use std::convert::Infallible;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -60,7 +59,10 @@ pub struct HttpFault {
 pub struct FrontConfig {
     /// Client ↔ router round trip: every request and every response / WebSocket message waits half.
     pub rtt: Duration,
-    /// Extra delay on the first request of every new TCP connection (TCP + TLS handshakes).
+    /// The TCP + TLS handshakes of every new connection: it is served (its TLS handshake answered, its
+    /// first request read) this long after it was accepted. Charged where the handshakes happen, not on a
+    /// request: a request sent on a new connection waits for it, a connection opened early and used later
+    /// (the `fast` profile's WebSocket pre-connection) has paid it by then.
     pub fresh_connection_cost: Duration,
     /// Router time to authenticate a WebSocket before it answers the upgrade.
     pub ws_auth_delay: Duration,
@@ -136,6 +138,8 @@ impl Front {
                             let ctx = ctx.clone();
                             let acceptor = acceptor.clone();
                             ex.spawn(async move {
+                                // The handshakes' round trips (see `fresh_connection_cost`).
+                                sleep(ctx.cfg.fresh_connection_cost).await;
                                 match acceptor {
                                     None => serve_connection(stream, peer, ctx).await,
                                     Some(acc) => {
@@ -199,11 +203,9 @@ async fn serve_connection<S>(io: S, peer: SocketAddr, ctx: Arc<Ctx>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let fresh = Arc::new(AtomicBool::new(true));
     let service = service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
-        let first = fresh.swap(false, Ordering::AcqRel);
-        async move { Ok::<_, Infallible>(handle(req, first, ctx).await) }
+        async move { Ok::<_, Infallible>(handle(req, ctx).await) }
     });
     let conn = http1::Builder::new()
         .timer(SmolTimer::new())
@@ -229,14 +231,7 @@ async fn sleep(d: Duration) {
     }
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    first_on_connection: bool,
-    ctx: Arc<Ctx>,
-) -> Response<Full<Bytes>> {
-    if first_on_connection {
-        sleep(ctx.cfg.fresh_connection_cost).await;
-    }
+async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Response<Full<Bytes>> {
     let half = ctx.cfg.rtt / 2;
     sleep(half).await;
     let response = route(req, &ctx).await;

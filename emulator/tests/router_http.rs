@@ -262,6 +262,38 @@ fn router_rtt_and_fresh_connection_cost_delay_responses() {
     );
 }
 
+/// The handshake cost is charged when a connection opens, not on its first request: a connection opened
+/// early and used later (the `fast` profile's WebSocket pre-connection) pays only the round trip then.
+#[test]
+fn the_fresh_connection_cost_is_charged_when_the_connection_opens() {
+    use std::io::{Read, Write};
+    let rtt = Duration::from_millis(100);
+    let fresh = Duration::from_millis(400);
+    let (emu, _c) = start(EmulatorConfig {
+        router_rtt: rtt,
+        fresh_connection_cost: fresh,
+        ..Default::default()
+    });
+    let request = b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+    let answer_time = |s: &mut std::net::TcpStream| {
+        let t = Instant::now();
+        s.write_all(request).expect("write");
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 405"), "{:?}", &buf[..n]);
+        t.elapsed()
+    };
+    // Used at once: the request waits for the handshakes.
+    let mut now = std::net::TcpStream::connect(emu.router_addr()).expect("connect");
+    let took = answer_time(&mut now);
+    assert!(took >= rtt + fresh, "{took:?}");
+    // Opened, then used once the handshakes are over: the round trip only.
+    let mut early = std::net::TcpStream::connect(emu.router_addr()).expect("connect");
+    std::thread::sleep(fresh + Duration::from_millis(50));
+    let took = answer_time(&mut early);
+    assert!(took >= rtt && took < rtt + fresh, "{took:?}");
+}
+
 #[test]
 fn tls_router_is_trusted_with_the_ticket_ca_only() {
     let (_emu, mut c) = start(EmulatorConfig {

@@ -108,6 +108,7 @@ impl Client {
             url: endpoints::ws_url(self.base()),
             headers,
             timeout: T,
+            phase: pam_lite_core::WsPhase::Fresh,
         };
         let tls = pam_lite_driver_kit::tls::rustls_client_config(&self.tls).expect("tls");
         let worker = pam_lite_driver_tests::ws_client::spawn(connect, tls, 1 << 20, move |input| {
