@@ -9,7 +9,9 @@
 //! Timing model of the router path (spec §8.1): a request on a *fresh* connection costs the TCP + TLS
 //! handshakes (`fresh_connection_rtts` × R) before it travels; a request on a live keep-alive connection only
 //! travels (R/2 each way) plus the router's service time. One keep-alive connection carries one request at a
-//! time (HTTP/1.1), so concurrent keep-alive requests open more connections, as a real pool does.
+//! time (HTTP/1.1), so concurrent keep-alive requests open more connections, as a real pool does. The
+//! WebSocket's connection pays the same handshakes when it opens: at its upgrade (`WsPhase::Fresh`), or
+//! ahead of it (`WsPhase::Prepare`, then the upgrade waits only for what is left of them).
 //!
 //! The peer network: each node may sit behind a [`nat::Nat`] (private host address, a public address on
 //! the NAT), and a real TURN/STUN server ([`turn::SimTurn`], turn-server-proto) is on the public side at
@@ -32,7 +34,7 @@ use pam_lite_core::router::server::{RouterEvent, RouterServer};
 use pam_lite_core::timing::{Checkpoint, Waterfall};
 use pam_lite_core::{
     CandidateKind, Command, ConnNo, Datagram, HttpRequest, Input, LaunchError, Node, Output,
-    StreamEvent, StreamId,
+    StreamEvent, StreamId, WsPhase,
 };
 
 use nat::{Nat, NatConfig};
@@ -192,6 +194,8 @@ pub struct Sim {
     keepalive: Vec<bool>,
     pending_http: HashMap<u64, usize>,
     ws_open: bool,
+    /// When the WebSocket's pre-connection has finished its handshakes (`WsPhase::Prepare`).
+    ws_prepared: Option<Instant>,
     pub record: Record,
     /// Echo target: bytes that reach the gateway's target come back (tunnel mode).
     pub echo_target: bool,
@@ -240,6 +244,7 @@ impl Sim {
             keepalive: Vec::new(),
             pending_http: HashMap::new(),
             ws_open: false,
+            ws_prepared: None,
             record: Record::default(),
             echo_target: true,
             dark: Vec::new(),
@@ -523,7 +528,23 @@ impl Sim {
                 Output::WsConnect(ws) => {
                     let r = self.net.router_rtt;
                     let fresh = r.mul_f64(self.net.fresh_connection_rtts);
-                    let at = self.now + fresh + Self::half(r) + self.net.ws_auth;
+                    let up = match ws.phase {
+                        WsPhase::Prepare => {
+                            self.ws_prepared = Some(self.now + fresh);
+                            continue;
+                        }
+                        WsPhase::Fresh => self.now + fresh,
+                        WsPhase::Upgrade => match self.ws_prepared.take() {
+                            Some(up) => up.max(self.now),
+                            None => {
+                                let reason = "no prepared connection".to_string();
+                                let input = Input::WsClosed { reason };
+                                self.schedule(self.now, Event::ToClient(input));
+                                continue;
+                            }
+                        },
+                    };
+                    let at = up + Self::half(r) + self.net.ws_auth;
                     self.schedule(
                         at,
                         Event::RouterWsOpen {
@@ -533,6 +554,7 @@ impl Sim {
                 }
                 Output::WsClose => {
                     self.ws_open = false;
+                    self.ws_prepared = None;
                 }
                 Output::Transmit(d) => self.send_datagram(d, Side::Client),
                 Output::Checkpoint(c) => self.record.checkpoints.push(c),
