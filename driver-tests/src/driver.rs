@@ -646,23 +646,34 @@ pub fn wss_with_an_unknown_certificate_closes<R: Runtime>() {
 }
 
 /// The `fast` profile's pre-connection ([`pam_lite_core::WsPhase`]): `Prepare` opens the connection
-/// (TCP, then TLS for `wss://`) and reports nothing; the `Upgrade` later goes on that very connection
-/// (the servers here accept exactly one). Over plain TCP and over TLS.
+/// (TCP, then TLS for `wss://`) and reports nothing; the `Upgrade` goes on that very connection (the
+/// servers here accept exactly one), whether it comes once the connection is idle or right behind the
+/// `Prepare` (still connecting or handshaking TLS). Over plain TCP and over TLS.
 pub fn websocket_upgrade_goes_on_the_preconnection<R: Runtime>() {
     use pam_lite_core::WsPhase;
     let ca = TestCa::new();
-    let plain = ws_server(|mut ws, headers| {
-        assert!(headers.contains(&("cookie".into(), "AWSALB=1".into())));
-        ws.send(tungstenite::Message::text("on the prepared one"))
-            .unwrap();
-        while ws.read().is_ok() {}
-    });
-    let tls = wss_server(ca.server.clone(), |mut ws, _| {
-        ws.send(tungstenite::Message::text("on the prepared one"))
-            .unwrap();
-        while ws.read().is_ok() {}
-    });
-    for url in [format!("ws://{plain}/ws"), format!("wss://{tls}/ws")] {
+    let plain = || {
+        ws_server(|mut ws, headers| {
+            assert!(headers.contains(&("cookie".into(), "AWSALB=1".into())));
+            ws.send(tungstenite::Message::text("on the prepared one"))
+                .unwrap();
+            while ws.read().is_ok() {}
+        })
+    };
+    let tls = || {
+        wss_server(ca.server.clone(), |mut ws, _| {
+            ws.send(tungstenite::Message::text("on the prepared one"))
+                .unwrap();
+            while ws.read().is_ok() {}
+        })
+    };
+    let cases = [
+        (format!("ws://{}/ws", plain()), true),
+        (format!("wss://{}/ws", tls()), true),
+        (format!("ws://{}/ws", plain()), false),
+        (format!("wss://{}/ws", tls()), false),
+    ];
+    for (url, idle_first) in cases {
         let (node, ctl) = puppet();
         let config = DriverConfig {
             tls: TlsConfig {
@@ -680,17 +691,19 @@ pub fn websocket_upgrade_goes_on_the_preconnection<R: Runtime>() {
                 phase,
             })
         };
-        ctl.script(connect(WsPhase::Prepare, Vec::new()));
-        handle.input(Input::Timeout);
         let ws_input = |i: &Input| {
             matches!(
                 i,
                 Input::WsOpened | Input::WsMessage(_) | Input::WsClosed { .. }
             )
         };
-        // Prepared and idle: nothing to report.
-        assert_eq!(ctl.wait_for(Duration::from_millis(300), ws_input), None);
         let cookie = vec![("Cookie".into(), "AWSALB=1".into())];
+        ctl.script(connect(WsPhase::Prepare, Vec::new()));
+        if idle_first {
+            handle.input(Input::Timeout);
+            // Prepared and idle: nothing to report.
+            assert_eq!(ctl.wait_for(Duration::from_millis(300), ws_input), None);
+        }
         ctl.script(connect(WsPhase::Upgrade, cookie));
         handle.input(Input::Timeout);
         assert_eq!(ctl.wait_for(WAIT, ws_input), Some(Input::WsOpened), "{url}");
