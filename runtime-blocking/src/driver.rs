@@ -5,8 +5,9 @@
 //! every local TCP connection, registered too). Datagrams and local bytes are read and written on that
 //! thread with no hop between threads; only ureq requests (blocking by nature) run on a small worker pool.
 //!
-//! Application inputs arrive through a bounded queue, so a fast local reader (the forwarder) is slowed
-//! down instead of growing memory. Senders wake the loop only when it sleeps (one flag, so a burst of
+//! Application inputs (a terminal's reader, `tunnel --stdio`) arrive through a bounded queue, so a fast
+//! reader is slowed down instead of growing memory; the forwarder's local sockets are not read while the
+//! node pauses them. Senders wake the loop only when it sleeps (one flag, so a burst of
 //! inputs costs one wake-up, not one syscall each). Outputs for the application go to an unbounded
 //! channel, so a slow or absent reader of [`Handle::recv`] can never deadlock the node against
 //! [`Handle::input`].
@@ -301,8 +302,7 @@ impl Io for LoopIo {
     }
 
     fn deliver(&mut self, out: Output) -> bool {
-        let registry = &self.registry;
-        match self.pipes.output(out, |s, key| watch(registry, s, Token(PIPES | key))) {
+        match self.pipes.output(out, pipe(&self.registry)) {
             Some(out) => self.outputs.send(out).is_ok(),
             None => true,
         }
@@ -337,9 +337,13 @@ impl LoopIo {
             registry.register(&mut listener, Token(PIPES | key), Interest::READABLE)?;
             Ok(listener)
         };
-        let wrap = |s, key| watch(registry, s, Token(PIPES | key));
-        self.pipes.request(request, listen, wrap);
+        self.pipes.request(request, listen, pipe(registry));
     }
+}
+
+/// A local connection of the forwarder, registered (edge-triggered) under its key.
+fn pipe(registry: &Registry) -> impl FnMut(std::net::TcpStream, usize) -> io::Result<TcpStream> + '_ {
+    move |socket, key| watch(registry, socket, Token(PIPES | key))
 }
 
 /// A connecting socket, registered (edge-triggered) under `token`.
@@ -381,9 +385,7 @@ impl<N: Node> Loop<N> {
                 continue;
             }
             self.io.streams.expire(now);
-            let registry = &self.io.registry;
-            let wrap = |s, key| watch(registry, s, Token(PIPES | key));
-            self.io.pipes.expire(now, wrap);
+            self.io.pipes.expire(now, pipe(&self.io.registry));
             if self.feed_streams() {
                 continue;
             }
@@ -429,9 +431,7 @@ impl<N: Node> Loop<N> {
                         self.io.ws.ready(&mut ws_inputs, |s| watch(registry, s, WS));
                     }
                     Token(t) if t & PIPES != 0 => {
-                        let registry = &self.io.registry;
-                        let wrap = |s, key| watch(registry, s, Token(PIPES | key));
-                        self.io.pipes.ready(t & !PIPES, wrap);
+                        self.io.pipes.ready(t & !PIPES, pipe(&self.io.registry));
                     }
                     Token(t) if t >= STREAMS => self.io.streams.ready(t - STREAMS),
                     _ => {} // WAKE: the queues are looked at below

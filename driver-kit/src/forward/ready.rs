@@ -503,7 +503,10 @@ where
                     let _ = socket.set_tcp_nodelay(true);
                     self.events.push_back(target_connected(pipe.conn, true));
                 }
-                Err(e) => return self.connect_failed(key, &e),
+                Err(e) => {
+                    self.connect_failed(key, &e);
+                    return;
+                }
             }
         }
         let events = &mut self.events;
@@ -514,9 +517,13 @@ where
                     .map_err(|e| ("local read failed", e))
             });
         match result {
-            Ok(more) if pipe.closed => debug_assert!(!more),
-            Ok(true) => return self.unread.push(key),
-            Ok(false) => return,
+            Ok(_) if pipe.closed => {}
+            Ok(more) => {
+                if more {
+                    self.unread.push(key);
+                }
+                return;
+            }
             Err((what, error)) => {
                 tracing::debug!(conn = pipe.conn, %error, "{what}");
                 let _ = socket.shutdown(Shutdown::Both);
@@ -525,5 +532,113 @@ where
             }
         }
         self.pipes.remove(&key);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use pam_lite_core::tube::CloseReason;
+    use std::sync::Mutex;
+
+    type StdPipes = Pipes<TcpStream, TcpListener>;
+
+    fn wrap(s: TcpStream, _key: usize) -> io::Result<TcpStream> {
+        Ok(s)
+    }
+
+    /// Make progress on `key` until an input comes (bounded: loopback sockets are quick).
+    fn next_input(pipes: &mut StdPipes, key: usize) -> Input {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(input) = pipes.pop() {
+                return input;
+            }
+            assert!(Instant::now() < end, "no input from key {key}");
+            pipes.ready(key, wrap);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn a_paused_connection_is_not_read_writes_are_credited_and_a_stall_close_shuts_it_down() {
+        let flow = Arc::new(FlowControl::new());
+        let mut pipes = StdPipes::new(flow.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let posted = Arc::new(Mutex::new(Vec::new()));
+        let post = posted.clone();
+        let forwarder = Forwarder::serve_tunnel(listener, &flow, move |r| {
+            post.lock().unwrap().push(r);
+        })
+        .unwrap();
+        assert!(flow.delivery_claimed());
+        for request in posted.lock().unwrap().drain(..) {
+            pipes.request(request, |l, _| Ok(l), wrap);
+        }
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.write_all(b"hello").unwrap();
+        let open = Input::Command(Command::OpenConnection { conn: 1 });
+        assert_eq!(next_input(&mut pipes, LISTENER), open);
+        assert_eq!(forwarder.open_connections(), 1);
+
+        // Paused by the node: nothing is read, and the loop may sleep.
+        flow.set(1, true);
+        pipes.resume();
+        std::thread::sleep(Duration::from_millis(20));
+        pipes.ready(1, wrap);
+        assert_eq!(pipes.pop(), None);
+        assert!(!pipes.busy());
+        flow.set(1, false);
+        assert!(pipes.busy(), "resumed with bytes unread");
+        pipes.resume();
+        let hello = Input::Command(Command::Send {
+            conn: 1,
+            data: b"hello".to_vec(),
+        });
+        assert_eq!(next_input(&mut pipes, 1), hello);
+
+        // Output data is written and credited once the queue runs empty.
+        let data = Output::ConnectionData {
+            conn: 1,
+            data: b"abc".to_vec(),
+        };
+        assert_eq!(pipes.output(data, wrap), None);
+        let delivered = Input::Command(Command::Delivered { conn: 1, bytes: 3 });
+        assert_eq!(pipes.pop(), Some(delivered));
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"abc");
+
+        // The local side's half-close is the tunnel's SendEof.
+        client.shutdown(Shutdown::Write).unwrap();
+        let eof = Input::Command(Command::SendEof { conn: 1 });
+        assert_eq!(next_input(&mut pipes, 1), eof);
+
+        // A stall close shuts the socket down at once; other outputs are the application's.
+        let closed = Output::ConnectionClosed {
+            conn: 1,
+            reason: CloseReason::Timeout,
+        };
+        assert_eq!(pipes.output(closed, wrap), None);
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(client.read(&mut got).unwrap(), 0);
+        assert_eq!(forwarder.open_connections(), 0);
+        assert_eq!(
+            pipes.output(Output::TubeReady, wrap),
+            Some(Output::TubeReady)
+        );
+        assert_eq!(
+            forwarder.dispatch(Output::TubeReady),
+            Some(Output::TubeReady)
+        );
+        drop(forwarder);
+        assert!(matches!(
+            posted.lock().unwrap().pop(),
+            Some(Request::Stop)
+        ));
     }
 }
