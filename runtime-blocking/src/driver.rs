@@ -342,7 +342,9 @@ impl LoopIo {
 }
 
 /// A local connection of the forwarder, registered (edge-triggered) under its key.
-fn pipe(registry: &Registry) -> impl FnMut(std::net::TcpStream, usize) -> io::Result<TcpStream> + '_ {
+fn pipe(
+    registry: &Registry,
+) -> impl FnMut(std::net::TcpStream, usize) -> io::Result<TcpStream> + '_ {
     move |socket, key| watch(registry, socket, Token(PIPES | key))
 }
 

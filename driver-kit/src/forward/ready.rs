@@ -636,9 +636,6 @@ mod tests {
             Some(Output::TubeReady)
         );
         drop(forwarder);
-        assert!(matches!(
-            posted.lock().unwrap().pop(),
-            Some(Request::Stop)
-        ));
+        assert!(matches!(posted.lock().unwrap().pop(), Some(Request::Stop)));
     }
 }
