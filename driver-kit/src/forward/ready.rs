@@ -43,8 +43,13 @@ use crate::flow::FlowControl;
 use crate::runtime::Forward;
 
 /// Bytes read from one local socket per readiness before the other sources get a turn (and the node
-/// its say on pausing it).
-pub const READ_BUDGET: usize = 4 * READ_CHUNK;
+/// its say on pausing it). Measured: 64 KiB here left the blocking driver ~15 % behind smol with 16
+/// connections (more loop turns per byte); 256 KiB brought it level.
+pub const READ_BUDGET: usize = 16 * READ_CHUNK;
+/// Reads (of at most [`READ_CHUNK`]: 4 MiB) that may wait for the dispatcher at once: the reads of one
+/// turn stop there whatever the number of connections, so what the node gets before its pause reaches
+/// the sockets stays bounded (far below the core's `MAX_OUTBOX`).
+pub const MAX_QUEUED_READS: usize = 256;
 /// The listener's key; connections get 1, 2, 3…
 pub const LISTENER: usize = 0;
 /// After an accept error (e.g. out of descriptors), try again this much later.
@@ -217,17 +222,17 @@ impl Pipe {
         Ok(())
     }
 
-    /// Read what the local side sent, up to [`READ_BUDGET`] and while the node does not pause it;
+    /// Read what the local side sent, up to `budget` bytes and while the node does not pause it;
     /// `Ok(true)` when bytes may remain unread (the budget ran out, or paused).
     fn read(
         &mut self,
         socket: &Socket,
         flow: &FlowControl,
         buf: &mut [u8],
+        mut budget: usize,
         events: &mut VecDeque<Input>,
     ) -> io::Result<bool> {
         let conn = self.conn;
-        let mut budget = READ_BUDGET;
         while self.reading && self.connecting.is_none() {
             if budget == 0 || flow.is_paused(conn) {
                 return Ok(true);
@@ -509,11 +514,13 @@ where
                 }
             }
         }
+        let queued = MAX_QUEUED_READS.saturating_sub(self.events.len());
+        let budget = READ_BUDGET.min(queued.saturating_mul(READ_CHUNK));
         let events = &mut self.events;
         let result = (pipe.flush(&socket, events))
             .map_err(|e| ("local write failed", e))
             .and_then(|()| {
-                (pipe.read(&socket, &self.flow, &mut self.buf, events))
+                (pipe.read(&socket, &self.flow, &mut self.buf, budget, events))
                     .map_err(|e| ("local read failed", e))
             });
         match result {
