@@ -12,7 +12,8 @@
 //! * [`ws`] — the router WebSocket: the whole client ([`ws::Client`], tungstenite driven by readiness over
 //!   a runtime's socket type, like the streams), the request, bounds and close wording;
 //! * [`forward`] — the forwarder: the routing of connection outputs, and two complete forwarders, one on
-//!   plain threads ([`forward::threads`]) and one on any async runtime ([`forward::tasks`]);
+//!   non-blocking sockets on a runtime's own poll loop ([`forward::ready`]) and one on any async runtime
+//!   ([`forward::tasks`]);
 //! * [`stream`] — TURN over TCP/TLS: the streams' whole state machine ([`stream::Streams`]) over a runtime's
 //!   socket type, so a runtime only waits for readiness;
 //! * [`dispatch`] — the [`Dispatcher`] that owns the node and the [`Io`] trait a runtime implements;
@@ -57,7 +58,8 @@
 //!    [`Dispatcher::feed`], including every [`stream::Streams::pop`] (one at a time: an input may close a
 //!    stream, dropping its rest); never sleep while [`stream::Streams::busy`]. Stop on [`Next::Stop`]. When
 //!    the application drops its handle, call [`Dispatcher::abandon`].
-//! 4. **Forwarder**: use [`forward::threads`] as is (plain threads; runtime-blocking does), or implement
+//! 4. **Forwarder**: register the local sockets in your wait loop and drive [`forward::ready::Pipes`]
+//!    (runtime-blocking does, on its `mio::Poll`: its module docs list the five calls), or implement
 //!    [`forward::tasks::AsyncNet`] (spawn, connect, accept, sleep, your node's async input: a few lines)
 //!    and use [`forward::tasks::Forwarder`] (runtime-smol does).
 //! 5. **Implement [`Runtime`]** (with [`NodeHandle`], [`InputSink`], [`Forward`]) for a marker type, then

@@ -326,6 +326,18 @@ pub(crate) fn connect(to: SocketAddr) -> io::Result<TcpStream> {
     Ok(socket.into())
 }
 
+/// Whether the non-blocking connect of `socket` has finished (`Err`: it failed).
+pub(crate) fn connected(socket: &Socket) -> io::Result<bool> {
+    if let Some(e) = socket.take_error()? {
+        return Err(e);
+    }
+    match socket.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(unix)]
 fn in_progress(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EINPROGRESS)
@@ -376,15 +388,7 @@ impl Conn {
 
     /// Whether the non-blocking connect has finished (`Err`: it failed).
     fn connect_done(&self, socket: &Socket) -> Result<bool, String> {
-        let failed = |e: io::Error| format!("cannot connect to {}: {e}", self.to);
-        if let Some(e) = socket.take_error().map_err(failed)? {
-            return Err(failed(e));
-        }
-        match socket.peer_addr() {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-            Err(e) => Err(failed(e)),
-        }
+        connected(socket).map_err(|e| format!("cannot connect to {}: {e}", self.to))
     }
 
     /// Connected (and, for TLS, handshaken): report it with the socket's own address.

@@ -1,11 +1,13 @@
 //! The blocking driver: one thread per node blocks in one `mio::Poll` for everything — the UDP socket, the
 //! router WebSocket, the TURN streams (the kit's [`Streams`] over registered `mio::net::TcpStream`s), the
 //! application's inputs and finished HTTP requests (both announced by a `mio::Waker`), and the node's
-//! timer as the poll timeout. Datagrams are read and sent on that thread
-//! with no hop between threads; only ureq requests (blocking by nature) run on a small worker pool.
+//! timer as the poll timeout, and the forwarder's local sockets (the kit's [`Pipes`]: the listener and
+//! every local TCP connection, registered too). Datagrams and local bytes are read and written on that
+//! thread with no hop between threads; only ureq requests (blocking by nature) run on a small worker pool.
 //!
-//! Application inputs arrive through a bounded queue, so a fast local reader (the forwarder) is slowed
-//! down instead of growing memory. Senders wake the loop only when it sleeps (one flag, so a burst of
+//! Application inputs (a terminal's reader, `tunnel --stdio`) arrive through a bounded queue, so a fast
+//! reader is slowed down instead of growing memory; the forwarder's local sockets are not read while the
+//! node pauses them. Senders wake the loop only when it sleeps (one flag, so a burst of
 //! inputs costs one wake-up, not one syscall each). Outputs for the application go to an unbounded
 //! channel, so a slow or absent reader of [`Handle::recv`] can never deadlock the node against
 //! [`Handle::input`].
@@ -19,10 +21,11 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpStream, UdpSocket};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use pam_lite_core::{Datagram, HttpRequest, Input, Node, Output, StreamId, WsConnect};
 use pam_lite_driver_kit::dispatch::MAX_DATAGRAM;
+use pam_lite_driver_kit::forward::ready::{Forwarder, Pipes, Request};
 use pam_lite_driver_kit::http::HttpClient;
 use pam_lite_driver_kit::pool::Pool;
 use pam_lite_driver_kit::stream::Streams;
@@ -39,6 +42,8 @@ const WAKE: Token = Token(1);
 const WS: Token = Token(2);
 /// TURN streams: `STREAMS + key` (the kit's key of each stream; 2 is the WebSocket's).
 const STREAMS: usize = 16;
+/// The forwarder's local sockets: `PIPES | key` (the kit's key of each).
+const PIPES: usize = 1 << (usize::BITS - 2);
 
 /// Wakes the loop, but only when it sleeps: a sender first queues, then calls [`Wake::wake`]; the loop
 /// first sets `sleeping`, then looks at the queues once more before it blocks.
@@ -61,6 +66,7 @@ impl Wake {
 enum Done {
     Http(Input),
     Resolved(u64, Result<Vec<SocketAddr>, String>),
+    Forward(Request),
 }
 
 /// A cloneable way to feed inputs to a running node (for threads other than the [`Handle`] owner).
@@ -90,6 +96,7 @@ impl InputSender {
 #[derive(Debug)]
 pub struct Handle {
     inputs: InputSender,
+    done: Sender<Done>,
     flow: Arc<FlowControl>,
     outputs: Receiver<Output>,
     local_addr: SocketAddr,
@@ -129,6 +136,25 @@ impl Handle {
     /// The address the node's UDP socket is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Client side: every TCP connection accepted on `listener` becomes tunneled connection 1, 2, 3…,
+    /// piped by this node's loop (the kit's `forward::ready`).
+    pub fn serve_tunnel(&self, listener: std::net::TcpListener) -> io::Result<Forwarder> {
+        Forwarder::serve_tunnel(listener, &self.flow, self.post())
+    }
+
+    /// Gateway side: answer every `Output::ConnectTarget` by connecting to `target`, then pipe.
+    pub fn dial_targets(&self, target: SocketAddr) -> Forwarder {
+        Forwarder::dial_targets(target, &self.flow, self.post())
+    }
+
+    fn post(&self) -> impl Fn(Request) + Send + Sync + 'static {
+        let (done, wake) = (self.done.clone(), self.inputs.wake.clone());
+        move |request| {
+            let _ = done.send(Done::Forward(request));
+            wake.wake();
+        }
     }
 
     /// Wait until the driver stops (after the node's `Output::Finished` and the flush).
@@ -172,13 +198,14 @@ where
     let flow = Arc::new(FlowControl::new());
     let dispatcher = Dispatcher::new(node, addressing, flow.clone(), &config);
     let loop_wake = wake.clone();
+    let (done_tx, done_rx) = mpsc::channel();
+    let (done, pipes) = (done_tx.clone(), Pipes::new(flow.clone()));
     let thread = thread::Builder::new()
         .name("pam-lite-node".into())
         .spawn(move || {
             let mut socket = UdpSocket::from_std(socket);
             let registry = poll.registry().try_clone()?;
             registry.register(&mut socket, UDP, Interest::READABLE | Interest::WRITABLE)?;
-            let (done_tx, done_rx) = mpsc::channel();
             let socket = Rc::new(socket);
             let io = LoopIo {
                 socket: socket.clone(),
@@ -191,6 +218,7 @@ where
                 streams: Streams::new(tls, config.stream_connect_timeout),
                 registry,
                 outputs: outputs_tx,
+                pipes,
             };
             let node_loop = Loop {
                 poll,
@@ -208,6 +236,7 @@ where
             tx: inputs_tx,
             wake,
         },
+        done,
         flow,
         outputs: outputs_rx,
         local_addr,
@@ -227,6 +256,7 @@ struct LoopIo {
     streams: Streams<TcpStream>,
     registry: Registry,
     outputs: Sender<Output>,
+    pipes: Pipes<TcpStream, TcpListener>,
 }
 
 impl Io for LoopIo {
@@ -272,7 +302,10 @@ impl Io for LoopIo {
     }
 
     fn deliver(&mut self, out: Output) -> bool {
-        self.outputs.send(out).is_ok()
+        match self.pipes.output(out, pipe(&self.registry)) {
+            Some(out) => self.outputs.send(out).is_ok(),
+            None => true,
+        }
     }
 
     fn stream_open(
@@ -294,6 +327,25 @@ impl Io for LoopIo {
     fn stream_close(&mut self, stream: StreamId) {
         self.streams.close(stream);
     }
+}
+
+impl LoopIo {
+    fn forward(&mut self, request: Request) {
+        let registry = &self.registry;
+        let listen = |listener, key| {
+            let mut listener = TcpListener::from_std(listener);
+            registry.register(&mut listener, Token(PIPES | key), Interest::READABLE)?;
+            Ok(listener)
+        };
+        self.pipes.request(request, listen, pipe(registry));
+    }
+}
+
+/// A local connection of the forwarder, registered (edge-triggered) under its key.
+fn pipe(
+    registry: &Registry,
+) -> impl FnMut(std::net::TcpStream, usize) -> io::Result<TcpStream> + '_ {
+    move |socket, key| watch(registry, socket, Token(PIPES | key))
 }
 
 /// A connecting socket, registered (edge-triggered) under `token`.
@@ -335,13 +387,20 @@ impl<N: Node> Loop<N> {
                 continue;
             }
             self.io.streams.expire(now);
+            self.io.pipes.expire(now, pipe(&self.io.registry));
             if self.feed_streams() {
                 continue;
             }
-            let deadlines = [wait, self.io.ws.deadline(), self.io.streams.deadline()];
+            let deadlines = [
+                wait,
+                self.io.ws.deadline(),
+                self.io.streams.deadline(),
+                self.io.pipes.deadline(),
+            ];
             let wake_at = deadlines.into_iter().flatten().min();
             let mut timeout = wake_at.map(|t| t.saturating_duration_since(now));
-            if udp_pending || self.io.streams.busy() || self.take_inputs() {
+            let busy = self.io.streams.busy() || self.io.pipes.busy();
+            if udp_pending || busy || self.take_inputs() {
                 timeout = Some(Duration::ZERO);
             } else {
                 // A swap, not a store: it reads the sender's last swap, so whatever that sender queued
@@ -359,6 +418,7 @@ impl<N: Node> Loop<N> {
                 }
             }
             self.io.streams.resume();
+            self.io.pipes.resume();
             for event in events.iter() {
                 match event.token() {
                     UDP => {
@@ -371,6 +431,9 @@ impl<N: Node> Loop<N> {
                     WS => {
                         let registry = &self.io.registry;
                         self.io.ws.ready(&mut ws_inputs, |s| watch(registry, s, WS));
+                    }
+                    Token(t) if t & PIPES != 0 => {
+                        self.io.pipes.ready(t & !PIPES, pipe(&self.io.registry));
                     }
                     Token(t) if t >= STREAMS => self.io.streams.ready(t - STREAMS),
                     _ => {} // WAKE: the queues are looked at below
@@ -393,11 +456,11 @@ impl<N: Node> Loop<N> {
         Ok(())
     }
 
-    /// Feed what the streams produced (one at a time: an input may close a stream, dropping its rest);
-    /// `true` if anything came.
+    /// Feed what the streams and the local sockets produced (one at a time: an input may close a
+    /// stream, dropping its rest); `true` if anything came.
     fn feed_streams(&mut self) -> bool {
         let mut any = false;
-        while let Some(input) = self.io.streams.pop() {
+        while let Some(input) = self.io.streams.pop().or_else(|| self.io.pipes.pop()) {
             self.dispatcher.feed(input, &mut self.io);
             any = true;
         }
@@ -420,6 +483,7 @@ impl<N: Node> Loop<N> {
                         self.dispatcher.feed(input, &mut self.io);
                     }
                 }
+                Ok(Done::Forward(request)) => self.io.forward(request),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
             any = true;

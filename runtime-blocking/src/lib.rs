@@ -40,12 +40,22 @@ pub mod driver;
 
 pub use driver::{spawn, Handle, InputSender};
 
-/// The forwarder: the kit's, on plain threads (`pam_lite_driver_kit::forward::threads`).
+/// The forwarder: the kit's `forward::ready`, on the node's own loop.
 pub mod forward {
-    pub use pam_lite_driver_kit::forward::threads::{dial_targets, serve_tunnel};
+    pub use pam_lite_driver_kit::forward::ready::Forwarder;
 
-    /// The forwarder for this runtime's [`crate::Handle`].
-    pub type Forwarder = pam_lite_driver_kit::forward::threads::Forwarder<crate::InputSender>;
+    /// Client side: every TCP connection accepted on `listener` becomes tunneled connection 1, 2, 3…
+    pub fn serve_tunnel(
+        listener: std::net::TcpListener,
+        handle: &crate::Handle,
+    ) -> std::io::Result<Forwarder> {
+        handle.serve_tunnel(listener)
+    }
+
+    /// Gateway side: answer every `Output::ConnectTarget` by connecting to `target`, then pipe.
+    pub fn dial_targets(handle: &crate::Handle, target: std::net::SocketAddr) -> Forwarder {
+        handle.dial_targets(target)
+    }
 }
 pub use pam_lite_driver_kit::{DriverConfig, Stopped, TlsConfig};
 

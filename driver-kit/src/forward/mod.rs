@@ -1,7 +1,7 @@
 //! The forwarder's routing, shared by every runtime: which tunneled connection an output is about, the
 //! numbering of accepted local connections, and the bounds both forwarders keep. The socket work is either
-//! [`threads`] (plain threads, for any runtime; runtime-blocking's) or [`tasks`] (detached tasks on any
-//! async runtime that implements [`tasks::AsyncNet`]; runtime-smol's).
+//! [`ready`] (non-blocking sockets on a runtime's own poll loop; runtime-blocking's) or [`tasks`]
+//! (detached tasks on any async runtime that implements [`tasks::AsyncNet`]; runtime-smol's).
 //!
 //! The contract, with no protocol knowledge: bytes in become `Command::Send`, bytes out come from
 //! `Output::ConnectionData`, a TCP half-close is `Command::SendEof` / `Output::ConnectionEof`, a reset or
@@ -18,8 +18,8 @@
 //! A close for a stall (`CloseReason::Timeout`: the local side took nothing for the node's stall limit)
 //! is [`Route::Abort`]: the socket is shut down at once instead of after the writes it will never take.
 
+pub mod ready;
 pub mod tasks;
-pub mod threads;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -91,6 +91,18 @@ pub enum Route<W> {
     /// Closed for a stall (`CloseReason::Timeout`): shut the local socket down now (its writer may be
     /// blocked on it for good), and queue `ToSocket::Close` for the writer.
     Abort(ConnNo, W),
+}
+
+/// Whether `out` is a forwarder's (about a tunneled connection) rather than the application's.
+pub fn about_a_connection(out: &Output) -> bool {
+    matches!(
+        out,
+        Output::ConnectionOpened { .. }
+            | Output::ConnectionData { .. }
+            | Output::ConnectionEof { .. }
+            | Output::ConnectionClosed { .. }
+            | Output::ConnectTarget { .. }
+    )
 }
 
 /// The live local connections, each with its writer queue `W`.
