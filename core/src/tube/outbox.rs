@@ -13,8 +13,9 @@ use super::{CloseReason, Connections, TubeError};
 use crate::ConnNo;
 
 /// Hard cap on bytes held for a driver that keeps sending while paused. It must stay well above what a
-/// compliant driver can have in flight when the pause reaches it: its whole input queue (the shipped
-/// drivers: 1024 inputs × 16 KiB reads = 16 MiB) plus one read per connection. A 16 MiB cap once closed
+/// compliant driver can have in flight when the pause reaches it: its whole input queue (the smol driver:
+/// 1024 inputs × 16 KiB reads = 16 MiB; the blocking driver's readiness forwarder caps its reads in flight
+/// at 4 MiB) plus one read per connection. A 16 MiB cap once closed
 /// connections under a 16-connection burst (found by the benchmark).
 pub const MAX_OUTBOX: usize = 64 * 1024 * 1024;
 
