@@ -49,6 +49,13 @@ cargo test --locked --manifest-path vendor/is-fixed/Cargo.toml
 step "vendored str0m (vendor/str0m-fixed) test suite"
 cargo test --locked --manifest-path vendor/str0m-fixed/Cargo.toml --lib --tests
 
+# str0m's aws-lc-rs backend, patched (one dimpl config per process instead of one per Rtc: launch CPU,
+# issue 11; vendor/str0m-aws-lc-rs-fixed/PATCHES.md). Built in str0m-fixed's target directory, which
+# already holds the same aws-lc-sys, so the suite costs seconds instead of another aws-lc build.
+step "vendored str0m-aws-lc-rs (vendor/str0m-aws-lc-rs-fixed) test suite"
+CARGO_TARGET_DIR=vendor/str0m-fixed/target \
+    cargo test --locked --manifest-path vendor/str0m-aws-lc-rs-fixed/Cargo.toml
+
 # The fuzz targets are their own workspace (cargo-fuzz builds them with its own flags); their bodies run as
 # replay/property tests above, and this proves the targets themselves still build (a separate workspace
 # does not inherit the root's [patch], which once broke them unnoticed). Needs no nightly and no cargo-fuzz.

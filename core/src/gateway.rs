@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use crate::guac::server::{ServerConfig, ServerEvent, TerminalServer};
 use crate::path::{PathConfig, PathEvent, PathWatch};
 use crate::relay::{GatherEvent, RelayLayer, RelayPlan};
-use crate::rtc::{Peer, PeerEvent, Role, KEEPER_VERSION_ATTRIBUTE};
+use crate::rtc::{DtlsIdentity, Peer, PeerEvent, Role, KEEPER_VERSION_ATTRIBUTE};
 use crate::signaling::{self, ConversationId, GatewayAction, TunnelKey};
 use crate::tube::conns::{Connections, Role as TubeRole, TubeEvent};
 use crate::tube::delivery::STALL_LIMIT;
@@ -74,6 +74,8 @@ pub struct GatewayConfig {
     /// A tube whose path is lost this long (`crate::path`) is closed. Longer than the client's own
     /// bound (60 s by default): the client restarts ICE, the gateway answers, so the client decides.
     pub path_loss_limit: Duration,
+    /// The DTLS certificate every tube presents (one per process: see [`DtlsIdentity`]).
+    pub dtls: DtlsIdentity,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -87,8 +89,9 @@ impl std::fmt::Debug for GatewayConfig {
     }
 }
 
-impl Default for GatewayConfig {
-    fn default() -> Self {
+impl GatewayConfig {
+    /// Keeper 2.2.9's behaviour for any record with a seed configured, presenting `dtls`.
+    pub fn new(dtls: DtlsIdentity) -> Self {
         GatewayConfig {
             seeds: HashMap::new(),
             default_seed: None,
@@ -101,6 +104,7 @@ impl Default for GatewayConfig {
             relay: RelayPlan::default(),
             answer_bad_fingerprint: false,
             path_loss_limit: Duration::from_secs(120),
+            dtls,
         }
     }
 }
@@ -413,7 +417,7 @@ impl Gateway {
         for addr in crate::rtc::sdp_candidate_addresses(&sdp) {
             self.relay.remote_candidate(addr, now);
         }
-        let mut peer = Peer::new(Role::Answerer, &conv.std(), now);
+        let mut peer = Peer::new(Role::Answerer, &conv.std(), &self.cfg.dtls, now);
         if !trickle {
             for (addr, kind) in self.local_candidates.clone() {
                 peer.add_local_candidate(addr, kind, now);

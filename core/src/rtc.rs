@@ -9,10 +9,12 @@
 
 use core::net::SocketAddr;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
+use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Rtc};
 
@@ -31,6 +33,53 @@ const BUFFERED_LOW: usize = 64 * 1024;
 /// The [`PeerEvent::Closed`] reason when ICE gave up (no candidate pair answers any more). Before the
 /// peer ever connected this means "no path", which the client reports as such.
 pub const ICE_DISCONNECTED: &str = "ICE disconnected";
+
+/// The DTLS certificate and private key a peer presents; its fingerprint goes into the SDP.
+///
+/// An input, not something a peer makes: a new one costs an ECDSA P-256 key, a signature, OS entropy and
+/// a wall-clock read (`notBefore`), none of which the core may do, and a process that opens many tubes
+/// would pay that per tube (issue 11). The application makes one per process
+/// (`pam_lite_driver_kit::dtls::identity`) and every peer presents it, as browsers present one per
+/// origin. Nothing is weakened: each handshake is still bound to its own signalled offer by the
+/// fingerprint in that SDP, and each tube negotiates its own keys (ECDHE). Cloning shares it.
+#[derive(Clone)]
+pub struct DtlsIdentity(Arc<DtlsCert>);
+
+impl DtlsIdentity {
+    /// An identity from a DER certificate and its PKCS#8 DER private key (what
+    /// `str0m::crypto::from_feature_flags().dtls_provider.generate_certificate()` makes). Not checked
+    /// here: a key that does not fit fails the peer's handshake.
+    pub fn from_der(certificate: Vec<u8>, private_key: Vec<u8>) -> Self {
+        DtlsIdentity(Arc::new(DtlsCert {
+            certificate,
+            private_key,
+        }))
+    }
+
+    /// A fixed identity for tests, fuzzing and the deterministic simulation, where a fresh key per run
+    /// would only add noise. Its private key is in the repository: never present it to a real peer.
+    #[cfg(any(test, feature = "emulated-router"))]
+    pub fn fixed_for_tests() -> Self {
+        Self::from_der(
+            include_bytes!("../testdata/dtls/cert.der").to_vec(),
+            include_bytes!("../testdata/dtls/key.der").to_vec(),
+        )
+    }
+
+    /// Whether two handles present the same certificate (the same generation, not equal bytes).
+    pub fn same_as(&self, other: &DtlsIdentity) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// The private key stays out of logs.
+impl std::fmt::Debug for DtlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DtlsIdentity")
+            .field("certificate_len", &self.0.certificate.len())
+            .finish_non_exhaustive()
+    }
+}
 
 /// Which side of the offer/answer exchange this peer is. The offerer is ICE-controlling, creates the data
 /// channel, and (with a str0m answerer) acts as the DTLS client.
@@ -162,10 +211,12 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
-    /// A new peer. `label` is the data-channel label (the conversation id, as Keeper does).
-    pub fn new(role: Role, label: &str, now: Instant) -> Self {
+    /// A new peer presenting `identity`. `label` is the data-channel label (the conversation id, as
+    /// Keeper does).
+    pub fn new(role: Role, label: &str, identity: &DtlsIdentity, now: Instant) -> Self {
         let rtc = Rtc::builder()
             .set_sctp_max_buffered_amount(SCTP_MAX_BUFFERED)
+            .set_dtls_cert((*identity.0).clone())
             .build(now);
         Peer {
             rtc,
@@ -603,8 +654,13 @@ mod tests {
     #[test]
     fn offerer_and_answerer_open_the_channel_and_move_data() {
         let mut now = pam_lite_dev_clock::origin();
-        let mut a = Peer::new(Role::Offerer, "conv", now);
-        let mut b = Peer::new(Role::Answerer, "conv", now);
+        let mut a = Peer::new(Role::Offerer, "conv", &DtlsIdentity::fixed_for_tests(), now);
+        let mut b = Peer::new(
+            Role::Answerer,
+            "conv",
+            &DtlsIdentity::fixed_for_tests(),
+            now,
+        );
         let ca = a
             .add_local_candidate("10.0.0.1:1000".parse().unwrap(), CandidateKind::Host, now)
             .unwrap();
@@ -638,14 +694,14 @@ mod tests {
     #[test]
     fn our_own_offer_echoed_back_is_refused_at_once() {
         let now = pam_lite_dev_clock::origin();
-        let mut a = Peer::new(Role::Offerer, "x", now);
+        let mut a = Peer::new(Role::Offerer, "x", &DtlsIdentity::fixed_for_tests(), now);
         let offer = a.create_offer(now).unwrap();
         assert!(offer.contains("a=setup:actpass"));
         let err = a.accept_answer(&offer, now).unwrap_err();
         assert!(err.to_string().contains("actpass"), "{err}");
         // The offer is still pending: a real answer can follow.
         assert!(a.awaiting_answer());
-        let mut b = Peer::new(Role::Answerer, "x", now);
+        let mut b = Peer::new(Role::Answerer, "x", &DtlsIdentity::fixed_for_tests(), now);
         let answer = b.accept_offer(&offer, &[], now).unwrap();
         a.accept_answer(&answer, now).unwrap();
     }
@@ -655,7 +711,7 @@ mod tests {
         let s = parser_summary("Parse error at 0x7ffd1234abcd\nUnexpected `x`\nExpected `=`");
         assert_eq!(s, "Parse error at <position>");
         let now = pam_lite_dev_clock::origin();
-        let mut a = Peer::new(Role::Offerer, "x", now);
+        let mut a = Peer::new(Role::Offerer, "x", &DtlsIdentity::fixed_for_tests(), now);
         a.create_offer(now).unwrap();
         let err = a
             .accept_answer("v=0\r\n\u{1b}[2Jgarbage\r\n", now)
@@ -671,12 +727,16 @@ mod tests {
     #[test]
     fn bad_remote_input_is_an_error_not_a_panic() {
         let now = pam_lite_dev_clock::origin();
-        let mut a = Peer::new(Role::Offerer, "x", now);
+        let mut a = Peer::new(Role::Offerer, "x", &DtlsIdentity::fixed_for_tests(), now);
         assert!(a.accept_answer("v=0 garbage", now).is_err());
         assert!(a.add_remote_candidate("candidate:nonsense", now).is_err());
         assert!(a.add_remote_candidate("", now).is_ok());
         assert!(matches!(
-            Peer::new(Role::Answerer, "x", now).accept_offer("nope", &[], now),
+            Peer::new(Role::Answerer, "x", &DtlsIdentity::fixed_for_tests(), now).accept_offer(
+                "nope",
+                &[],
+                now
+            ),
             Err(PeerError::Sdp(_))
         ));
         a.handle_datagram(

@@ -79,6 +79,7 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod dtls;
 pub mod flow;
 pub mod forward;
 pub mod host_candidates;

@@ -77,6 +77,8 @@ impl DemoTicket {
             profile,
             relay: Default::default(),
             unix_ms_at_start,
+            dtls: pam_lite_driver_kit::dtls::identity()
+                .map_err(|e| format!("the DTLS certificate: {e}"))?,
         })
     }
 

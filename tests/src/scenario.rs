@@ -11,6 +11,7 @@ use pam_lite_core::offer::{LaunchOffer, TargetHost};
 use pam_lite_core::profile::Profile;
 use pam_lite_core::router::envelope::ServerSecretKey;
 use pam_lite_core::router::server::{Faults, RouterConfig, RouterServer};
+use pam_lite_core::rtc::DtlsIdentity;
 use pam_lite_core::{CandidateKind, Input};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -170,7 +171,7 @@ impl Scenario {
                     Some(_) => RelaySetup::plan(IcePolicy::All, TURN_PASSWORD),
                     None => RelayPlan::default(),
                 },
-                ..GatewayConfig::default()
+                ..GatewayConfig::new(DtlsIdentity::fixed_for_tests())
             },
             seeds[2],
             start,
@@ -211,6 +212,7 @@ impl Scenario {
                     None => RelayPlan::default(),
                 },
                 unix_ms_at_start: 1_795_000_000_000,
+                dtls: DtlsIdentity::fixed_for_tests(),
             },
             seeds[3],
             start,

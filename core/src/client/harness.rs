@@ -17,6 +17,7 @@ use crate::profile::Profile;
 use crate::router::envelope::ServerSecretKey;
 use crate::router::proto::RouterResponseCode;
 use crate::router::server::{Faults, RouterConfig, RouterEvent, RouterServer};
+use crate::rtc::DtlsIdentity;
 use crate::signaling::GatewayAction;
 use crate::{CandidateKind, Command, ConnNo, HttpRequest, Input, LaunchError, Node, Output};
 
@@ -174,7 +175,7 @@ impl Harness {
                 },
                 answer_delay: cfg.answer_delay,
                 unix_ms_at_start: 1_795_000_000_000,
-                ..GatewayConfig::default()
+                ..GatewayConfig::new(DtlsIdentity::fixed_for_tests())
             },
             [4; 32],
             t0,
@@ -201,6 +202,7 @@ impl Harness {
                 profile: cfg.profile.clone(),
                 relay: cfg.relay.clone(),
                 unix_ms_at_start: 1_795_000_000_000,
+                dtls: DtlsIdentity::fixed_for_tests(),
             },
             [5; 32],
             t0,

@@ -39,7 +39,7 @@ use crate::profile::Profile;
 use crate::relay::{RelayLayer, RelayPlan};
 use crate::router::endpoints;
 use crate::router::envelope::{ServerPublicKey, Tokens};
-use crate::rtc::Peer;
+use crate::rtc::{DtlsIdentity, Peer};
 use crate::signaling::{ConversationId, TunnelKey};
 use crate::timing::{names, Checkpoint, PHASE_WEBRTC_TUNNEL as WEBRTC_TUNNEL};
 use crate::tube::CloseReason;
@@ -114,6 +114,8 @@ pub struct ClientConfig {
     pub relay: RelayPlan,
     /// Wall-clock Unix milliseconds at the start instant (frame timestamps); the core never reads a clock.
     pub unix_ms_at_start: u64,
+    /// The DTLS certificate the tube presents (one per process: see [`DtlsIdentity`]).
+    pub dtls: DtlsIdentity,
 }
 
 /// The token, the seed and the offer's credentials are wiped when the configuration is dropped (the

@@ -123,7 +123,7 @@ impl Client {
         self.disarm(OfferTimer::Gather);
         let now = self.now;
         let in_offer = !self.cfg.trickle_ice || self.profile().candidates_in_offer;
-        let mut peer = Peer::new(Role::Offerer, &self.conv.std(), now);
+        let mut peer = Peer::new(Role::Offerer, &self.conv.std(), &self.cfg.dtls, now);
         if in_offer {
             for (addr, kind) in self.candidates.local.clone() {
                 peer.add_local_candidate(addr, kind, now);

@@ -260,7 +260,7 @@ mod tests {
     use rand_core::SeedableRng;
 
     use super::super::harness::{Harness, HarnessConfig};
-    use crate::rtc::{Peer, Role};
+    use crate::rtc::{DtlsIdentity, Peer, Role};
     use crate::signaling::{gateway_reply_ok, ice_restart_offer_data_json, ws_push_frame};
     use crate::timing::names;
     use crate::Input;
@@ -268,7 +268,12 @@ mod tests {
     /// A gateway's restart offer as the router pushes it over the WebSocket: an offer with new ICE
     /// credentials, from a peer of its own (only the signaling is under test here).
     fn restart_offer_from_the_gateway(h: &Harness) -> Input {
-        let mut other = Peer::new(Role::Offerer, "restart", h.now);
+        let mut other = Peer::new(
+            Role::Offerer,
+            "restart",
+            &DtlsIdentity::fixed_for_tests(),
+            h.now,
+        );
         let sdp = other.create_offer(h.now).expect("offer");
         let mut rng = ChaCha20Rng::seed_from_u64(3);
         let data = h

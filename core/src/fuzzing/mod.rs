@@ -33,7 +33,7 @@ use crate::offer::LaunchOffer;
 use crate::offer_retry::{AttemptFailure, Decision, OfferRetry};
 use crate::profile::Profile;
 use crate::router::envelope::ServerSecretKey;
-use crate::rtc::{Peer, PeerEvent, Role, KEEPER_VERSION_ATTRIBUTE};
+use crate::rtc::{DtlsIdentity, Peer, PeerEvent, Role, KEEPER_VERSION_ATTRIBUTE};
 use crate::signaling::{classify_data, ConversationId, GatewayAction, GatewayData, TunnelKey};
 use crate::tube::CloseReason;
 use crate::{CandidateKind, Command};
@@ -108,7 +108,7 @@ fn splice_lines(real: &str, edits: &str) -> String {
 pub fn fuzz_answer(data: &[u8], t0: Instant) {
     let mut b = Bytes(data);
     let mode = b.u8();
-    let mut offerer = Peer::new(Role::Offerer, "fuzz", t0);
+    let mut offerer = Peer::new(Role::Offerer, "fuzz", &DtlsIdentity::fixed_for_tests(), t0);
     let _ = offerer.add_local_candidate(([10, 0, 0, 1], 5000).into(), CandidateKind::Host, t0);
     let Ok(offer) = offerer.create_offer(t0) else {
         return;
@@ -116,7 +116,7 @@ pub fn fuzz_answer(data: &[u8], t0: Instant) {
     let text = String::from_utf8_lossy(b.0);
     let (answer_text, candidates) = text.split_once('\0').unwrap_or((&text, ""));
     let answer = if mode & 1 == 1 {
-        let mut answerer = Peer::new(Role::Answerer, "fuzz", t0);
+        let mut answerer = Peer::new(Role::Answerer, "fuzz", &DtlsIdentity::fixed_for_tests(), t0);
         let _ = answerer.add_local_candidate(([10, 0, 0, 2], 6000).into(), CandidateKind::Host, t0);
         let version = format!("{KEEPER_VERSION_ATTRIBUTE}2.2.9");
         match answerer.accept_offer(&offer, &[version], t0) {
@@ -195,7 +195,7 @@ pub fn fuzz_gateway_inputs(data: &[u8], t0: Instant) {
         answer_delay: Duration::from_millis(u64::from(b.u8()) * 4),
         warmup_pings: b.u8() % 2 == 0,
         max_tubes: 3,
-        ..GatewayConfig::default()
+        ..GatewayConfig::new(DtlsIdentity::fixed_for_tests())
     };
     let mut gw = Gateway::new(cfg, [5; 32], t0);
     let gw_addr: core::net::SocketAddr = ([10, 0, 0, 1], 5000).into();
@@ -222,7 +222,12 @@ pub fn fuzz_gateway_inputs(data: &[u8], t0: Instant) {
                 let k = usize::from(b.u8() % 2);
                 let nonce = [b.u8(); 16];
                 let key = TunnelKey::derive(&GATEWAY_SEED, &nonce);
-                let mut peer = Peer::new(Role::Offerer, &convs[k].std(), now);
+                let mut peer = Peer::new(
+                    Role::Offerer,
+                    &convs[k].std(),
+                    &DtlsIdentity::fixed_for_tests(),
+                    now,
+                );
                 let _ = peer.add_local_candidate(client_addr, CandidateKind::Host, now);
                 let Ok(offer) = peer.create_offer(now) else {
                     continue;
@@ -541,6 +546,7 @@ pub fn fuzz_client_inputs(data: &[u8], t0: Instant) {
         profile,
         relay: Default::default(),
         unix_ms_at_start: 0,
+        dtls: DtlsIdentity::fixed_for_tests(),
     };
     let Ok(mut client) = Client::new(cfg, [3; 32], t0) else {
         return;

@@ -23,7 +23,7 @@ use crate::router::proto::{
     ControllerResponse, PAMOnlineController, PAMOnlineControllers, RelayAccessCreds,
     RouterResponse, RouterResponseCode,
 };
-use crate::rtc::{Peer, Role, KEEPER_VERSION_ATTRIBUTE};
+use crate::rtc::{DtlsIdentity, Peer, Role, KEEPER_VERSION_ATTRIBUTE};
 use crate::signaling::{self, ConversationId, TunnelKey};
 use crate::tube::{CloseReason, Connections, ControlMessage, Role as TubeRole, TubeEvent};
 use crate::CandidateKind;
@@ -85,10 +85,10 @@ pub fn seeds() -> BTreeMap<&'static str, Vec<Vec<u8>>> {
     }
 
     // A real offer and answer, and real candidates of every kind str0m writes.
-    let mut offerer = Peer::new(Role::Offerer, "seed", t0);
+    let mut offerer = Peer::new(Role::Offerer, "seed", &DtlsIdentity::fixed_for_tests(), t0);
     let _ = offerer.add_local_candidate(([10, 0, 0, 1], 5000).into(), CandidateKind::Host, t0);
     let offer = offerer.create_offer(t0).unwrap_or_default();
-    let mut answerer = Peer::new(Role::Answerer, "seed", t0);
+    let mut answerer = Peer::new(Role::Answerer, "seed", &DtlsIdentity::fixed_for_tests(), t0);
     let mut candidates = Vec::new();
     candidates.extend(answerer.add_local_candidate(
         ([10, 0, 0, 2], 6000).into(),
