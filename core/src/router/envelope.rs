@@ -329,16 +329,44 @@ pub fn encrypt_ec(
     let KeyKind::Ec(public) = &key.key else {
         return key.encrypt_transmission_key(data, rng);
     };
-    let ephemeral = p256::ecdh::EphemeralSecret::random(rng);
-    let shared = ephemeral.diffie_hellman(public);
-    let aes_key = sha256(shared.raw_secret_bytes());
-    let mut out = ephemeral
-        .public_key()
-        .to_encoded_point(false)
-        .as_bytes()
-        .to_vec();
+    let server_point = public.to_encoded_point(false);
+    let Some((ephemeral_point, aes_key)) = ecdh_p256(rng, server_point.as_bytes()) else {
+        // The server key was validated when it was parsed; aws-lc refusing it is not reachable.
+        return Vec::new();
+    };
+    let mut out = ephemeral_point;
     out.extend(encrypt_aes_v2(data, &aes_key, rng));
     out
+}
+
+/// One ephemeral ECDH on P-256 against `server_point` (uncompressed SEC1): the ephemeral public point
+/// and SHA-256 of the shared x-coordinate, as Commander's `encrypt_ec` derives its AES key.
+///
+/// The scalar comes from `rng` (the launch's seeded generator: the core draws no randomness of its
+/// own); the curve arithmetic runs on aws-lc (already in the binary for DTLS and TLS), not on the pure
+/// Rust `p256`: 0.9 ms of client CPU per call there, most of a launch's CPU once the DTLS costs were
+/// gone (issue 11, bench/PROFILE.md).
+fn ecdh_p256(
+    rng: &mut (impl RngCore + CryptoRng),
+    server_point: &[u8],
+) -> Option<(Vec<u8>, [u8; 32])> {
+    use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, ECDH_P256};
+    // A uniformly random 32-byte string is a valid scalar (in 1..n) but with probability ~2^-32; the
+    // bound only keeps a broken generator from looping forever.
+    let ephemeral = (0..64).find_map(|_| {
+        let mut scalar = zeroize::Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(scalar.as_mut());
+        PrivateKey::from_private_key(&ECDH_P256, scalar.as_ref()).ok()
+    })?;
+    let point = ephemeral.compute_public_key().ok()?.as_ref().to_vec();
+    let aes_key = agreement::agree(
+        &ephemeral,
+        UnparsedPublicKey::new(&ECDH_P256, server_point),
+        (),
+        |shared| Ok(sha256(shared)),
+    )
+    .ok()?;
+    Some((point, aes_key))
 }
 
 /// Commander's `crypto.decrypt_ec` (the router side of [`encrypt_ec`]).
