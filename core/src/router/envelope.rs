@@ -344,8 +344,8 @@ pub fn encrypt_ec(
 ///
 /// The scalar comes from `rng` (the launch's seeded generator: the core draws no randomness of its
 /// own); the curve arithmetic runs on aws-lc (already in the binary for DTLS and TLS), not on the pure
-/// Rust `p256`: 0.9 ms of client CPU per call there, most of a launch's CPU once the DTLS costs were
-/// gone (issue 11, bench/PROFILE.md).
+/// Rust `p256`: 0.9 ms of client CPU per call there, 91 us here (issue 11, bench/PROFILE.md). p256
+/// still parses and validates keys, and `aws_lc_ecdh_agrees_with_p256` checks the arithmetic against it.
 fn ecdh_p256(
     rng: &mut (impl RngCore + CryptoRng),
     server_point: &[u8],
@@ -384,8 +384,22 @@ pub fn decrypt_ec(
     let (point, rest) = data.split_at(EC_POINT_LEN);
     let ephemeral = p256::PublicKey::from_sec1_bytes(point)
         .map_err(|_| EnvelopeError::BadPublicKey("bad ephemeral point"))?;
-    let shared = p256::ecdh::diffie_hellman(key.key.to_nonzero_scalar(), ephemeral.as_affine());
-    let aes_key = sha256(shared.raw_secret_bytes());
+    // The same aws-lc arithmetic as the client's side ([`ecdh_p256`]): the emulated router decrypts every
+    // request's transmission key, and at 1000 concurrent launches p256's 0.9 ms each made the emulator,
+    // not the client, the bottleneck of the scale benchmark. p256 still validates the point above.
+    let secret = zeroize::Zeroizing::new(key.to_bytes());
+    let aes_key = {
+        use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, ECDH_P256};
+        let private = PrivateKey::from_private_key(&ECDH_P256, secret.as_ref())
+            .map_err(|_| EnvelopeError::BadSecretKey)?;
+        let point = ephemeral.to_encoded_point(false);
+        agreement::agree(
+            &private,
+            UnparsedPublicKey::new(&ECDH_P256, point.as_bytes()),
+            EnvelopeError::BadPublicKey("bad ephemeral point"),
+            |shared| Ok(sha256(shared)),
+        )?
+    };
     decrypt_aes_v2(rest, &aes_key, what)
 }
 
@@ -602,6 +616,38 @@ mod tests {
         }
         assert!(ServerPublicKey::from_sec1(7, &[4; 65]).is_err());
         assert!(ServerPublicKey::from_sec1(7, &[4; 3]).is_err());
+    }
+
+    #[test]
+    fn aws_lc_ecdh_agrees_with_p256() {
+        use p256::elliptic_curve::sec1::FromEncodedPoint as _;
+        let mut r = rng();
+        let server = ServerSecretKey::random(&mut r);
+        let server_point = server.key.public_key().to_encoded_point(false);
+        for seed in 0..8u64 {
+            // The scalar ecdh_p256 draws is the generator's first 32 bytes.
+            let mut scalar = [0u8; 32];
+            ChaCha20Rng::seed_from_u64(seed).fill_bytes(&mut scalar);
+            let (point, key) = ecdh_p256(
+                &mut ChaCha20Rng::seed_from_u64(seed),
+                server_point.as_bytes(),
+            )
+            .unwrap();
+            let ephemeral = p256::SecretKey::from_slice(&scalar).unwrap();
+            assert_eq!(
+                point,
+                ephemeral.public_key().to_encoded_point(false).as_bytes()
+            );
+            let shared = p256::ecdh::diffie_hellman(
+                ephemeral.to_nonzero_scalar(),
+                server.key.public_key().as_affine(),
+            );
+            assert_eq!(key, sha256(shared.raw_secret_bytes()));
+            let parsed = p256::EncodedPoint::from_bytes(&point).unwrap();
+            assert!(bool::from(
+                p256::PublicKey::from_encoded_point(&parsed).is_some()
+            ));
+        }
     }
 
     #[test]
