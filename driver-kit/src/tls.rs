@@ -4,7 +4,7 @@
 //! rustls runs with the **aws-lc-rs** provider picked explicitly: the one str0m's DTLS already uses, so the
 //! binary carries a single crypto library, and rustls' implicit process default never matters.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -60,9 +60,34 @@ fn warn_insecure(tls: &TlsConfig, client: &str) {
     }
 }
 
+/// The configs [`rustls_client_config`] handed out that some client still holds, by the policy they
+/// implement: a process running many nodes builds (and keeps) one per policy, not one per node.
+static BUILT: Mutex<Vec<(TlsConfig, Weak<ClientConfig>)>> = Mutex::new(Vec::new());
+
 /// A rustls client config: Mozilla roots plus the extra CA, or no verification at all when `insecure`.
+///
+/// One per policy and process: while a config for an equal [`TlsConfig`] is alive (some node's client
+/// holds it), the same `Arc` is returned instead of a new one (issue 11: ~14 KB and a root store per
+/// node). Sharing it also shares rustls' session cache, so a node may resume a TLS session another node
+/// of the same process opened (each node already did so across its own connections). The `--insecure`
+/// warning is logged on every call, as before.
 pub fn rustls_client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsSetupError> {
     warn_insecure(tls, "websocket");
+    let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+    built.retain(|(_, config)| config.strong_count() > 0);
+    if let Some(config) = built
+        .iter()
+        .filter(|(policy, _)| policy == tls)
+        .find_map(|(_, config)| config.upgrade())
+    {
+        return Ok(config);
+    }
+    let config = build_rustls_client_config(tls)?;
+    built.push((tls.clone(), Arc::downgrade(&config)));
+    Ok(config)
+}
+
+fn build_rustls_client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -171,6 +196,28 @@ mod tests {
         assert!(rustls_client_config(&tls).is_ok());
         #[cfg(feature = "blocking-http")]
         assert!(ureq_tls_config(&tls).is_ok());
+    }
+
+    #[test]
+    fn nodes_with_the_same_policy_share_one_config() {
+        // Policies of this test alone (other tests build the default one meanwhile). An insecure policy
+        // never reads its PEM, so any bytes make it distinct.
+        let policy = |tag: &[u8]| TlsConfig {
+            extra_ca_pem: Some(tag.to_vec()),
+            insecure: true,
+        };
+        let a = policy(b"share-a");
+        let first = rustls_client_config(&a).unwrap();
+        let second = rustls_client_config(&a.clone()).unwrap();
+        assert!(Arc::ptr_eq(&first, &second), "same policy, two configs");
+        // Another policy gets its own.
+        let other = rustls_client_config(&policy(b"share-b")).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        // Nothing is kept once no client holds it.
+        let weak = Arc::downgrade(&first);
+        drop((first, second));
+        assert!(weak.upgrade().is_none(), "the cache keeps a config alive");
+        assert!(rustls_client_config(&a).is_ok());
     }
 
     #[test]
