@@ -57,9 +57,15 @@ pub fn build_request(connect: &WsConnect) -> Result<(Request, Endpoint), String>
     Ok((request, Endpoint { host, port, secure }))
 }
 
-/// Frame and message bounds: nothing larger than `frame_limit` is buffered.
+/// What tungstenite reads per call and keeps allocated for reading. Router pushes are small JSON
+/// documents: tungstenite's default (128 KiB, allocated up front) was ~130 KB of every open tunnel (issue
+/// 11). A larger frame still arrives whole: the buffer grows to hold it (up to `frame_limit`).
+pub const READ_BUFFER: usize = 4 * 1024;
+
+/// Frame and message bounds: nothing larger than `frame_limit` is buffered; reads of [`READ_BUFFER`].
 pub fn config(frame_limit: usize) -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_frame_size(Some(frame_limit))
         .max_message_size(Some(frame_limit))
 }
@@ -112,6 +118,45 @@ mod tests {
             build_request(&connect("ws://h/", &[("X-Token", "line\nbreak-secret")])).unwrap_err();
         assert!(err.contains("x-token"), "{err}");
         assert!(!err.contains("secret"), "{err}");
+    }
+
+    /// A server frame (unmasked text) of `len` bytes.
+    fn text_frame(len: usize) -> Vec<u8> {
+        let mut frame = vec![0x81, 127];
+        frame.extend_from_slice(&(len as u64).to_be_bytes());
+        frame.extend(std::iter::repeat_n(b'a', len));
+        frame
+    }
+
+    fn client_over(
+        bytes: Vec<u8>,
+        frame_limit: usize,
+    ) -> tungstenite::WebSocket<std::io::Cursor<Vec<u8>>> {
+        tungstenite::WebSocket::from_raw_socket(
+            std::io::Cursor::new(bytes),
+            tungstenite::protocol::Role::Client,
+            Some(config(frame_limit)),
+        )
+    }
+
+    /// The small read buffer does not bound what arrives: a frame many times its size is read whole, and
+    /// the frame limit still refuses a larger one.
+    #[test]
+    fn frames_larger_than_the_read_buffer_arrive_whole() {
+        let config = config(1024 * 1024);
+        assert!(
+            config.read_buffer_size <= 8 * 1024,
+            "{}",
+            config.read_buffer_size
+        );
+        let len = 40 * READ_BUFFER + 3;
+        let mut ws = client_over(text_frame(len), 1024 * 1024);
+        match ws.read().unwrap() {
+            tungstenite::Message::Text(text) => assert_eq!(text.len(), len),
+            other => panic!("{other:?}"),
+        }
+        let mut ws = client_over(text_frame(64 * 1024 + 1), 64 * 1024);
+        assert!(ws.read().is_err());
     }
 
     #[test]
