@@ -33,8 +33,10 @@ use pam_lite_driver_kit::udp::{self, TxQueue};
 use pam_lite_driver_kit::ws;
 use pam_lite_driver_kit::{Dispatcher, DriverConfig, FlowControl, Io, Next, Stopped};
 
-/// Capacity of the node's input queue (application inputs).
-pub const EVENT_QUEUE: usize = 1024;
+/// Capacity of the node's input queue (application inputs: a terminal's or `--stdio`'s reads; the
+/// forwarder's local sockets are read on the node's own loop). Its slots are allocated up front (~100
+/// bytes each): 1024 of them were ~100 KB of every node (issue 11).
+pub const EVENT_QUEUE: usize = 128;
 /// Inputs taken from each queue per loop turn before the sockets get a turn again.
 const INPUT_BATCH: usize = 256;
 const UDP: Token = Token(0);
@@ -496,5 +498,17 @@ impl<N: Node> Loop<N> {
             any = true;
         }
         any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The input queue's slots are allocated up front: they must stay a small part of a node's memory.
+    #[test]
+    fn input_queue_stays_small() {
+        let bytes = EVENT_QUEUE * std::mem::size_of::<Input>();
+        assert!(bytes <= 16 * 1024, "{EVENT_QUEUE} slots: {bytes} bytes");
     }
 }

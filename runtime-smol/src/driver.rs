@@ -25,8 +25,10 @@ use smol::{Async, Executor, Task, Timer};
 
 use crate::forward::SmolNet;
 
-/// Capacity of the application's input queue.
-pub const INPUT_QUEUE: usize = 1024;
+/// Capacity of the application's input queue. Its slots are allocated up front (~100 bytes each): 1024
+/// of them were ~100 KB of every node (issue 11). 128 reads of the forwarder (16 KiB each: 2 MiB) still
+/// wait for the node at once; a fuller queue only makes its senders wait (`input_async`).
+pub const INPUT_QUEUE: usize = 128;
 
 /// A node's resources, bound and ready to run: lets the caller learn the UDP address before running.
 pub struct Prepared {
@@ -545,6 +547,19 @@ mod tests {
             }
             assert!(fired, "timer never fired");
         }));
+    }
+
+    /// The input queue is bounded (by [`INPUT_QUEUE`]) and small: its slots are allocated up front.
+    #[test]
+    fn input_queue_is_bounded_and_small() {
+        let (node, _ctl) = puppet();
+        let handle = spawn(node, DriverConfig::default()).unwrap();
+        assert_eq!(handle.inputs.0.capacity(), Some(INPUT_QUEUE));
+        assert!(
+            INPUT_QUEUE * std::mem::size_of::<Input>() <= 16 * 1024,
+            "{INPUT_QUEUE} slots of {} bytes",
+            std::mem::size_of::<Input>()
+        );
     }
 
     #[test]

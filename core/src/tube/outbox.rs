@@ -14,8 +14,8 @@ use crate::ConnNo;
 
 /// Hard cap on bytes held for a driver that keeps sending while paused. It must stay well above what a
 /// compliant driver can have in flight when the pause reaches it: its whole input queue (the smol driver:
-/// 1024 inputs × 16 KiB reads = 16 MiB; the blocking driver's readiness forwarder caps its reads in flight
-/// at 4 MiB) plus one read per connection. A 16 MiB cap once closed
+/// 128 inputs × 16 KiB reads = 2 MiB, 16 MiB while it held 1024; the blocking driver's readiness forwarder
+/// caps its reads in flight at 4 MiB) plus one read per connection. A 16 MiB cap once closed
 /// connections under a 16-connection burst (found by the benchmark).
 pub const MAX_OUTBOX: usize = 64 * 1024 * 1024;
 
