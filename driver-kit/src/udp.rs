@@ -5,6 +5,7 @@
 //! (that needs IP_PKTINFO), so [`Addressing::destination_for`] picks the announced candidate that fits the
 //! sender: a loopback candidate for a loopback sender, otherwise the first candidate of the sender's family.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -178,6 +179,23 @@ impl TxQueue {
     }
 }
 
+thread_local! {
+    /// The datagram receive buffer of this thread (see [`with_recv_buffer`]).
+    static RECV_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Run `f` with a [`MAX_DATAGRAM`](crate::dispatch::MAX_DATAGRAM)-byte receive buffer shared by every
+/// node this thread runs: a runtime that runs many nodes on one thread (smol's executor) keeps one 64 KiB
+/// buffer per thread instead of one per node (issue 11). The buffer is only lent for the call (reads are
+/// synchronous); a nested call gets a buffer of its own.
+pub fn with_recv_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    let mut buf = RECV_BUFFER.try_with(Cell::take).unwrap_or_default();
+    buf.resize(crate::dispatch::MAX_DATAGRAM, 0);
+    let out = f(&mut buf);
+    let _ = RECV_BUFFER.try_with(|cell| cell.set(buf));
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -238,5 +256,26 @@ mod tests {
         assert_eq!(socket.local_addr().unwrap(), a.local);
         assert_ne!(a.local.port(), 0);
         assert_eq!(a.candidates, vec![a.local]);
+    }
+
+    #[test]
+    fn one_receive_buffer_per_thread() {
+        let first = with_recv_buffer(|b| (b.as_ptr() as usize, b.len()));
+        let again = with_recv_buffer(|b| (b.as_ptr() as usize, b.len()));
+        assert_eq!(first, again, "the thread's buffer is reused");
+        assert_eq!(first.1, crate::dispatch::MAX_DATAGRAM);
+        // A nested call (never made by the drivers) still gets a full buffer, not the lent one.
+        let (outer, inner) = with_recv_buffer(|outer| {
+            let inner = with_recv_buffer(|inner| (inner.as_ptr() as usize, inner.len()));
+            (outer.as_ptr() as usize, inner)
+        });
+        assert_eq!(outer, first.0);
+        assert_ne!(inner.0, outer);
+        assert_eq!(inner.1, crate::dispatch::MAX_DATAGRAM);
+        // Another thread has its own.
+        let other = std::thread::spawn(|| with_recv_buffer(|b| b.as_ptr() as usize))
+            .join()
+            .unwrap();
+        assert_ne!(other, first.0);
     }
 }

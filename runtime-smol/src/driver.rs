@@ -13,7 +13,6 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use pam_lite_core::{Datagram, HttpRequest, Input, Node, Output, StreamId, WsConnect};
-use pam_lite_driver_kit::dispatch::MAX_DATAGRAM;
 use pam_lite_driver_kit::http::AsyncHttpClient;
 use pam_lite_driver_kit::stream::Streams;
 use pam_lite_driver_kit::udp::{self, Addressing, TxQueue};
@@ -351,7 +350,6 @@ async fn run_loop<N: Node>(
     inputs: Receiver<Input>,
 ) {
     dispatcher.start(io);
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut app_open = true;
     loop {
         let wake_at = match dispatcher.turn(io) {
@@ -441,7 +439,9 @@ async fn run_loop<N: Node>(
             }
             Wake::Readable => {
                 let socket = io.socket.clone();
-                dispatcher.read_datagrams(io, &mut buf, |b| socket.get_ref().recv_from(b));
+                udp::with_recv_buffer(|buf| {
+                    dispatcher.read_datagrams(io, buf, |b| socket.get_ref().recv_from(b))
+                });
             }
             Wake::Writable => {
                 let socket = io.socket.get_ref();
