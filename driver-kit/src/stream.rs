@@ -87,6 +87,8 @@ pub struct Streams<S> {
     /// Keys of streams whose read budget ran out: bytes may be waiting that no edge-triggered readiness
     /// will announce again.
     unfinished: Vec<usize>,
+    /// [`STREAM_READ_CHUNK`] bytes, allocated when a stream first becomes ready: most nodes never open a
+    /// TURN stream, and 64 KiB each was a sixth of a smol tunnel's memory (issue 11).
     buf: Vec<u8>,
 }
 
@@ -105,7 +107,7 @@ where
             next_key: 0,
             events: VecDeque::new(),
             unfinished: Vec::new(),
-            buf: vec![0; STREAM_READ_CHUNK],
+            buf: Vec::new(),
         }
     }
 
@@ -209,6 +211,9 @@ where
             return;
         };
         self.unfinished.retain(|k| *k != key);
+        if self.buf.is_empty() {
+            self.buf = vec![0; STREAM_READ_CHUNK];
+        }
         let entry = &mut self.entries[at];
         let mut events = Vec::new();
         let result = entry
@@ -583,6 +588,20 @@ mod tests {
         });
         assert_eq!(failed, None);
         key.unwrap()
+    }
+
+    #[test]
+    fn the_read_buffer_waits_for_a_ready_stream() {
+        let mut streams = streams(Duration::from_secs(5));
+        assert_eq!(
+            streams.buf.capacity(),
+            0,
+            "a node without streams holds a read buffer"
+        );
+        let key = open_plain(&mut streams, 1, echo_server());
+        streams.write(StreamId(1), b"x".to_vec());
+        poll_until(&mut streams, key, 2);
+        assert_eq!(streams.buf.len(), STREAM_READ_CHUNK);
     }
 
     #[test]
