@@ -50,7 +50,7 @@ pub fn client_config(
     env: &EnvSettings,
     kind: SessionKind,
     common: &CommonArgs,
-) -> Result<ClientConfig, CliError> {
+) -> ClientConfig {
     let trickle_ice = !common.no_trickle_ice;
     let (session, offer) = match kind {
         SessionKind::Terminal { cols, rows, stdin } => (
@@ -64,7 +64,7 @@ pub fn client_config(
         ),
         SessionKind::Tunnel => (Session::Tunnel, ticket.launch_offer(None)),
     };
-    Ok(ClientConfig {
+    ClientConfig {
         router_url: ticket.router_url.clone(),
         session_token: ticket.session_token.expose().clone(),
         server_key: ticket.server_key.clone(),
@@ -77,9 +77,8 @@ pub fn client_config(
         profile: env.profile.clone(),
         relay: crate::relay::relay_plan(ticket, env, common),
         unix_ms_at_start: unix_ms(),
-        dtls: pam_lite_driver_kit::dtls::identity()
-            .map_err(|e| CliError::local("cannot make the DTLS certificate", e))?,
-    })
+        dtls: pam_lite_driver_kit::dtls::identity(),
+    }
 }
 
 /// The driver settings for this ticket: extra CA (`tls_ca_pem`), `verify_tls` / `VERIFY_SSL`, and the UDP
@@ -162,7 +161,7 @@ pub fn launch(args: &LaunchArgs, ticket: Ticket) -> Result<(), CliError> {
             stdin: args.stdin,
         },
         &args.common,
-    )?;
+    );
     tracing::info!(?cfg, runtime = ?args.common.runtime, "launching");
     let start = Instant::now();
     let mut timing = TimingReport::new(start, env.timing, args.common.timing_json.clone())?;
@@ -447,7 +446,7 @@ pub fn tunnel(args: &TunnelArgs, ticket: Ticket, listener: TcpListener) -> Resul
     let local = listener
         .local_addr()
         .map_err(|e| CliError::local("cannot read the listener address", e))?;
-    let cfg = client_config(&ticket, &env, SessionKind::Tunnel, &args.common)?;
+    let cfg = client_config(&ticket, &env, SessionKind::Tunnel, &args.common);
     tracing::info!(?cfg, runtime = ?args.common.runtime, "opening the tunnel");
     let start = Instant::now();
     let mut timing = TimingReport::new(start, env.timing, args.common.timing_json.clone())?;

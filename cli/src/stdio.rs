@@ -52,7 +52,7 @@ enum State {
 pub fn tunnel_stdio(args: &TunnelArgs, ticket: Ticket) -> Result<(), CliError> {
     let shutdown = Shutdown::install()?;
     let (env, ticket) = launch::prepare(&args.common, ticket)?;
-    let cfg = launch::client_config(&ticket, &env, SessionKind::Tunnel, &args.common)?;
+    let cfg = launch::client_config(&ticket, &env, SessionKind::Tunnel, &args.common);
     tracing::info!(?cfg, runtime = ?args.common.runtime, "opening the tunnel for stdio");
     let start = Instant::now();
     let mut timing = TimingReport::new(start, env.timing, args.common.timing_json.clone())?;

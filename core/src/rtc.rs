@@ -9,7 +9,7 @@
 
 use core::net::SocketAddr;
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -42,18 +42,43 @@ pub const ICE_DISCONNECTED: &str = "ICE disconnected";
 /// (`pam_lite_driver_kit::dtls::identity`) and every peer presents it, as browsers present one per
 /// origin. Nothing is weakened: each handshake is still bound to its own signalled offer by the
 /// fingerprint in that SDP, and each tube negotiates its own keys (ECDHE). Cloning shares it.
+///
+/// It may be filled in after the launch started ([`DtlsIdentity::pending`], [`DtlsIdentity::fill`]): the
+/// first certificate of a process pays aws-lc's one-time entropy seeding (~35 ms), which would otherwise
+/// sit before the launch's first router request. A peer is created hundreds of milliseconds later (after
+/// bind); if the identity is still empty then, str0m makes the peer its own certificate (the behaviour
+/// before identities were shared) — the core never waits for it.
 #[derive(Clone)]
-pub struct DtlsIdentity(Arc<DtlsCert>);
+pub struct DtlsIdentity(Arc<OnceLock<DtlsCert>>);
 
 impl DtlsIdentity {
     /// An identity from a DER certificate and its PKCS#8 DER private key (what
     /// `str0m::crypto::from_feature_flags().dtls_provider.generate_certificate()` makes). Not checked
     /// here: a key that does not fit fails the peer's handshake.
     pub fn from_der(certificate: Vec<u8>, private_key: Vec<u8>) -> Self {
-        DtlsIdentity(Arc::new(DtlsCert {
-            certificate,
-            private_key,
-        }))
+        let id = Self::pending();
+        id.fill(certificate, private_key);
+        id
+    }
+
+    /// An identity still being made elsewhere; [`DtlsIdentity::fill`] completes it for every clone.
+    pub fn pending() -> Self {
+        DtlsIdentity(Arc::new(OnceLock::new()))
+    }
+
+    /// Complete a pending identity. `false` (and nothing changes) if it already had a certificate.
+    pub fn fill(&self, certificate: Vec<u8>, private_key: Vec<u8>) -> bool {
+        self.0
+            .set(DtlsCert {
+                certificate,
+                private_key,
+            })
+            .is_ok()
+    }
+
+    /// Whether the certificate is there (peers created now present it).
+    pub fn is_ready(&self) -> bool {
+        self.0.get().is_some()
     }
 
     /// A fixed identity for tests, fuzzing and the deterministic simulation, where a fresh key per run
@@ -66,7 +91,7 @@ impl DtlsIdentity {
         )
     }
 
-    /// Whether two handles present the same certificate (the same generation, not equal bytes).
+    /// Whether two handles are the same identity (clones of one, not equal bytes).
     pub fn same_as(&self, other: &DtlsIdentity) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
@@ -76,7 +101,10 @@ impl DtlsIdentity {
 impl std::fmt::Debug for DtlsIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DtlsIdentity")
-            .field("certificate_len", &self.0.certificate.len())
+            .field(
+                "certificate_len",
+                &self.0.get().map(|c| c.certificate.len()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -211,13 +239,14 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
-    /// A new peer presenting `identity`. `label` is the data-channel label (the conversation id, as
+    /// A new peer presenting `identity` (or a certificate of its own while `identity` is pending). `label` is the data-channel label (the conversation id, as
     /// Keeper does).
     pub fn new(role: Role, label: &str, identity: &DtlsIdentity, now: Instant) -> Self {
-        let rtc = Rtc::builder()
-            .set_sctp_max_buffered_amount(SCTP_MAX_BUFFERED)
-            .set_dtls_cert((*identity.0).clone())
-            .build(now);
+        let mut config = Rtc::builder().set_sctp_max_buffered_amount(SCTP_MAX_BUFFERED);
+        if let Some(cert) = identity.0.get() {
+            config = config.set_dtls_cert(cert.clone());
+        }
+        let rtc = config.build(now);
         Peer {
             rtc,
             role,
@@ -649,6 +678,43 @@ mod tests {
             }
         }
         panic!("peers did not reach the expected state");
+    }
+
+    fn offer_fingerprint(identity: &DtlsIdentity) -> String {
+        let now = pam_lite_dev_clock::origin();
+        let offer = Peer::new(Role::Offerer, "conv", identity, now)
+            .create_offer(now)
+            .unwrap();
+        offer
+            .lines()
+            .find_map(|l| l.strip_prefix("a=fingerprint:"))
+            .expect("a fingerprint line")
+            .trim()
+            .to_string()
+    }
+
+    #[test]
+    fn peers_present_the_identity_once_it_is_filled_and_their_own_until_then() {
+        let fixed = DtlsIdentity::fixed_for_tests();
+        assert_eq!(offer_fingerprint(&fixed), offer_fingerprint(&fixed.clone()));
+
+        let pending = DtlsIdentity::pending();
+        assert!(!pending.is_ready());
+        // Not filled yet: each peer makes its own certificate (no waiting, no failure).
+        let own = offer_fingerprint(&pending);
+        assert_ne!(own, offer_fingerprint(&fixed));
+        assert_ne!(own, offer_fingerprint(&pending));
+
+        let filler = pending.clone();
+        assert!(filler.fill(
+            include_bytes!("../testdata/dtls/cert.der").to_vec(),
+            include_bytes!("../testdata/dtls/key.der").to_vec(),
+        ));
+        assert!(pending.is_ready() && pending.same_as(&filler));
+        assert_eq!(offer_fingerprint(&pending), offer_fingerprint(&fixed));
+        // Filled once: a second certificate is refused and changes nothing.
+        assert!(!filler.fill(vec![1], vec![2]));
+        assert_eq!(offer_fingerprint(&pending), offer_fingerprint(&fixed));
     }
 
     #[test]

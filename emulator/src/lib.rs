@@ -189,9 +189,7 @@ impl Emulator {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or_default(),
-            ..GatewayConfig::new(
-                pam_lite_driver_kit::dtls::identity().map_err(EmulatorError::Gateway)?,
-            )
+            ..GatewayConfig::new(pam_lite_driver_kit::dtls::identity())
         };
         let host_config = gateway_host::HostConfig {
             udp_bind: config.gateway_udp,

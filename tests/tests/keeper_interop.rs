@@ -876,7 +876,7 @@ fn keeper_client_against_pam_lite_gateway_node() {
     let cfg = GatewayConfig {
         default_seed: Some(seed.clone()),
         unix_ms_at_start: unix_ms(),
-        ..GatewayConfig::new(pam_lite_driver_kit::dtls::identity().expect("a DTLS identity"))
+        ..GatewayConfig::new(pam_lite_driver_kit::dtls::identity())
     };
     let gateway = Gateway::new(cfg, [12; 32], Instant::now());
     let handle = pam_lite_blocking::spawn(gateway, pam_lite_blocking::DriverConfig::default())

@@ -257,12 +257,7 @@ impl Endpoint {
             pam_lite_driver_kit::udp::bind(&pam_lite_driver_kit::DriverConfig::default())
                 .expect("bind UDP 127.0.0.1");
         let local = addressing.local;
-        let peer = Peer::new(
-            rtc_role,
-            label,
-            &pam_lite_driver_kit::dtls::identity().expect("a DTLS identity"),
-            now,
-        );
+        let peer = Peer::new(rtc_role, label, &pam_lite_driver_kit::dtls::identity(), now);
         let mut conns = Connections::new(tube_role, now);
         conns.set_unix_ms_base(unix_ms(), now);
         Endpoint {
