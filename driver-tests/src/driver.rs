@@ -561,11 +561,7 @@ fn https_result<R: Runtime>(tls: TlsConfig, ca: &TestCa) -> Input {
 
 pub fn https_trusts_the_extra_ca_rejects_unknown_and_insecure_accepts<R: Runtime>() {
     let ca = TestCa::new();
-    let trusted = TlsConfig {
-        extra_ca_pem: Some(ca.pem.clone()),
-        ..TlsConfig::default()
-    };
-    match https_result::<R>(trusted, &ca) {
+    match https_result::<R>(ca.trusted(), &ca) {
         Input::HttpResponse { response, .. } => assert_eq!(response.body, b"tls"),
         other => panic!("extra CA not trusted: {other:?}"),
     }
@@ -597,10 +593,7 @@ pub fn wss_with_the_extra_ca_delivers_messages<R: Runtime>() {
     });
     let (node, ctl) = puppet();
     let config = DriverConfig {
-        tls: TlsConfig {
-            extra_ca_pem: Some(ca.pem.clone()),
-            ..TlsConfig::default()
-        },
+        tls: ca.trusted(),
         ..DriverConfig::default()
     };
     let handle = R::spawn(node, config).unwrap();
@@ -676,10 +669,7 @@ pub fn websocket_upgrade_goes_on_the_preconnection<R: Runtime>() {
     for (url, idle_first) in cases {
         let (node, ctl) = puppet();
         let config = DriverConfig {
-            tls: TlsConfig {
-                extra_ca_pem: Some(ca.pem.clone()),
-                ..TlsConfig::default()
-            },
+            tls: ca.trusted(),
             ..DriverConfig::default()
         };
         let handle = R::spawn(node, config).unwrap();

@@ -384,6 +384,14 @@ impl TestCa {
             server: Arc::new(server),
         }
     }
+
+    /// The default TLS policy plus this certificate as an extra CA.
+    pub fn trusted(&self) -> pam_lite_driver_kit::TlsConfig {
+        pam_lite_driver_kit::TlsConfig {
+            extra_ca_pem: Some(self.pem.clone()),
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for TestCa {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use pam_lite_core::{Input, Output, StreamEvent, StreamId};
 use pam_lite_driver_kit::runtime::{NodeHandle, Runtime};
 use pam_lite_driver_kit::stream::STREAM_WRITE_LIMIT;
-use pam_lite_driver_kit::{DriverConfig, TlsConfig};
+use pam_lite_driver_kit::DriverConfig;
 
 use crate::{mute_server, puppet, PuppetCtl, TestCa};
 
@@ -192,10 +192,7 @@ fn tls_echo(tls: Arc<rustls::ServerConfig>, limit: usize) -> SocketAddr {
 
 fn with_ca(ca: &TestCa, connect_timeout: Option<Duration>) -> DriverConfig {
     DriverConfig {
-        tls: TlsConfig {
-            extra_ca_pem: Some(ca.pem.clone()),
-            ..TlsConfig::default()
-        },
+        tls: ca.trusted(),
         stream_connect_timeout: connect_timeout.unwrap_or(WAIT),
         ..DriverConfig::default()
     }
