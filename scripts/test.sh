@@ -7,6 +7,11 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
 step() { printf '\n=== %s ===\n' "$*"; }
 
+# The vendored suites and the fuzz check are their own workspaces, built once and never edited in a CI run:
+# no incremental cache and no debug info beyond line tables (the same reason as [profile.dev] in
+# Cargo.toml: disk, a cold CI run once ran out of it).
+side() { CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=line-tables-only "$@"; }
+
 step "format"
 cargo fmt --all -- --check
 
@@ -37,30 +42,30 @@ cargo test --workspace --locked
 # The patched sctp-proto the workspace builds with ([patch.crates-io] in Cargo.toml): its own suite, with
 # its own Cargo.lock (it is not a workspace member).
 step "vendored sctp-proto (vendor/sctp-proto-fixed) test suite"
-cargo test --locked --manifest-path vendor/sctp-proto-fixed/Cargo.toml
+side cargo test --locked --manifest-path vendor/sctp-proto-fixed/Cargo.toml
 
 # str0m's ICE agent, patched (a controlled agent follows the latest nomination: NAT rebinding, issue 14):
 # its own suite (vendor/is-fixed/PATCHES.md).
 step "vendored is (vendor/is-fixed) test suite"
-cargo test --locked --manifest-path vendor/is-fixed/Cargo.toml
+side cargo test --locked --manifest-path vendor/is-fixed/Cargo.toml
 
 # The patched str0m (Channel::set_read_paused, receive-side backpressure): its lib tests and data-channel
 # tests, run against the sctp-proto fork above (vendor/str0m-fixed/patches/README.md).
 step "vendored str0m (vendor/str0m-fixed) test suite"
-cargo test --locked --manifest-path vendor/str0m-fixed/Cargo.toml --lib --tests
+side cargo test --locked --manifest-path vendor/str0m-fixed/Cargo.toml --lib --tests
 
 # str0m's aws-lc-rs backend, patched (one dimpl config per process instead of one per Rtc: launch CPU,
 # issue 11; vendor/str0m-aws-lc-rs-fixed/PATCHES.md). Built in str0m-fixed's target directory, which
 # already holds the same aws-lc-sys, so the suite costs seconds instead of another aws-lc build.
 step "vendored str0m-aws-lc-rs (vendor/str0m-aws-lc-rs-fixed) test suite"
 CARGO_TARGET_DIR=vendor/str0m-fixed/target \
-    cargo test --locked --manifest-path vendor/str0m-aws-lc-rs-fixed/Cargo.toml
+    side cargo test --locked --manifest-path vendor/str0m-aws-lc-rs-fixed/Cargo.toml
 
 # The fuzz targets are their own workspace (cargo-fuzz builds them with its own flags); their bodies run as
 # replay/property tests above, and this proves the targets themselves still build (a separate workspace
 # does not inherit the root's [patch], which once broke them unnoticed). Needs no nightly and no cargo-fuzz.
 step "fuzz targets build (fuzz/, cargo check)"
-cargo check --locked --manifest-path fuzz/Cargo.toml --bins
+side cargo check --locked --manifest-path fuzz/Cargo.toml --bins
 
 # ---------------------------------------------------------------------------------------------------------
 # Keeper interop (issue 5): a Python venv with Keeper's own tube library and Commander (pinned, from PyPI),
