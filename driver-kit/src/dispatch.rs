@@ -6,7 +6,7 @@
 //! A runtime's wait loop only does this, over and over:
 //!
 //! ```text
-//! match dispatcher.turn(&mut io) {              // drain, fire due timers
+//! match dispatcher.turn(&mut io) {              // drain, fire due timers, flush the transmits
 //!     Next::Stop => break,
 //!     Next::Wait(until) => wait for a source or `until` (plus the runtime's own deadlines),
 //! }
@@ -26,13 +26,11 @@ use pam_lite_core::{
 
 use crate::config::DriverConfig;
 use crate::flow::FlowControl;
-use crate::udp::Addressing;
+use crate::udp::{Addressing, Received};
 
 /// After the application went away without the node finishing, give up after this long.
 pub const ABANDON_GRACE: Duration = Duration::from_secs(2);
-/// Largest UDP payload read (an IPv4 datagram cannot be larger).
-pub const MAX_DATAGRAM: usize = 65_536;
-/// Datagrams read per readiness before the other sources get a turn.
+/// Datagrams read per readiness before the other sources get a turn (a GRO train may overshoot it).
 pub const UDP_BATCH: usize = 64;
 
 /// The I/O a runtime performs for the [`Dispatcher`]. Every method must return quickly: start the work,
@@ -49,9 +47,14 @@ pub const UDP_BATCH: usize = 64;
 /// the feature overrides the method and adds the new sources to what it waits on. Put the state machine
 /// in the kit (like [`crate::stream::Streams`]) so each runtime only waits.
 pub trait Io {
-    /// Send `datagram` from the node's UDP socket (its source was checked: it is this socket). Must not
-    /// block: queue or drop when the socket's buffer is full (UDP may lose it anyway).
+    /// Send `datagram` from the node's UDP socket (its source was checked: it is this socket), at the
+    /// latest on the next [`Io::flush_transmits`]. Must not block: queue, and drop when the queue is full
+    /// (UDP may lose it anyway); [`crate::udp::TxQueue`] does both.
     fn transmit(&mut self, datagram: Datagram);
+    /// Send what [`Io::transmit`] queued, as far as the socket takes it now. The dispatcher calls it at
+    /// the end of every [`Dispatcher::turn`], just before the runtime waits: the datagrams of one wake
+    /// leave together (GSO trains, see [`crate::udp::Offload`]).
+    fn flush_transmits(&mut self);
     /// Start `request`; answer with `Input::HttpResponse` / `Input::HttpError` for `request.id`. Honour
     /// `request.fresh_connection` (a new TCP+TLS connection, never pooled) and `request.timeout`.
     fn http(&mut self, request: HttpRequest) -> Option<Input>;
@@ -108,6 +111,8 @@ pub struct Dispatcher<N> {
     finish_flush: Duration,
     /// Inputs produced while draining (fed after the drain, never re-entrantly).
     pending: VecDeque<Input>,
+    /// The datagrams of the current receive batch (kept for its allocation).
+    received: Vec<Received>,
     finish_deadline: Option<Instant>,
     abandoned: bool,
     warned_source: bool,
@@ -127,6 +132,7 @@ impl<N: Node> Dispatcher<N> {
             flow,
             finish_flush: config.finish_flush,
             pending: VecDeque::new(),
+            received: Vec::new(),
             finish_deadline: None,
             abandoned: false,
             warned_source: false,
@@ -159,45 +165,56 @@ impl<N: Node> Dispatcher<N> {
         }
     }
 
-    /// Read up to [`UDP_BATCH`] datagrams with `recv` (a non-blocking `recv_from` into the buffer) and feed
-    /// them. Returns `true` when the socket is drained (it said `WouldBlock`), `false` when datagrams may
-    /// remain (the loop must come back without waiting: edge-triggered readiness will not say it again).
+    /// Read with `recv` (one batch of datagrams per call onto the vector, typically
+    /// [`crate::udp::Offload::receive`]) and feed them, until about [`UDP_BATCH`] were fed. Returns `true`
+    /// when the socket is drained (it said `WouldBlock`), `false` when datagrams may remain (the loop must
+    /// come back without waiting: edge-triggered readiness will not say it again).
     pub fn read_datagrams(
         &mut self,
         io: &mut impl Io,
-        buf: &mut [u8],
-        mut recv: impl FnMut(&mut [u8]) -> io::Result<(usize, SocketAddr)>,
+        mut recv: impl FnMut(&mut Vec<Received>) -> io::Result<()>,
     ) -> bool {
-        for _ in 0..UDP_BATCH {
-            match recv(buf) {
-                Ok((n, source)) => {
-                    let datagram = Datagram {
-                        source,
-                        destination: self.addressing.destination_for(source),
-                        contents: buf.get(..n).unwrap_or_default().to_vec(),
-                    };
-                    self.feed(Input::Datagram(datagram), io);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+        let mut batch = std::mem::take(&mut self.received);
+        let mut fed = 0;
+        let drained = loop {
+            if fed >= UDP_BATCH {
+                break false;
+            }
+            match recv(&mut batch) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // e.g. ECONNREFUSED from an ICMP error: not fatal for an unconnected socket.
                     tracing::debug!(error = %e, "udp receive error");
+                    fed += 1;
                 }
             }
-        }
-        false
+            for received in batch.drain(..) {
+                fed += 1;
+                let datagram = Datagram {
+                    source: received.source,
+                    destination: self
+                        .addressing
+                        .destination(received.source, received.local_ip),
+                    contents: received.contents,
+                };
+                self.feed(Input::Datagram(datagram), io);
+            }
+        };
+        self.received = batch;
+        drained
     }
 
     /// Feed what the driver produced itself, fire the node's timer if due, and say what to wait for.
     pub fn turn(&mut self, io: &mut impl Io) -> Next {
-        loop {
+        let next = loop {
             while let Some(input) = self.pending.pop_front() {
                 self.feed(input, io);
             }
             let now = Instant::now();
             if self.finish_deadline.is_some_and(|end| now >= end) {
-                return Next::Stop;
+                break Next::Stop;
             }
             match self.node.poll_timeout() {
                 Some(t) if t <= now => self.feed(Input::Timeout, io),
@@ -206,10 +223,12 @@ impl<N: Node> Dispatcher<N> {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     };
-                    return Next::Wait(wake);
+                    break Next::Wait(wake);
                 }
             }
-        }
+        };
+        io.flush_transmits();
+        next
     }
 
     /// The application is gone: close the node, and stop soon even if it never finishes.
@@ -339,6 +358,7 @@ mod tests {
     /// The I/O a unit test observes (a mock: the real ones are tested by the shared suites).
     #[derive(Default)]
     struct Recorder {
+        queued: Vec<Datagram>,
         sent: Vec<Datagram>,
         delivered: Vec<Output>,
         app_gone: bool,
@@ -346,7 +366,10 @@ mod tests {
 
     impl Io for Recorder {
         fn transmit(&mut self, datagram: Datagram) {
-            self.sent.push(datagram);
+            self.queued.push(datagram);
+        }
+        fn flush_transmits(&mut self) {
+            self.sent.append(&mut self.queued);
         }
         fn http(&mut self, request: HttpRequest) -> Option<Input> {
             Some(Input::HttpError {
@@ -408,10 +431,12 @@ mod tests {
             Output::TubeReady,
         ]);
         d.feed(Input::Timeout, &mut io);
+        assert!(io.sent.is_empty(), "transmits wait for the end of the turn");
+        assert_eq!(d.turn(&mut io), Next::Wait(None));
         assert_eq!(
             io.sent,
             vec![datagram("127.0.0.1:4000")],
-            "foreign source dropped"
+            "flushed by the turn; foreign source dropped"
         );
         assert!(flow.is_paused(3));
         assert_eq!(

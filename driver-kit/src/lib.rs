@@ -34,11 +34,11 @@
 //!
 //! A third runtime (tokio, glommio, an embedded executor…) is one small crate:
 //!
-//! 1. **Bind** with [`udp::bind`] (a std socket, to make non-blocking, plus its [`udp::Addressing`]) and
-//!    build the TLS config with [`tls::rustls_client_config`]; create the [`FlowControl`] shared with your
+//! 1. **Bind** with [`udp::bind`] (a std socket plus its [`udp::Addressing`]), probe its batching with
+//!    [`udp::Offload::new`] (which makes it non-blocking), and build the TLS config with [`tls::rustls_client_config`]; create the [`FlowControl`] shared with your
 //!    forwarder.
-//! 2. **Implement [`Io`]** for a struct holding your socket and clients: `transmit` (non-blocking, e.g. via
-//!    [`udp::TxQueue`]), `http` (start the request; fresh vs keep-alive connection as the request says;
+//! 2. **Implement [`Io`]** for a struct holding your socket and clients: `transmit` and
+//!    `flush_transmits` ([`udp::TxQueue::push`] and [`udp::TxQueue::flush`]), `http` (start the request; fresh vs keep-alive connection as the request says;
 //!    a runtime without an async HTTP client runs the kit's blocking one on [`pool::Pool`]),
 //!    `ws_connect` / `ws_close` (hold a [`ws::Client`] over your socket type, as for the streams below;
 //!    resolve a host name where blocking is allowed with [`ws::Resolve::run`]), `deliver` (to the
@@ -49,8 +49,8 @@
 //!    reported unreachable, UDP relays still work). Results come back later as inputs.
 //! 3. **Write the wait loop** around a [`Dispatcher`]: call [`Dispatcher::start`] once, then repeatedly
 //!    [`Dispatcher::turn`]; on [`Next::Wait`] wait for the first of: an application input, a finished HTTP
-//!    request, UDP readability (then [`Dispatcher::read_datagrams`]), UDP writability while the send queue
-//!    waits, the WebSocket's socket ([`ws::Client::socket`]: readable, writable while
+//!    request, UDP readability (then [`Dispatcher::read_datagrams`] with [`udp::Offload::receive`]), UDP
+//!    writability while [`udp::TxQueue::is_waiting`] (then [`udp::TxQueue::flush`]), the WebSocket's socket ([`ws::Client::socket`]: readable, writable while
 //!    [`ws::Client::wants_write`]; then [`ws::Client::ready`]) and its name resolution, each stream's socket (readable; writable while [`stream::Streams::watch`] says
 //!    so, or always with edge-triggered readiness; then [`stream::Streams::ready`] with its key), and the
 //!    instant `turn` returned (plus the deadlines: [`ws::Client::deadline`] then [`ws::Client::expire`],

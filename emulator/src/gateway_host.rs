@@ -19,6 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -27,12 +28,11 @@ use std::time::{Duration, Instant};
 
 use pam_lite_core::tube::CloseReason;
 use pam_lite_core::{CandidateKind, Command, ConnNo, Datagram, Input, Node, Output};
+use pam_lite_driver_kit::udp::{Offload, TxQueue};
 
 use crate::impair::{ImpairedLink, LinkStats, UdpImpairment};
 use crate::target::{self, TargetConfig, TargetEvent, TargetSink};
 
-/// Largest datagram read from the socket.
-const MAX_DATAGRAM: usize = 65_536;
 /// How often the UDP reader looks at the stop flag.
 const UDP_POLL: Duration = Duration::from_millis(100);
 /// The loop wakes at least this often (stop flag, pending target data).
@@ -99,7 +99,8 @@ enum Event {
         stream: bool,
         payload: String,
     },
-    Datagram(Datagram),
+    /// What one batched read returned (one channel send, one wake-up, per batch).
+    Datagrams(Vec<Datagram>),
     Target(TargetEvent),
     Restart,
     Stop,
@@ -177,7 +178,8 @@ impl GatewayHost {
         }
         let socket = UdpSocket::bind(config.udp_bind)?;
         let udp_addr = socket.local_addr()?;
-        socket.set_read_timeout(Some(UDP_POLL))?;
+        // Batched reads and GSO trains, as the drivers do (the socket becomes non-blocking).
+        let offload = Offload::new(&socket)?;
         let stop = Arc::new(AtomicBool::new(false));
         let blackhole = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
@@ -188,12 +190,12 @@ impl GatewayHost {
 
         let reader = {
             let socket = socket.try_clone()?;
-            let tx = tx.clone();
+            let (tx, offload) = (tx.clone(), offload.clone());
             let stop = stop.clone();
             let blackhole = blackhole.clone();
             thread::Builder::new()
                 .name("emu-gw-udp".into())
-                .spawn(move || udp_reader(socket, udp_addr, tx, stop, blackhole))?
+                .spawn(move || udp_reader(socket, offload, udp_addr, tx, stop, blackhole))?
         };
         let main = {
             let tx = tx.clone();
@@ -205,7 +207,8 @@ impl GatewayHost {
                 .spawn(move || {
                     let now = Instant::now();
                     let node = make_node(now, 0);
-                    let mut gw = Loop::new(node, config, socket, udp_addr, tx, stop, replies, now);
+                    let udp = (socket, TxQueue::new(offload));
+                    let mut gw = Loop::new(node, config, udp, udp_addr, tx, stop, replies, now);
                     gw.blackhole = blackhole;
                     gw.run(rx, &make_node);
                     if let Ok(mut s) = stats.lock() {
@@ -272,31 +275,35 @@ impl Drop for GatewayHost {
 
 fn udp_reader(
     socket: UdpSocket,
+    offload: Offload,
     local: SocketAddr,
     tx: Sender<Event>,
     stop: Arc<AtomicBool>,
     blackhole: Arc<AtomicBool>,
 ) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut batch = Vec::new();
     while !stop.load(Ordering::Acquire) {
-        match socket.recv_from(&mut buf) {
-            Ok(_) if blackhole.load(Ordering::Acquire) => {}
-            Ok((n, source)) => {
-                let contents = buf.get(..n).unwrap_or_default().to_vec();
-                let d = Datagram {
-                    source,
-                    destination: local,
-                    contents,
-                };
-                if tx.send(Event::Datagram(d)).is_err() {
+        match offload.receive(&socket, &mut batch) {
+            Ok(()) if blackhole.load(Ordering::Acquire) => batch.clear(),
+            Ok(()) => {
+                let datagrams = batch
+                    .drain(..)
+                    .map(|r| Datagram {
+                        source: r.source,
+                        destination: local,
+                        contents: r.contents,
+                    })
+                    .collect();
+                if tx.send(Event::Datagrams(datagrams)).is_err() {
                     return;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Err(e) = wait_for(&socket, libc::POLLIN, UDP_POLL) {
+                    tracing::warn!(error = %e, "gateway UDP socket failed");
+                    return;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // ICMP port unreachable from a gone client shows up as ConnectionRefused on Linux: keep going.
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
@@ -308,10 +315,30 @@ fn udp_reader(
     }
 }
 
+/// Wait up to `timeout` for `events` (`POLLIN`, `POLLOUT`) on the non-blocking `socket`.
+fn wait_for(socket: &UdpSocket, events: libc::c_short, timeout: Duration) -> io::Result<()> {
+    let mut fd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    match unsafe { libc::poll(&mut fd, 1, ms) } {
+        -1 => match io::Error::last_os_error() {
+            e if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            e => Err(e),
+        },
+        _ => Ok(()),
+    }
+}
+
 struct Loop<N> {
     node: N,
     config: HostConfig,
     socket: UdpSocket,
+    /// Outgoing datagrams, sent as GSO trains at the end of each tick.
+    tx: TxQueue,
     local: SocketAddr,
     events: Sender<Event>,
     stop: Arc<AtomicBool>,
@@ -337,7 +364,7 @@ impl<N: GatewayNode> Loop<N> {
     fn new(
         node: N,
         config: HostConfig,
-        socket: UdpSocket,
+        (socket, tx): (UdpSocket, TxQueue),
         local: SocketAddr,
         events: Sender<Event>,
         stop: Arc<AtomicBool>,
@@ -357,6 +384,7 @@ impl<N: GatewayNode> Loop<N> {
             node,
             config,
             socket,
+            tx,
             local,
             events,
             stop,
@@ -484,9 +512,11 @@ impl<N: GatewayNode> Loop<N> {
                 stream,
                 payload,
             } => self.ctl_in.push((reply_to, stream, payload), now),
-            Event::Datagram(d) => {
+            Event::Datagrams(batch) => {
                 self.first_datagram.get_or_insert(now);
-                self.udp_in.push(d, now)
+                for d in batch {
+                    self.udp_in.push(d, now);
+                }
             }
             Event::Target(t) => self.on_target(t, now),
             Event::Restart => self.restart(make_node, now),
@@ -518,10 +548,9 @@ impl<N: GatewayNode> Loop<N> {
                 if self.blackhole.load(Ordering::Acquire) {
                     continue;
                 }
-                if let Err(e) = self.socket.send_to(&d.contents, d.destination) {
-                    tracing::debug!(error = %e, destination = %d.destination, "gateway send_to failed");
-                }
+                self.tx.push(d);
             }
+            self.flush();
             while let Some((reply_to, payload)) = self.ctl_out.pop_due(now) {
                 progressed = true;
                 (self.replies)(reply_to, payload);
@@ -534,6 +563,18 @@ impl<N: GatewayNode> Loop<N> {
             if !progressed {
                 break;
             }
+        }
+    }
+
+    /// Send what is queued, waiting for the socket when it is full (as a blocking `send_to` did).
+    fn flush(&mut self) {
+        self.tx.flush(&self.socket);
+        while self.tx.is_waiting() && !self.stop.load(Ordering::Acquire) {
+            if let Err(e) = wait_for(&self.socket, libc::POLLOUT, UDP_POLL) {
+                tracing::debug!(error = %e, "gateway UDP socket not writable");
+                return;
+            }
+            self.tx.flush(&self.socket);
         }
     }
 

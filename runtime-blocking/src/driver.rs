@@ -24,12 +24,11 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use pam_lite_core::{Datagram, HttpRequest, Input, Node, Output, StreamId, WsConnect};
-use pam_lite_driver_kit::dispatch::MAX_DATAGRAM;
 use pam_lite_driver_kit::forward::ready::{Forwarder, Pipes, Request};
 use pam_lite_driver_kit::http::HttpClient;
 use pam_lite_driver_kit::pool::Pool;
 use pam_lite_driver_kit::stream::Streams;
-use pam_lite_driver_kit::udp::{self, TxQueue};
+use pam_lite_driver_kit::udp::{self, Offload, TxQueue};
 use pam_lite_driver_kit::ws;
 use pam_lite_driver_kit::{Dispatcher, DriverConfig, FlowControl, Io, Next, Stopped};
 
@@ -187,7 +186,7 @@ where
     let http = HttpClient::new(&config)?;
     let tls = pam_lite_driver_kit::tls::rustls_client_config(&config.tls)?;
     let (socket, addressing) = udp::bind(&config)?;
-    socket.set_nonblocking(true)?;
+    let offload = Offload::new(&socket)?;
     let local_addr = addressing.local;
     let poll = Poll::new()?;
     let wake = Arc::new(Wake {
@@ -211,7 +210,7 @@ where
             let socket = Rc::new(socket);
             let io = LoopIo {
                 socket: socket.clone(),
-                tx: TxQueue::default(),
+                tx: TxQueue::new(offload.clone()),
                 pool: Pool::new(),
                 done: done_tx,
                 wake: loop_wake.clone(),
@@ -225,6 +224,7 @@ where
             let node_loop = Loop {
                 poll,
                 socket,
+                offload,
                 dispatcher,
                 io,
                 wake: loop_wake,
@@ -263,8 +263,11 @@ struct LoopIo {
 
 impl Io for LoopIo {
     fn transmit(&mut self, datagram: Datagram) {
-        let socket = &self.socket;
-        self.tx.send(datagram, |b, to| socket.send_to(b, to));
+        self.tx.push(datagram);
+    }
+
+    fn flush_transmits(&mut self) {
+        self.tx.flush(&*self.socket);
     }
 
     fn http(&mut self, request: HttpRequest) -> Option<Input> {
@@ -360,6 +363,7 @@ fn watch(registry: &Registry, socket: std::net::TcpStream, token: Token) -> io::
 struct Loop<N> {
     poll: Poll,
     socket: Rc<UdpSocket>,
+    offload: Offload,
     dispatcher: Dispatcher<N>,
     io: LoopIo,
     wake: Arc<Wake>,
@@ -370,7 +374,6 @@ struct Loop<N> {
 impl<N: Node> Loop<N> {
     fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(64);
-        let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut ws_inputs = Vec::new();
         // Datagrams may have arrived before the socket was registered.
         let mut udp_pending = true;
@@ -426,8 +429,7 @@ impl<N: Node> Loop<N> {
                     UDP => {
                         udp_pending |= event.is_readable() || event.is_error();
                         if event.is_writable() {
-                            let socket = &self.socket;
-                            self.io.tx.flush(|b, to| socket.send_to(b, to));
+                            self.io.tx.flush(&*self.socket);
                         }
                     }
                     WS => {
@@ -446,10 +448,10 @@ impl<N: Node> Loop<N> {
             }
             self.feed_streams();
             if udp_pending {
-                let socket = &self.socket;
+                let (socket, offload) = (&self.socket, &self.offload);
                 let drained = self
                     .dispatcher
-                    .read_datagrams(&mut self.io, &mut buf, |b| socket.recv_from(b));
+                    .read_datagrams(&mut self.io, |batch| offload.receive(&**socket, batch));
                 udp_pending = !drained;
             }
             self.take_inputs();

@@ -3,8 +3,8 @@
 //! The task races the node's sources each turn — application inputs, finished HTTP requests, UDP
 //! readiness, the WebSocket, the TURN streams (the kit's [`Streams`] over `Async<TcpStream>`) and the
 //! node's timer — and hands whichever is ready to the kit's [`Dispatcher`]. Every future in that race is cancel-safe, so losing the race loses nothing. UDP is
-//! drained in batches on readiness; transmits that hit a full send buffer wait in the kit's
-//! [`TxQueue`] for writability.
+//! drained in batches on readiness (`recvmmsg`, GRO); transmits queue in the kit's [`TxQueue`] and leave
+//! as GSO trains at the end of each turn, or on writability when the send buffer was full.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use pam_lite_core::{Datagram, HttpRequest, Input, Node, Output, StreamId, WsConnect};
 use pam_lite_driver_kit::http::AsyncHttpClient;
 use pam_lite_driver_kit::stream::Streams;
-use pam_lite_driver_kit::udp::{self, Addressing, TxQueue};
+use pam_lite_driver_kit::udp::{self, Addressing, Offload, TxQueue};
 use pam_lite_driver_kit::ws;
 use pam_lite_driver_kit::{Dispatcher, DriverConfig, FlowControl, Io, Next, Stopped};
 use smol::channel::{self, Receiver, Sender};
@@ -32,6 +32,7 @@ pub const INPUT_QUEUE: usize = 128;
 /// A node's resources, bound and ready to run: lets the caller learn the UDP address before running.
 pub struct Prepared {
     socket: Async<UdpSocket>,
+    offload: Offload,
     addressing: Addressing,
     http: AsyncHttpClient<SmolNet>,
     tls: Arc<rustls::ClientConfig>,
@@ -45,8 +46,10 @@ impl Prepared {
         let tls = pam_lite_driver_kit::tls::rustls_client_config(&config.tls)?;
         let http = AsyncHttpClient::new(&config, tls.clone());
         let (socket, addressing) = udp::bind(&config)?;
+        let offload = Offload::new(&socket)?;
         Ok(Self {
             socket: Async::new(socket)?,
+            offload,
             addressing,
             http,
             tls,
@@ -77,7 +80,8 @@ impl Prepared {
         let mut dispatcher = Dispatcher::new(node, self.addressing, self.flow, &self.config);
         let mut io = TaskIo {
             socket: Arc::new(self.socket),
-            tx: TxQueue::default(),
+            tx: TxQueue::new(self.offload.clone()),
+            offload: self.offload,
             http: self.http,
             ws: ws::Client::new(self.tls.clone(), self.config.ws_frame_limit),
             resolving: None,
@@ -260,6 +264,7 @@ struct TaskIo {
     /// Shared with the datagram reads of the loop (the dispatcher holds `&mut TaskIo` meanwhile).
     socket: Arc<Async<UdpSocket>>,
     tx: TxQueue,
+    offload: Offload,
     http: AsyncHttpClient<SmolNet>,
     ws: ws::Client<Async<TcpStream>>,
     /// The WebSocket host's name being resolved (on smol's blocking pool: std has no async resolver).
@@ -272,8 +277,11 @@ struct TaskIo {
 
 impl Io for TaskIo {
     fn transmit(&mut self, datagram: Datagram) {
-        let socket = self.socket.get_ref();
-        self.tx.send(datagram, |b, to| socket.send_to(b, to));
+        self.tx.push(datagram);
+    }
+
+    fn flush_transmits(&mut self) {
+        self.tx.flush(self.socket.get_ref());
     }
 
     fn http(&mut self, request: HttpRequest) -> Option<Input> {
@@ -438,15 +446,10 @@ async fn run_loop<N: Node>(
                 dispatcher.abandon();
             }
             Wake::Readable => {
-                let socket = io.socket.clone();
-                udp::with_recv_buffer(|buf| {
-                    dispatcher.read_datagrams(io, buf, |b| socket.get_ref().recv_from(b))
-                });
+                let (socket, offload) = (io.socket.clone(), io.offload.clone());
+                dispatcher.read_datagrams(io, |batch| offload.receive(socket.get_ref(), batch));
             }
-            Wake::Writable => {
-                let socket = io.socket.get_ref();
-                io.tx.flush(|b, to| socket.send_to(b, to));
-            }
+            Wake::Writable => io.tx.flush(io.socket.get_ref()),
             Wake::Streams => {
                 while let Some(input) = io.streams.pop() {
                     dispatcher.feed(input, io);
