@@ -287,6 +287,11 @@ impl TxQueue {
         }
     }
 
+    /// The socket's offloads, for its receive side ([`Offload::receive`]).
+    pub fn offload(&self) -> &Offload {
+        &self.offload
+    }
+
     /// Whether datagrams wait to be sent (for writability, after a flush).
     pub fn is_waiting(&self) -> bool {
         !self.queue.is_empty()

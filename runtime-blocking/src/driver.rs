@@ -210,7 +210,7 @@ where
             let socket = Rc::new(socket);
             let io = LoopIo {
                 socket: socket.clone(),
-                tx: TxQueue::new(offload.clone()),
+                tx: TxQueue::new(offload),
                 pool: Pool::new(),
                 done: done_tx,
                 wake: loop_wake.clone(),
@@ -224,7 +224,6 @@ where
             let node_loop = Loop {
                 poll,
                 socket,
-                offload,
                 dispatcher,
                 io,
                 wake: loop_wake,
@@ -363,7 +362,6 @@ fn watch(registry: &Registry, socket: std::net::TcpStream, token: Token) -> io::
 struct Loop<N> {
     poll: Poll,
     socket: Rc<UdpSocket>,
-    offload: Offload,
     dispatcher: Dispatcher<N>,
     io: LoopIo,
     wake: Arc<Wake>,
@@ -448,7 +446,7 @@ impl<N: Node> Loop<N> {
             }
             self.feed_streams();
             if udp_pending {
-                let (socket, offload) = (&self.socket, &self.offload);
+                let (socket, offload) = (&self.socket, self.io.tx.offload().clone());
                 let drained = self
                     .dispatcher
                     .read_datagrams(&mut self.io, |batch| offload.receive(&**socket, batch));

@@ -80,8 +80,7 @@ impl Prepared {
         let mut dispatcher = Dispatcher::new(node, self.addressing, self.flow, &self.config);
         let mut io = TaskIo {
             socket: Arc::new(self.socket),
-            tx: TxQueue::new(self.offload.clone()),
-            offload: self.offload,
+            tx: TxQueue::new(self.offload),
             http: self.http,
             ws: ws::Client::new(self.tls.clone(), self.config.ws_frame_limit),
             resolving: None,
@@ -264,7 +263,6 @@ struct TaskIo {
     /// Shared with the datagram reads of the loop (the dispatcher holds `&mut TaskIo` meanwhile).
     socket: Arc<Async<UdpSocket>>,
     tx: TxQueue,
-    offload: Offload,
     http: AsyncHttpClient<SmolNet>,
     ws: ws::Client<Async<TcpStream>>,
     /// The WebSocket host's name being resolved (on smol's blocking pool: std has no async resolver).
@@ -446,7 +444,7 @@ async fn run_loop<N: Node>(
                 dispatcher.abandon();
             }
             Wake::Readable => {
-                let (socket, offload) = (io.socket.clone(), io.offload.clone());
+                let (socket, offload) = (io.socket.clone(), io.tx.offload().clone());
                 dispatcher.read_datagrams(io, |batch| offload.receive(socket.get_ref(), batch));
             }
             Wake::Writable => io.tx.flush(io.socket.get_ref()),
